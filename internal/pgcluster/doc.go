@@ -1,0 +1,62 @@
+// Package pgcluster starts and stops real local PostgreSQL clusters (one
+// primary plus N hot standbys with streaming replication) from the installed
+// PostgreSQL server binaries, for tests, benchmarks and `dbproxy up`.
+//
+// # Binaries
+//
+// The binaries are found once per process (BinDir): `pg_config --bindir`
+// when that directory holds postgres, initdb, pg_ctl and pg_basebackup, else
+// the newest /usr/lib/postgresql/<version>/bin that does. When none is found
+// every call that needs them returns an error wrapping ErrNoBinaries that
+// names what was searched; tests must treat that as a failure (StartT
+// calls t.Fatal), never as a skip.
+//
+// # Layout
+//
+// A cluster lives in one directory: a fresh temporary one under os.TempDir()
+// (Options.Dir == ""; Stop removes it) or Options.Dir (kept). Inside it,
+// "<name>.pgcluster.json" records the nodes and their ports, and each node
+// has "<node>/data" (the data directory, Node.Dir) and "<node>/postgres.log".
+// Node names are "<name>-primary", "<name>-standby1", ... Each standby is
+// made with `pg_basebackup -R -S <slot> -X stream` through its own physical
+// replication slot and streams with application_name = its node name. When
+// Options.Dir already holds a cluster of the same Name, Start reuses it: it
+// only starts the nodes again, on the recorded ports (asking for more
+// standbys than recorded adds them; fewer is an ErrLayout error). Settings
+// are rewritten into "pgcluster.conf" in each data directory on every start.
+//
+// Every node listens on 127.0.0.1 only, on a free loopback port (found by
+// listening on port 0; a bind clash at first start moves the node to another
+// port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
+// pg_hba.conf trusts user postgres and replication connections from
+// 127.0.0.1; every other user authenticates with scram-sha-256.
+//
+// # Users
+//
+// PostgreSQL refuses to run as root. When the process runs as root, every
+// program (initdb, pg_ctl, postgres, pg_basebackup) runs as the unprivileged
+// OS user ServerUser ("dbproxy"), created with useradd if missing; if that
+// fails, an existing unprivileged user such as nobody is used. The switch
+// uses syscall.SysProcAttr.Credential (no sudo). Cluster directories are
+// chowned to that user and every ancestor directory is made traversable
+// (o+x is added where missing, and logged). Do not put Options.Dir under
+// testing.T.TempDir(): it is private to root (pgcluster would have to open it
+// up). When not root, everything runs as the current user.
+//
+// # Blocking, errors, concurrency
+//
+// Every call that waits on a server or a program takes a context and returns
+// when it is done (Kill, which only signals and waits for processes to exit,
+// bounds itself at 30 s). WaitStreaming and WaitCaughtUp poll until their
+// condition holds or ctx ends; give them a deadline. Errors name the cluster
+// or node and wrap ErrInvalidOptions, ErrNoBinaries, ErrLayout, ErrStopped,
+// ErrNotRunning, ErrBadLSN, a context error, or the underlying pgx/OS error
+// (a failed server start includes the tail of its log).
+//
+// Cluster and Node methods are safe for concurrent use; lifecycle calls on
+// one node (Start, Stop, Restart, Kill) are serialized. Several clusters can
+// run at once, in one process or several: each has its own directory and
+// ports. Stop is idempotent and always stops the servers: fast shutdown, then
+// immediate shutdown, then SIGKILL of the postmaster and its children. The
+// package starts no background goroutines that outlive a call.
+package pgcluster

@@ -1,0 +1,70 @@
+package pgcluster
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+const (
+	sigSTOP = syscall.SIGSTOP
+	sigKILL = syscall.SIGKILL
+)
+
+func syscallKill(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }
+
+// procStat returns the command name, state and parent pid from
+// /proc/<pid>/stat.
+func procStat(pid int) (comm string, state byte, ppid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", 0, 0, false
+	}
+	s := string(b)
+	// comm is in parentheses and may itself contain spaces or ')'.
+	open, closeIdx := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || closeIdx < open || closeIdx+2 >= len(s) {
+		return "", 0, 0, false
+	}
+	comm = s[open+1 : closeIdx]
+	fields := strings.Fields(s[closeIdx+2:])
+	if len(fields) < 2 || len(fields[0]) != 1 {
+		return "", 0, 0, false
+	}
+	ppid, err = strconv.Atoi(fields[1])
+	if err != nil {
+		return "", 0, 0, false
+	}
+	return comm, fields[0][0], ppid, true
+}
+
+// pidAlive reports whether pid is a live (not zombie) PostgreSQL process.
+// Checking the command name guards against a recycled pid in a stale
+// postmaster.pid.
+func pidAlive(pid int) bool {
+	comm, state, _, ok := procStat(pid)
+	if !ok || state == 'Z' || state == 'X' {
+		return false
+	}
+	return strings.HasPrefix(comm, "postgres") || strings.HasPrefix(comm, "postmaster")
+}
+
+// childPIDs lists the live children of pid.
+func childPIDs(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var kids []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, state, ppid, ok := procStat(p); ok && ppid == pid && state != 'Z' {
+			kids = append(kids, p)
+		}
+	}
+	return kids
+}

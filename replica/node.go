@@ -1,0 +1,443 @@
+package replica
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+)
+
+// ewmaAlpha is the weight of a new latency sample.
+const ewmaAlpha = 0.3
+
+// idleCheckAfter: an idle pooled connection older than this is checked
+// (non-blocking read) before it is handed out.
+const idleCheckAfter = time.Second
+
+// Node is one PostgreSQL server of a Set: its bounded pool, probes' view of
+// it, and its breaker. Nodes are created by NewSet and live until the Set is
+// closed. All methods are safe for concurrent use.
+type Node struct {
+	set      *Set
+	cfg      NodeConfig
+	weight   int
+	hashSeed uint64
+	connCfg  *pgconn.Config // pooled connections
+	probeCfg *pgconn.Config // probe connections
+
+	// Pool: sem holds one token per lease in use (capacity PoolSize).
+	sem     chan struct{}
+	mu      sync.Mutex
+	idle    []idleConn
+	dying   []*pgconn.PgConn // destroyed conns whose async cleanup may still run
+	inUse   atomic.Int64
+	waiting atomic.Int64
+
+	// Probe state.
+	healthy     atomic.Bool
+	observed    atomic.Uint32 // Role
+	mismatch    atomic.Bool
+	lag         atomic.Pointer[lagSample]
+	lastErr     atomic.Pointer[string]
+	kick        chan struct{}
+	br          *breaker
+	ewma        atomic.Int64 // nanoseconds
+	wrrCurrent  int          // smooth WRR state, guarded by Set.policyMu
+	picks       atomic.Uint64
+	fallbacks   atomic.Uint64
+	failures    atomic.Uint64
+	acqTimeouts atomic.Uint64
+}
+
+type idleConn struct {
+	conn  *pgconn.PgConn
+	since int64
+}
+
+// lagSample is one successful lag/role probe result (immutable once stored).
+type lagSample struct {
+	at         int64 // monotonic ns since the Set's epoch
+	inRecovery bool
+	lsn        LSN // standby: pg_last_wal_replay_lsn(); primary: pg_current_wal_lsn()
+	receive    LSN // standby: pg_last_wal_receive_lsn() (0 if NULL)
+	lagBytes   uint64
+	lagTime    time.Duration // math.MaxInt64 when unknown
+}
+
+func newNode(s *Set, nc NodeConfig) (*Node, error) {
+	if nc.Weight == 0 {
+		nc.Weight = 1
+	}
+	if nc.PoolSize == 0 {
+		nc.PoolSize = s.cfg.PoolSize
+	}
+	connCfg, err := pgconn.ParseConfig(nc.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("replica: node %s: %w", nc.Name, err)
+	}
+	// A cancelled query context sends a real CancelRequest first, so the
+	// pooled connection survives cancellation.
+	connCfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: s.cfg.ProbeTimeout}
+	}
+	// Probes keep pgconn's default: a timed-out probe closes its connection.
+	probeCfg, err := pgconn.ParseConfig(nc.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("replica: node %s: %w", nc.Name, err)
+	}
+	probeCfg.RuntimeParams["application_name"] = "dbproxy-replica-probe"
+	h := fnv.New64a()
+	h.Write([]byte(nc.Name))
+	n := &Node{
+		set:      s,
+		cfg:      nc,
+		weight:   nc.Weight,
+		hashSeed: h.Sum64(),
+		connCfg:  connCfg,
+		probeCfg: probeCfg,
+		sem:      make(chan struct{}, nc.PoolSize),
+		kick:     make(chan struct{}, 1),
+		br:       newBreaker(s.cfg.Breaker),
+	}
+	return n, nil
+}
+
+// Name returns the configured node name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Role returns the configured role.
+func (n *Node) Role() Role { return n.cfg.Role }
+
+// ObservedRole returns the role seen by the last successful probe
+// (RoleUnknown before the first one).
+func (n *Node) ObservedRole() Role { return Role(n.observed.Load()) }
+
+// Weight returns the balancing weight (>= 1).
+func (n *Node) Weight() int { return n.weight }
+
+// ReplayLSN returns the last known WAL position of the node: for a standby
+// the last pg_last_wal_replay_lsn() seen by its lag probe, for the primary
+// the last pg_current_wal_lsn(). 0 if never measured. It does not block.
+func (n *Node) ReplayLSN() LSN {
+	if s := n.lag.Load(); s != nil {
+		return s.lsn
+	}
+	return 0
+}
+
+// Healthy reports the result of the last health probe.
+func (n *Node) Healthy() bool { return n.healthy.Load() }
+
+// Breaker returns the current breaker state.
+func (n *Node) Breaker() BreakerState {
+	st, tr := n.br.check(n.set.now())
+	n.set.breakerChanged(n, tr)
+	return st
+}
+
+// Observe feeds one latency sample (for example a query's duration measured
+// by the caller) into the node's EWMA used by the LeastLatency policy.
+func (n *Node) Observe(latency time.Duration) {
+	if latency < 0 {
+		return
+	}
+	x := int64(latency)
+	for {
+		old := n.ewma.Load()
+		nv := x
+		if old != 0 {
+			nv = old + int64(ewmaAlpha*float64(x-old))
+			if nv <= 0 {
+				nv = 1
+			}
+		}
+		if n.ewma.CompareAndSwap(old, nv) {
+			return
+		}
+	}
+}
+
+// Latency returns the EWMA of observed latency (0 before any sample).
+func (n *Node) Latency() time.Duration { return time.Duration(n.ewma.Load()) }
+
+// InUse returns the number of leases currently held on this node.
+func (n *Node) InUse() int { return int(n.inUse.Load()) }
+
+// Acquire leases a backend connection from the node's bounded pool,
+// connecting a new one when no idle connection is available.
+//
+// It blocks while the pool is exhausted, for at most Config.AcquireTimeout,
+// and returns an *Error wrapping:
+//   - ErrPoolExhausted (53300) when no slot freed up within AcquireTimeout;
+//   - ErrNodeUnavailable (08006) when the node is a standby whose breaker is
+//     open, or connecting failed (the cause is wrapped too);
+//   - ErrRoleMismatch (25006) when the node is the configured primary but was
+//     observed in recovery: writes are refused instead of being sent;
+//   - ErrClosed (57P01) after Set.Close.
+//
+// A cancelled ctx returns ctx.Err() (wrapped). The lease must be given back
+// with Release or Discard exactly once; Lease.Conn is valid until then.
+func (n *Node) Acquire(ctx context.Context) (*Lease, error) {
+	s := n.set
+	if s.closed.Load() {
+		return nil, newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
+	}
+	if n.cfg.Role == RolePrimary && n.ObservedRole() == RoleStandby {
+		return nil, newError(ErrRoleMismatch, n.cfg.Name, codeReadOnly,
+			"configured as primary but in recovery (read-only); refusing to send", nil)
+	}
+	now := s.now()
+	trial := false
+	if n.cfg.Role == RoleStandby {
+		st, tr := n.br.check(now)
+		s.breakerChanged(n, tr)
+		switch st {
+		case BreakerOpen:
+			return nil, newError(ErrNodeUnavailable, n.cfg.Name, codeConnectionFailure, "circuit breaker open", nil)
+		case BreakerHalfOpen:
+			trial = true
+			n.br.trials.Add(1)
+		}
+	}
+	ok := false
+	defer func() {
+		if !ok && trial {
+			n.br.trials.Add(-1)
+		}
+	}()
+	if err := n.acquireSlot(ctx); err != nil {
+		return nil, err
+	}
+	l, err := n.leaseWithSlot(ctx, trial)
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return l, nil
+}
+
+func (n *Node) acquireSlot(ctx context.Context) error {
+	select {
+	case n.sem <- struct{}{}:
+		return nil
+	default:
+	}
+	s := n.set
+	n.waiting.Add(1)
+	defer n.waiting.Add(-1)
+	t := time.NewTimer(s.cfg.AcquireTimeout)
+	defer t.Stop()
+	select {
+	case n.sem <- struct{}{}:
+		return nil
+	case <-t.C:
+		n.acqTimeouts.Add(1)
+		return newError(ErrPoolExhausted, n.cfg.Name, codeTooManyConns,
+			fmt.Sprintf("all %d connections in use for %v", cap(n.sem), s.cfg.AcquireTimeout), nil)
+	case <-ctx.Done():
+		return fmt.Errorf("replica: node %s: acquire: %w", n.cfg.Name, ctx.Err())
+	case <-s.done:
+		return newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
+	}
+}
+
+// leaseWithSlot turns a held slot into a lease; the slot is given back on
+// any error or panic.
+func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err error) {
+	s := n.set
+	held := true
+	defer func() {
+		if held {
+			<-n.sem
+		}
+	}()
+	conn := n.popIdle()
+	if conn == nil {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+		conn, err = pgconn.ConnectConfig(cctx, n.connCfg.Copy())
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("replica: node %s: connect: %w", n.cfg.Name, ctx.Err())
+			}
+			n.recordOutcome(err)
+			return nil, newError(ErrNodeUnavailable, n.cfg.Name, codeConnectionFailure, "connect", err)
+		}
+		if s.closed.Load() {
+			n.destroy(conn)
+			return nil, newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
+		}
+	}
+	n.inUse.Add(1)
+	held = false
+	return &Lease{node: n, conn: conn, start: time.Now(), trial: trial}, nil
+}
+
+func (n *Node) popIdle() *pgconn.PgConn {
+	now := n.set.now()
+	for {
+		n.mu.Lock()
+		k := len(n.idle)
+		if k == 0 {
+			n.mu.Unlock()
+			return nil
+		}
+		ic := n.idle[k-1]
+		n.idle[k-1] = idleConn{}
+		n.idle = n.idle[:k-1]
+		n.mu.Unlock()
+		if ic.conn.IsClosed() {
+			n.destroy(ic.conn)
+			continue
+		}
+		if now-ic.since > int64(idleCheckAfter) {
+			if err := ic.conn.CheckConn(); err != nil { //nolint:staticcheck // Ping would cost a round trip on every stale idle conn
+				n.destroy(ic.conn)
+				continue
+			}
+		}
+		return ic.conn
+	}
+}
+
+func (n *Node) pushIdle(c *pgconn.PgConn) {
+	n.mu.Lock()
+	if n.set.closed.Load() {
+		n.mu.Unlock()
+		n.destroy(c)
+		return
+	}
+	n.idle = append(n.idle, idleConn{conn: c, since: n.set.now()})
+	n.mu.Unlock()
+}
+
+// destroy closes c (sending Terminate, bounded by ProbeTimeout) and tracks
+// its asynchronous cleanup so Close can wait for it.
+func (n *Node) destroy(c *pgconn.PgConn) {
+	ctx, cancel := context.WithTimeout(n.set.life, n.set.cfg.ProbeTimeout)
+	_ = c.Close(ctx)
+	cancel()
+	select {
+	case <-c.CleanupDone():
+		return
+	default:
+	}
+	n.mu.Lock()
+	live := n.dying[:0]
+	for _, d := range n.dying {
+		select {
+		case <-d.CleanupDone():
+		default:
+			live = append(live, d)
+		}
+	}
+	n.dying = append(live, c)
+	n.mu.Unlock()
+}
+
+// recordOutcome feeds the breaker with the result of one use of the node.
+func (n *Node) recordOutcome(err error) {
+	failure := IsConnFailure(err)
+	if err != nil && !failure && !isServerError(err) {
+		return // caller cancelled: says nothing about the node
+	}
+	if failure {
+		n.failures.Add(1)
+	}
+	tr := n.br.record(n.set.now(), failure)
+	n.set.breakerChanged(n, tr)
+}
+
+// CurrentLSN returns pg_current_wal_lsn() read now on the node over a
+// pooled connection (for causal tokens after a commit). It blocks like
+// Acquire plus one round trip, and fails on a node in recovery.
+func (n *Node) CurrentLSN(ctx context.Context) (LSN, error) {
+	l, err := n.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	lsn, err := l.CurrentLSN(ctx)
+	l.Release(err)
+	return lsn, err
+}
+
+func (n *Node) stats() NodeStats {
+	s := n.set
+	now := s.now()
+	st := NodeStats{
+		Name:            n.cfg.Name,
+		ConfiguredRole:  n.cfg.Role,
+		ObservedRole:    n.ObservedRole(),
+		RoleMismatch:    n.mismatch.Load(),
+		Healthy:         n.healthy.Load(),
+		Breaker:         n.Breaker(),
+		Latency:         n.Latency(),
+		Weight:          n.weight,
+		Picks:           n.picks.Load(),
+		Fallbacks:       n.fallbacks.Load(),
+		Failures:        n.failures.Load(),
+		AcquireTimeouts: n.acqTimeouts.Load(),
+		LagAge:          -1,
+	}
+	if e := n.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	if ls := n.lag.Load(); ls != nil {
+		st.LSN = ls.lsn
+		st.LagBytes = ls.lagBytes
+		st.LagTime = ls.lagTime
+		st.LagAge = time.Duration(now - ls.at)
+	}
+	n.mu.Lock()
+	idle := len(n.idle)
+	n.mu.Unlock()
+	inUse := int(n.inUse.Load())
+	st.Pool = PoolStats{Max: cap(n.sem), InUse: inUse, Idle: idle, Total: inUse + idle, Waiting: int(n.waiting.Load())}
+	if n.cfg.Role == RoleStandby {
+		st.Fresh = s.freshness(n, now, 0, s.cfg.MaxStaleness) == eligible
+	}
+	return st
+}
+
+// NodeStats is a point-in-time snapshot of one node (see Set.Stats).
+type NodeStats struct {
+	Name           string
+	ConfiguredRole Role
+	ObservedRole   Role   // RoleUnknown before the first successful probe
+	RoleMismatch   bool   // observed role differs from the configured one
+	Healthy        bool   // last health probe succeeded
+	LastError      string // last probe error ("" if none yet)
+	// LSN is the last known replay LSN (standby) or current LSN (primary).
+	LSN LSN
+	// LagBytes is primary current LSN minus standby replay LSN (0 for the primary).
+	LagBytes uint64
+	// LagTime is now() - pg_last_xact_replay_timestamp() when the standby is
+	// behind, else 0; math.MaxInt64 when unknown.
+	LagTime time.Duration
+	// LagAge is the age of the last successful lag measurement (-1: never).
+	LagAge time.Duration
+	// Fresh: a standby eligible for reads at the default staleness bound now.
+	Fresh           bool
+	Breaker         BreakerState
+	Pool            PoolStats
+	Latency         time.Duration // EWMA
+	Weight          int
+	Picks           uint64 // times Pick returned this node
+	Fallbacks       uint64 // primary only: picks that fell back to it
+	Failures        uint64 // connection-level failures (requests and probes)
+	AcquireTimeouts uint64 // ErrPoolExhausted returned
+}
+
+// PoolStats describes a node's bounded pool.
+type PoolStats struct {
+	Max     int // PoolSize
+	InUse   int // leases held
+	Idle    int // open connections waiting in the pool
+	Total   int // InUse + Idle
+	Waiting int // Acquire calls blocked on an exhausted pool
+}

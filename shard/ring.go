@@ -56,6 +56,12 @@ func NewRing(weights []int, vnodes int) (*Ring, error) {
 // DefaultVirtualNodes), and the total number of points at most
 // MaxRingPoints. Errors wrap ErrInvalidTopology.
 func NewNamedRing(names []string, weights []int, vnodes int) (*Ring, error) {
+	return newRing(names, weights, vnodes, xxhash.Sum64)
+}
+
+// newRing builds a ring with the given point hash (xxhash.Sum64 except in
+// tests that force collisions).
+func newRing(names []string, weights []int, vnodes int, hash func([]byte) uint64) (*Ring, error) {
 	if len(names) == 0 {
 		return nil, invalidf("ring needs at least one shard")
 	}
@@ -110,7 +116,7 @@ func NewNamedRing(names []string, weights []int, vnodes int) (*Ring, error) {
 		prefix := len(buf)
 		for v := 0; v < w*vnodes; v++ {
 			buf = strconv.AppendInt(buf[:prefix], int64(v), 10)
-			pts = append(pts, pt{pos: xxhash.Sum64(buf), owner: int32(i)})
+			pts = append(pts, pt{pos: hash(buf), owner: int32(i)})
 		}
 	}
 	slices.SortFunc(pts, func(a, b pt) int {

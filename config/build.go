@@ -1,0 +1,129 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/shard"
+)
+
+// TopologySpec returns the shard topology the config describes: shards and
+// their nodes, the sharded tables with their key columns and types, the
+// default shard and the ring's virtual nodes. The version is 0 (a static
+// config has no coordinator revision). c must be valid.
+func (c *Config) TopologySpec() (shard.TopologySpec, error) {
+	spec := shard.TopologySpec{
+		DefaultShard: c.Routing.DefaultShard,
+		VirtualNodes: c.Routing.VirtualNodes,
+	}
+	for _, s := range c.Shards {
+		ss := shard.ShardSpec{Name: s.Name, Weight: s.Weight}
+		for _, n := range s.Nodes {
+			role := shard.RoleStandby
+			if n.Role == RolePrimary {
+				role = shard.RolePrimary
+			}
+			ss.Nodes = append(ss.Nodes, shard.NodeSpec{Name: n.Name, Host: n.Host, Port: n.Port, Role: role, Weight: n.Weight})
+		}
+		spec.Shards = append(spec.Shards, ss)
+	}
+	for i, t := range c.Tables {
+		ts := shard.TableSpec{Name: CanonicalTableName(t.Name), Columns: append([]string(nil), t.ShardKey...)}
+		for _, kt := range t.KeyTypes {
+			st, err := shard.ParseKeyType(kt.String())
+			if err != nil {
+				return shard.TopologySpec{}, fmt.Errorf("tables[%d].key_types: %w", i, err)
+			}
+			ts.Types = append(ts.Types, st)
+		}
+		spec.Tables = append(spec.Tables, ts)
+	}
+	return spec, nil
+}
+
+// Topology builds the immutable shard.Topology of TopologySpec.
+func (c *Config) Topology() (*shard.Topology, error) {
+	spec, err := c.TopologySpec()
+	if err != nil {
+		return nil, err
+	}
+	return shard.NewTopology(spec)
+}
+
+// ReplicaConfig returns the replica.Config of the shard named shardName, with
+// backend connections logging in as user to database db (the user's backend
+// password is taken from the config). c must be valid.
+func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, error) {
+	s, ok := c.Shard(shardName)
+	if !ok {
+		return replica.Config{}, fmt.Errorf("config: unknown shard %q", shardName)
+	}
+	u, ok := c.User(user)
+	if !ok {
+		return replica.Config{}, fmt.Errorf("config: unknown user %q", user)
+	}
+	rc := replica.DefaultConfig()
+	rc.Policy = c.Routing.Balance.replicaPolicy()
+	rc.PoolSize = c.Pool.Size
+	rc.AcquireTimeout = time.Duration(c.Pool.AcquireTimeout)
+	rc.HealthInterval = time.Duration(c.Routing.HealthInterval)
+	rc.LagInterval = time.Duration(c.Routing.LagInterval)
+	rc.ProbeTimeout = time.Duration(c.Routing.ProbeTimeout)
+	rc.MaxStaleness = time.Duration(c.Routing.MaxStaleness)
+	rc.CatchUpWait = time.Duration(c.Routing.CatchUpWait)
+	rc.Breaker = replica.BreakerConfig{
+		ConsecutiveFailures: c.Breaker.Failures,
+		FailureRate:         c.Breaker.ErrorRate,
+		Window:              time.Duration(c.Breaker.Window),
+		MinRequests:         c.Breaker.MinRequests,
+		OpenFor:             time.Duration(c.Breaker.OpenFor),
+		HalfOpenRequests:    c.Breaker.HalfOpenTrials,
+	}
+	for _, n := range s.Nodes {
+		role := replica.RoleStandby
+		if n.Role == RolePrimary {
+			role = replica.RolePrimary
+		}
+		rc.Nodes = append(rc.Nodes, replica.NodeConfig{
+			Name:       n.Name,
+			ConnString: ConnURL(n, u.Name, u.BackendPasswordOrPlain(), db),
+			Role:       role,
+			Weight:     n.Weight,
+			PoolSize:   c.NodePoolSize(n),
+		})
+	}
+	return rc, rc.Validate()
+}
+
+// ConnURL is the PostgreSQL URL the proxy uses to reach node n as user with
+// password, to database db, without TLS (nodes listen on trusted networks).
+func ConnURL(n Node, user, password, db string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(user, password),
+		Host:     n.Host + ":" + strconv.Itoa(n.Port),
+		Path:     "/" + db,
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+func (p BalancePolicy) replicaPolicy() replica.Policy {
+	switch p {
+	case WeightedRoundRobin:
+		return replica.WeightedRoundRobin
+	case LeastConnections:
+		return replica.LeastConnections
+	case WeightedLeastConnections:
+		return replica.WeightedLeastConnections
+	case LeastLatency:
+		return replica.LeastLatency
+	case Hash:
+		return replica.Hash
+	default:
+		return replica.RoundRobin
+	}
+}

@@ -30,8 +30,8 @@ func (s *Set) choose(c []*Node, key uint64) *Node {
 		s.policyMu.Unlock()
 		return n
 	case LeastLatency:
-		if s.rr.Add(1)%16 == 0 {
-			return s.roundRobin(c) // keep measuring the slower nodes
+		if x := s.rr.Add(1); x%16 == 0 {
+			return c[(x/16)%uint64(len(c))] // keep measuring the slower nodes
 		}
 		return s.leastBy(c, func(a, b *Node) int {
 			return cmpInt64(a.ewma.Load(), b.ewma.Load())

@@ -210,14 +210,16 @@ func (n *Node) stopLocked(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err := n.c.run(sctx, n.nodeDir, "pg_ctl", "stop", "-D", n.Dir, "-m", "fast", "-w", "-t", "25")
 	cancel()
-	if !pidAlive(pid) {
+	// pg_ctl returns once postmaster.pid is gone, a moment before the
+	// postmaster exits.
+	if waitExit([]int{pid}, 10*time.Second) {
 		return nil
 	}
 	n.c.logf("pgcluster: %s: fast shutdown failed (%v); trying immediate", n.Name, err)
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 	_, err = n.c.run(ictx, n.nodeDir, "pg_ctl", "stop", "-D", n.Dir, "-m", "immediate", "-w", "-t", "10")
 	cancel()
-	if !pidAlive(pid) {
+	if waitExit([]int{pid}, 10*time.Second) {
 		return nil
 	}
 	n.c.logf("pgcluster: %s: immediate shutdown failed (%v); killing", n.Name, err)
@@ -242,22 +244,8 @@ func (n *Node) killLocked() error {
 	if err := syscallKill(pid, sigKILL); err != nil && pidAlive(pid) {
 		return fmt.Errorf("pgcluster: %s: kill postmaster %d: %w", n.Name, pid, err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	all := append([]int{pid}, kids...)
-	for {
-		alive := 0
-		for _, p := range all {
-			if pidAlive(p) {
-				alive++
-			}
-		}
-		if alive == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pgcluster: %s: %d processes still alive 30s after SIGKILL", n.Name, alive)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !waitExit(append([]int{pid}, kids...), 30*time.Second) {
+		return fmt.Errorf("pgcluster: %s: server processes still alive 30s after SIGKILL", n.Name)
 	}
 	// Everything is dead: the lock file is stale. Remove it so a zombie
 	// postmaster (if nobody reaps it) cannot block the next start.

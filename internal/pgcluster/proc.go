@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 const (
@@ -67,4 +68,26 @@ func childPIDs(pid int) []int {
 		}
 	}
 	return kids
+}
+
+// waitExit polls until none of pids is alive or d passes; it reports
+// whether they all exited.
+func waitExit(pids []int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		alive := false
+		for _, p := range pids {
+			if pidAlive(p) {
+				alive = true
+				break
+			}
+		}
+		if !alive {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

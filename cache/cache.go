@@ -304,17 +304,19 @@ func (c *Cache) GetOrFill(ctx context.Context, key Key, tables []string, minLSN 
 		v, err := c.runFill(ctx, key, tables, snap, fill)
 		return v, false, err
 	}
+	var leader bool // set by our own fill; read after the result arrives
 	ch := c.sf.DoChan(snap.flightKey(key), func() (any, error) {
+		leader = true
 		v, err := c.runFill(ctx, key, tables, snap, fill)
 		return fillResult{v}, err
 	})
 	select {
 	case r := <-ch:
-		if r.Shared {
+		if !leader {
 			c.shared.Add(1)
 		}
 		if r.Err != nil {
-			if r.Shared && ctx.Err() == nil && (errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)) {
+			if !leader && ctx.Err() == nil && (errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)) {
 				// The leader's context ended, not ours: fill ourselves.
 				v, err := c.runFill(ctx, key, tables, c.snapshot(sh, tables), fill)
 				return v, false, err

@@ -31,14 +31,14 @@ type shardState struct {
 	nudge atomic.Pointer[stream] // stream to nudge for a keepalive, if watched
 
 	// Stream facts for Stats; guarded by statsMu.
-	statsMu    sync.Mutex
-	since      time.Time
-	lastErr    string
-	breaks     uint64
-	lag        lagStats
-	commits    uint64
-	slot       string
-	upWait     chan struct{} // closed when the stream comes up
+	statsMu sync.Mutex
+	since   time.Time
+	lastErr string
+	breaks  uint64
+	lag     lagStats
+	commits uint64
+	slot    string
+	upWait  chan struct{} // closed when the stream comes up
 }
 
 // upWaiter returns a channel closed when the stream next comes up.

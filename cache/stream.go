@@ -25,7 +25,7 @@ type stream struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	kaWanted   atomic.Bool                       // a keepalive was requested by a reader
+	kaWanted   atomic.Bool                        // a keepalive was requested by a reader
 	recvCancel atomic.Pointer[context.CancelFunc] // cancels the receive in progress
 }
 

@@ -12,16 +12,16 @@ type MoveStats struct {
 	ByPair map[Move]int // moved keys per (old shard, new shard) pair
 }
 
-// Moves places every key of keys on old's and new's rings and counts the
-// keys whose shard (compared by name, since IDs may differ between
-// topologies) changes. It is meant for planning a rebalance; it does not
-// block beyond consuming keys.
-func Moves(old, new *Topology, keys iter.Seq[Key]) MoveStats {
+// Moves places every key of keys on the rings of before and after and
+// counts the keys whose shard (compared by name, since IDs may differ
+// between topologies) changes. It is meant for planning a rebalance. It
+// does not block beyond consuming keys and is safe for concurrent use.
+func Moves(before, after *Topology, keys iter.Seq[Key]) MoveStats {
 	st := MoveStats{ByPair: map[Move]int{}}
 	for k := range keys {
 		st.Total++
-		from := old.shards[old.ring.Locate(k)].Name
-		to := new.shards[new.ring.Locate(k)].Name
+		from := before.shards[before.ring.Locate(k)].Name
+		to := after.shards[after.ring.Locate(k)].Name
 		if from != to {
 			st.Moved++
 			st.ByPair[Move{From: from, To: to}]++

@@ -33,13 +33,14 @@ var (
 // /usr/lib/postgresql/<version>/bin that does. The result is cached for the
 // life of the process. A missing binary is an error wrapping ErrNoBinaries.
 func BinDir() (string, error) {
-	binOnce.Do(func() { binDir, binErr = findBinDir() })
+	binOnce.Do(func() { binDir, binErr = findBinDir("pg_config", binGlob) })
 	return binDir, binErr
 }
 
-func findBinDir() (string, error) {
+// findBinDir searches pgConfig's --bindir, then the directories matching glob.
+func findBinDir(pgConfig, glob string) (string, error) {
 	var searched []string
-	if pgc, err := exec.LookPath("pg_config"); err == nil {
+	if pgc, err := exec.LookPath(pgConfig); err == nil {
 		out, err := exec.Command(pgc, "--bindir").Output()
 		if err == nil {
 			dir := strings.TrimSpace(string(out))
@@ -51,9 +52,9 @@ func findBinDir() (string, error) {
 			searched = append(searched, fmt.Sprintf("pg_config --bindir (failed: %v)", err))
 		}
 	} else {
-		searched = append(searched, "pg_config on $PATH (not found)")
+		searched = append(searched, pgConfig+" (not found)")
 	}
-	dirs, _ := filepath.Glob(binGlob)
+	dirs, _ := filepath.Glob(glob)
 	sort.Slice(dirs, func(i, j int) bool { return pgVersion(dirs[i]) > pgVersion(dirs[j]) })
 	for _, d := range dirs {
 		if hasTools(d) {
@@ -61,9 +62,9 @@ func findBinDir() (string, error) {
 		}
 	}
 	if len(dirs) == 0 {
-		searched = append(searched, binGlob+" (no match)")
+		searched = append(searched, glob+" (no match)")
 	} else {
-		searched = append(searched, strings.Join(dirs, ", "))
+		searched = append(searched, glob+" ("+strings.Join(dirs, ", ")+")")
 	}
 	return "", fmt.Errorf("%w: need %s; searched %s",
 		ErrNoBinaries, strings.Join(requiredTools, ", "), strings.Join(searched, "; "))

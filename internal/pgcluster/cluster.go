@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,8 +55,8 @@ type Options struct {
 	// one physical slot each).
 	Standbys int
 	// Settings are extra postgresql.conf settings, applied to every node on
-	// every Start. They override the defaults, except port,
-	// listen_addresses and unix_socket_directories, which pgcluster owns.
+	// every Start. They override DefaultSettings; port, listen_addresses and
+	// unix_socket_directories belong to pgcluster and are refused.
 	Settings map[string]string
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
@@ -80,13 +81,23 @@ func (o Options) Validate() error {
 	if o.Standbys < 0 || o.Standbys > 8 {
 		return fmt.Errorf("%w: standbys %d out of range 0..8", ErrInvalidOptions, o.Standbys)
 	}
-	for k := range o.Settings {
+	for k, v := range o.Settings {
 		if !settingRE.MatchString(k) {
 			return fmt.Errorf("%w: setting name %q", ErrInvalidOptions, k)
+		}
+		if ownedSettings[strings.ToLower(k)] {
+			return fmt.Errorf("%w: setting %q is managed by pgcluster", ErrInvalidOptions, k)
+		}
+		if strings.ContainsAny(v, "\n\r\x00") {
+			return fmt.Errorf("%w: setting %s: value contains a line break or NUL", ErrInvalidOptions, k)
 		}
 	}
 	return nil
 }
+
+// ownedSettings are written by pgcluster for every node and may not be set
+// through Options.Settings.
+var ownedSettings = map[string]bool{"port": true, "listen_addresses": true, "unix_socket_directories": true}
 
 var settingRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
 
@@ -186,6 +197,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c.cleanupFailed()
 		return nil, err
 	}
+	unlock, err := lockFile(ctx, filepath.Join(c.root, c.name+".pgcluster.lock"))
+	if err != nil {
+		c.cleanupFailed()
+		return nil, fmt.Errorf("pgcluster: %s: lock %s: %w", c.name, c.root, err)
+	}
+	defer unlock()
 	m, err := c.readMeta()
 	switch {
 	case err == nil:
@@ -294,7 +311,7 @@ func (c *Cluster) standbyName(i int) string { return fmt.Sprintf("%s-standby%d",
 // create builds a fresh cluster in c.root.
 func (c *Cluster) create(ctx context.Context, standbys int) error {
 	t0 := time.Now()
-	port, err := freePort()
+	port, err := pickPort()
 	if err != nil {
 		return err
 	}
@@ -325,7 +342,7 @@ func (c *Cluster) addStandbys(ctx context.Context, first, last int) error {
 	}
 	news := make([]*Node, 0, last-first+1)
 	for i := first; i <= last; i++ {
-		port, err := freePort()
+		port, err := pickPort()
 		if err != nil {
 			return err
 		}
@@ -607,6 +624,39 @@ var (
 	portMu    sync.Mutex
 	portsUsed = map[int]bool{}
 )
+
+// lockFile takes an exclusive flock on path (created if missing), polling
+// until ctx ends; it serializes Starts of one cluster directory across
+// goroutines and processes.
+func lockFile(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+				_ = f.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			_ = f.Close()
+			return nil, fmt.Errorf("another Start holds it: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// pickPort chooses a port for a new node (a variable so tests can force a
+// bind clash).
+var pickPort = freePort
 
 // freePort returns a loopback port that was free a moment ago and that this
 // process has not handed out before.

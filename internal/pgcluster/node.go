@@ -88,8 +88,28 @@ func (n *Node) IsStandby() bool { return n.standby }
 
 // Running reports whether the node's postmaster process is alive.
 func (n *Node) Running() bool {
+	_, ok := n.livePostmaster()
+	return ok
+}
+
+// livePostmaster returns the pid in postmaster.pid if that process is alive
+// and is this node's server: a postgres process whose working directory is
+// the data directory (a stale lock file's pid may have been recycled, even
+// by another cluster's server).
+func (n *Node) livePostmaster() (int, bool) {
 	pid, ok := n.postmasterPID()
-	return ok && pidAlive(pid)
+	if !ok || !pidAlive(pid) {
+		return 0, false
+	}
+	cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
+	if err != nil {
+		return pid, true // cannot tell; trust the lock file
+	}
+	want, err := filepath.EvalSymlinks(n.Dir)
+	if err != nil {
+		want = n.Dir
+	}
+	return pid, cwd == want
 }
 
 // LSNs reads the node's WAL positions (see LSNs for the fields).
@@ -203,8 +223,8 @@ func (n *Node) stop(ctx context.Context) error {
 }
 
 func (n *Node) stopLocked(ctx context.Context) error {
-	pid, ok := n.postmasterPID()
-	if !ok || !pidAlive(pid) {
+	pid, ok := n.livePostmaster()
+	if !ok {
 		return nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -232,8 +252,8 @@ func (n *Node) stopLocked(ctx context.Context) error {
 // killLocked SIGKILLs the postmaster and its children. The postmaster is
 // stopped first so it cannot fork while its children are collected.
 func (n *Node) killLocked() error {
-	pid, ok := n.postmasterPID()
-	if !ok || !pidAlive(pid) {
+	pid, ok := n.livePostmaster()
+	if !ok {
 		return fmt.Errorf("%w: %s", ErrNotRunning, n.Name)
 	}
 	_ = syscallKill(pid, sigSTOP)
@@ -313,7 +333,7 @@ func (n *Node) startFresh(ctx context.Context) error {
 		if !clash || attempt >= 5 || ctx.Err() != nil {
 			return err
 		}
-		port, perr := freePort()
+		port, perr := pickPort()
 		if perr != nil {
 			return errors.Join(err, perr)
 		}

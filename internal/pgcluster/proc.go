@@ -22,7 +22,11 @@ func procStat(pid int) (comm string, state byte, ppid int, ok bool) {
 	if err != nil {
 		return "", 0, 0, false
 	}
-	s := string(b)
+	return parseProcStat(string(b))
+}
+
+// parseProcStat parses the text of /proc/<pid>/stat.
+func parseProcStat(s string) (comm string, state byte, ppid int, ok bool) {
 	// comm is in parentheses and may itself contain spaces or ')'.
 	open, closeIdx := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
 	if open < 0 || closeIdx < open || closeIdx+2 >= len(s) {
@@ -33,7 +37,7 @@ func procStat(pid int) (comm string, state byte, ppid int, ok bool) {
 	if len(fields) < 2 || len(fields[0]) != 1 {
 		return "", 0, 0, false
 	}
-	ppid, err = strconv.Atoi(fields[1])
+	ppid, err := strconv.Atoi(fields[1])
 	if err != nil {
 		return "", 0, 0, false
 	}

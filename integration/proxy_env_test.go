@@ -1,0 +1,110 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
+	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
+	"github.com/dbproxy/dbproxy/shard"
+)
+
+// proxyEnv is two shards (two clusters: a primary and a standby each)
+// with database "app" owned by user app/app, and a proxy in front of them
+// on 127.0.0.1:0.
+type proxyEnv struct {
+	clusters []*pgcluster.Cluster
+	sets     map[shard.ID]*replica.Set
+	srv      *proxy.Server
+	addr     string
+	cfg      proxy.Config
+	ctx      context.Context
+}
+
+func startProxyClusters(t *testing.T, ctx context.Context) []*pgcluster.Cluster {
+	t.Helper()
+	var out []*pgcluster.Cluster
+	for i := 0; i < 2; i++ {
+		c := pgcluster.StartT(t, pgcluster.Options{Name: fmt.Sprintf("proxy%d", i), Standbys: 1})
+		if err := c.WaitStreaming(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func appConnString(n *pgcluster.Node) string {
+	return fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", n.Host, n.Port)
+}
+
+// startProxyEnv starts replica sets and a proxy over clusters. mut may
+// adjust the proxy config. Everything is stopped by t.Cleanup.
+func startProxyEnv(t *testing.T, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config)) *proxyEnv {
+	t.Helper()
+	env := &proxyEnv{clusters: clusters, sets: map[shard.ID]*replica.Set{}, ctx: ctx}
+	for i, c := range clusters {
+		rc := replica.DefaultConfig()
+		rc.Nodes = []replica.NodeConfig{{Name: fmt.Sprintf("s%d-primary", i), ConnString: appConnString(c.Primary()), Role: replica.RolePrimary}}
+		for j, sb := range c.Standbys() {
+			rc.Nodes = append(rc.Nodes, replica.NodeConfig{Name: fmt.Sprintf("s%d-standby%d", i, j+1), ConnString: appConnString(sb), Role: replica.RoleStandby})
+		}
+		rc.PoolSize = 20
+		set, err := replica.NewSet(ctx, rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = set.Close(context.Background()) })
+		env.sets[shard.ID(i)] = set
+	}
+	cfg := proxy.DefaultConfig()
+	cfg.Users = []proxy.User{{Name: "app", Password: "app"}}
+	cfg.Databases = []string{"app"}
+	cfg.ShutdownTimeout = 5 * time.Second
+	if mut != nil {
+		mut(&cfg)
+	}
+	env.cfg = cfg
+	srv, err := proxy.New(cfg, proxy.Deps{Router: newProxyTestRouter(t, clusters), Shards: env.sets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.srv, env.addr = srv, ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), ln) }()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := srv.Close(cctx); err != nil {
+			t.Errorf("proxy Close: %v", err)
+		}
+		<-done
+	})
+	return env
+}
+
+// dsn is a libpq keyword DSN for the proxy.
+func (e *proxyEnv) dsn(extra string) string {
+	host, port, _ := net.SplitHostPort(e.addr)
+	return fmt.Sprintf("host=%s port=%s user=app password=app dbname=app sslmode=disable %s", host, port, extra)
+}
+
+func (e *proxyEnv) url(extra string) string {
+	return fmt.Sprintf("postgres://app:app@%s/app?sslmode=disable%s", e.addr, extra)
+}
+
+func newProxyTestRouter(t *testing.T, clusters []*pgcluster.Cluster) *router.Router {
+	return &router.Router{}
+}

@@ -1,0 +1,554 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
+	"github.com/dbproxy/dbproxy/shard"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// attachment is a leased backend and the bookkeeping of the messages in
+// flight on it. Fields after "under c.mu" are shared by the reader and
+// the pump and guarded by clientConn.mu.
+type attachment struct {
+	lease    *replica.Lease
+	conn     *pgconn.PgConn
+	bst      *backendState
+	nodeName string
+	shard    shard.ID
+	primary  bool
+	done     chan struct{} // closed when the pump has exited
+	cancel   context.CancelFunc
+
+	// under c.mu
+	outstanding int  // Sync/Query/FunctionCall sent, ReadyForQuery not yet received
+	unsynced    bool // extended-protocol messages sent since the last Sync
+	flushWanted bool // the client sent Flush: deliver every response at once
+	sentSeg     int  // ReadyForQuery-producing messages sent
+	recvSeg     int  // ReadyForQuery messages received
+	expect      []expectation
+	sets        []pendingSet     // SET/RESET/DISCARD statements sent, in order, awaiting CommandComplete
+	txSets      []router.SetInfo // completed inside the open transaction
+	wrote       bool             // a write was sent in the current transaction (causal token at commit)
+	copying     bool
+	released    bool
+	copyBytes   int // CopyData bytes sent since the last flush to the backend
+}
+
+// expectation is a ParseComplete/BindComplete/CloseComplete the pump will
+// see, and whether the client asked for it (forward) or the proxy did
+// (swallow: an injected re-prepare).
+type expectation struct {
+	seg     int
+	kind    byte // '1' ParseComplete, '2' BindComplete, '3' CloseComplete
+	swallow bool
+	name    string // statement name for Parse (to forget it on failure)
+	hash    uint64
+}
+
+type pendingSet struct {
+	seg  int
+	info router.SetInfo
+}
+
+// stateIdle waits for the next client message with no backend leased.
+func (c *clientConn) stateIdle(ctx context.Context) stateFn {
+	c.setState(stateIdle)
+	if c.shutdown.Load() {
+		return c.fail(ErrShuttingDown)
+	}
+	msg, err := c.fe.Receive()
+	if err != nil {
+		return c.readFailed(err)
+	}
+	return c.dispatch(ctx, msg)
+}
+
+// stateAttached reads client messages while a backend is leased.
+func (c *clientConn) stateAttached(ctx context.Context) stateFn {
+	c.setState(stateAttached)
+	msg, err := c.fe.Receive()
+	if err != nil {
+		return c.readFailed(err)
+	}
+	return c.dispatch(ctx, msg)
+}
+
+func (c *clientConn) readFailed(err error) stateFn {
+	if c.shutdown.Load() {
+		return c.fail(ErrShuttingDown)
+	}
+	c.mu.Lock()
+	reason := c.closeReason
+	c.mu.Unlock()
+	if reason != nil {
+		return c.stateClosing // the pump already told the client
+	}
+	return c.fail(c.receiveError(err))
+}
+
+// dispatch handles one client message and returns the next state.
+func (c *clientConn) dispatch(ctx context.Context, msg pgproto3.FrontendMessage) stateFn {
+	switch m := msg.(type) {
+	case *pgproto3.Terminate:
+		return c.stateClosing
+	case *pgproto3.Query:
+		c.queries.Add(1)
+		return c.handleQuery(ctx, m)
+	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close, *pgproto3.Sync, *pgproto3.Flush:
+		return c.handleExtended(ctx, msg)
+	case *pgproto3.FunctionCall:
+		c.queries.Add(1)
+		return c.handleFunctionCall(ctx, m)
+	case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail:
+		c.mu.Lock()
+		att := c.att
+		c.mu.Unlock()
+		if att == nil {
+			return c.stateIdle // stray copy messages after a failed COPY are ignored, as PostgreSQL does
+		}
+		if err := c.forward(att, msg); err != nil {
+			return c.backendFailed(att, err)
+		}
+		return c.stateAttached
+	default:
+		return c.fail(newClientError(codeProtocolViolation, fmt.Sprintf("unexpected message %T", msg)))
+	}
+}
+
+// current returns the attachment when the client still holds a backend.
+// With wait, it first lets every in-flight request finish (the pump may
+// then release the backend and current returns nil).
+func (c *clientConn) current(wait bool) *attachment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if wait {
+		for c.att != nil && (c.att.outstanding > 0 || c.att.copying) && c.closeReason == nil {
+			c.cond.Wait()
+		}
+	}
+	return c.att
+}
+
+// attach leases a backend for d, brings it to the session's state and
+// starts the pump.
+func (c *clientConn) attach(ctx context.Context, d target) (*attachment, error) {
+	if c.lastPump != nil {
+		<-c.lastPump // the previous pump's last writes precede ours
+	}
+	set := c.srv.shards[d.shard]
+	if set == nil {
+		return nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", d.shard))
+	}
+	var node *replica.Node
+	if d.primary {
+		node = set.Primary()
+	} else {
+		n, err := set.Pick(ctx, d.pick)
+		if err != nil {
+			return nil, err
+		}
+		node = n
+	}
+	lease, err := node.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn := lease.Conn()
+	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
+	if bst == nil {
+		bst = &backendState{stmts: map[string]uint64{}}
+		conn.CustomData()[backendStateKey] = bst
+		c.srv.learnBackendParams(conn)
+	}
+	if bst.fingerprint != c.sess.fingerprint {
+		if _, err := conn.Exec(ctx, c.sess.replaySQL()).ReadAll(); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && conn.TxStatus() == 'I' {
+				lease.Release(nil)
+				return nil, fmt.Errorf("replaying session settings on %s: %w", node.Name(), err)
+			}
+			lease.Discard(err)
+			return nil, err
+		}
+		bst.fingerprint = c.sess.fingerprint
+	}
+	pctx, cancel := context.WithCancel(c.ctx)
+	att := &attachment{
+		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
+		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel,
+	}
+	c.mu.Lock()
+	c.att = att
+	c.lastPump = att.done
+	c.mu.Unlock()
+	go c.pump(pctx, att)
+	c.setState(stateAttached)
+	return att, nil
+}
+
+// forward sends one client message to the backend, recording what the
+// pump must expect. Parse/Bind/Describe/Close are rewritten with injected
+// re-prepares where the backend lacks the client's statement.
+func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) error {
+	fr := att.conn.Frontend()
+	flush := false
+	c.mu.Lock()
+	switch m := msg.(type) {
+	case *pgproto3.Parse:
+		h := stmtHash(m.Query, m.ParameterOIDs)
+		if old, ok := att.bst.stmts[m.Name]; ok && m.Name != "" && old != 0 {
+			att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: m.Name}, expectation{kind: '3', swallow: true})
+		}
+		c.sess.stmts[m.Name] = &preparedStmt{name: m.Name, query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: h}
+		att.bst.stmts[m.Name] = h
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '1', name: m.Name, hash: h})
+		att.unsynced = true
+		fr.Send(m)
+	case *pgproto3.Bind:
+		c.ensurePrepared(att, fr, m.PreparedStatement)
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '2'})
+		att.unsynced = true
+		fr.Send(m)
+	case *pgproto3.Describe:
+		if m.ObjectType == 'S' {
+			c.ensurePrepared(att, fr, m.Name)
+		}
+		att.unsynced = true
+		fr.Send(m)
+	case *pgproto3.Close:
+		if m.ObjectType == 'S' {
+			delete(c.sess.stmts, m.Name)
+			delete(att.bst.stmts, m.Name)
+		}
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '3'})
+		att.unsynced = true
+		fr.Send(m)
+	case *pgproto3.Execute:
+		att.unsynced = true
+		fr.Send(m)
+	case *pgproto3.Sync:
+		att.unsynced = false
+		att.outstanding++
+		att.sentSeg++
+		fr.Send(m)
+		flush = true
+	case *pgproto3.Flush:
+		att.flushWanted = true
+		fr.Send(m)
+		flush = true
+	case *pgproto3.Query:
+		// A simple query destroys the unnamed statement.
+		delete(att.bst.stmts, "")
+		att.outstanding++
+		att.sentSeg++
+		fr.Send(m)
+		flush = true
+	case *pgproto3.FunctionCall:
+		att.outstanding++
+		att.sentSeg++
+		fr.Send(m)
+		flush = true
+	case *pgproto3.CopyData:
+		att.copyBytes += len(m.Data)
+		flush = att.copyBytes >= 64<<10
+		fr.Send(m)
+	case *pgproto3.CopyDone, *pgproto3.CopyFail:
+		fr.Send(m)
+		flush = true
+	default:
+		c.mu.Unlock()
+		return newClientError(codeProtocolViolation, fmt.Sprintf("unexpected message %T", msg))
+	}
+	if flush {
+		att.copyBytes = 0
+	}
+	c.mu.Unlock()
+	if flush {
+		return fr.Flush()
+	}
+	return nil
+}
+
+// ensurePrepared injects a Parse (and a Close of a different statement of
+// the same name) when the backend does not hold the client's statement.
+// Called with c.mu held.
+func (c *clientConn) ensurePrepared(att *attachment, fr *pgproto3.Frontend, name string) {
+	ps := c.sess.stmts[name]
+	if ps == nil {
+		return // unknown to us: PostgreSQL reports the error
+	}
+	have, ok := att.bst.stmts[name]
+	if ok && have == ps.hash {
+		return
+	}
+	if ok && name != "" {
+		att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: name}, expectation{kind: '3', swallow: true})
+	}
+	att.inject(fr, &pgproto3.Parse{Name: name, Query: ps.query, ParameterOIDs: ps.paramOIDs}, expectation{kind: '1', swallow: true, name: name, hash: ps.hash})
+	att.bst.stmts[name] = ps.hash
+}
+
+func (att *attachment) inject(fr *pgproto3.Frontend, msg pgproto3.FrontendMessage, e expectation) {
+	e.seg = att.sentSeg
+	att.expect = append(att.expect, e)
+	att.unsynced = true
+	fr.Send(msg)
+}
+
+// backendFailed ends the client connection after the backend broke.
+func (c *clientConn) backendFailed(att *attachment, err error) stateFn {
+	att.cancel()
+	<-att.done
+	c.mu.Lock()
+	reason := c.closeReason
+	c.mu.Unlock()
+	if reason != nil {
+		return c.stateClosing
+	}
+	return c.fail(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err})
+}
+
+// teardown runs when the connection ends: a leased backend that may be
+// mid-transaction is never pooled dirty. If requests are in flight the
+// backend is asked to cancel them, then the connection is discarded;
+// an idle backend goes back to the pool.
+func (c *clientConn) teardown() {
+	c.mu.Lock()
+	att := c.att
+	c.mu.Unlock()
+	if att == nil {
+		return
+	}
+	c.mu.Lock()
+	busy := att.outstanding > 0 || att.unsynced || att.copying
+	c.mu.Unlock()
+	att.cancel()
+	<-att.done
+	c.mu.Lock()
+	released := att.released
+	c.att = nil
+	c.mu.Unlock()
+	if released {
+		return
+	}
+	if busy || att.conn.TxStatus() != 'I' || att.conn.IsBusy() {
+		att.lease.Discard(nil)
+		return
+	}
+	att.lease.Release(nil)
+}
+
+// pump streams backend messages to the client until the backend can be
+// released (ReadyForQuery 'I' with nothing in flight, transaction
+// pooling), the backend fails, or ctx ends.
+func (c *clientConn) pump(ctx context.Context, att *attachment) {
+	defer close(att.done)
+	for {
+		msg, err := att.conn.ReceiveMessage(ctx)
+		if err != nil {
+			c.pumpFailed(ctx, att, err)
+			return
+		}
+		c.mu.Lock()
+		forward, flush, release := c.observe(att, msg)
+		c.mu.Unlock()
+		if release {
+			c.detach(ctx, att, msg.(*pgproto3.ReadyForQuery))
+			return
+		}
+		if !forward {
+			continue
+		}
+		c.wmu.Lock()
+		c.fe.Send(msg)
+		err = c.fe.Flush()
+		if err == nil && flush {
+			err = c.bw.Flush()
+		}
+		c.wmu.Unlock()
+		if err != nil {
+			// The client is gone; the reader will see it too.
+			c.mu.Lock()
+			c.closeReason = errClientGone
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			_ = c.netConn.Close()
+			return
+		}
+	}
+}
+
+// observe updates the bookkeeping for one backend message. Called with
+// c.mu held. It reports whether to forward it, whether to flush the
+// client afterwards, and whether the backend is to be released now.
+func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forward, flush, release bool) {
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
+		if len(att.expect) > 0 {
+			e := att.expect[0]
+			att.expect = att.expect[1:]
+			if e.swallow {
+				return false, false, false
+			}
+		}
+	case *pgproto3.ErrorResponse:
+		// The backend skips to the next Sync: forget what it will not answer.
+		keep := att.expect[:0]
+		for _, e := range att.expect {
+			if e.seg != att.recvSeg {
+				keep = append(keep, e)
+			} else if e.kind == '1' {
+				delete(att.bst.stmts, e.name)
+				if ps := c.sess.stmts[e.name]; ps != nil && ps.hash == e.hash && !e.swallow {
+					delete(c.sess.stmts, e.name)
+				}
+			}
+		}
+		att.expect = keep
+		sets := att.sets[:0]
+		for _, s := range att.sets {
+			if s.seg != att.recvSeg {
+				sets = append(sets, s)
+			}
+		}
+		att.sets = sets
+		att.copying = false
+		flush = true
+	case *pgproto3.CommandComplete:
+		c.observeCommand(att, m.CommandTag)
+	case *pgproto3.CopyInResponse, *pgproto3.CopyBothResponse:
+		att.copying = true
+		flush = true
+		c.srv.reg.transition(c, stateCopy)
+	case *pgproto3.CopyOutResponse:
+		att.copying = true
+		c.srv.reg.transition(c, stateCopy)
+	case *pgproto3.ParameterStatus:
+		flush = att.outstanding == 0
+	case *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
+		flush = true
+	case *pgproto3.ReadyForQuery:
+		att.outstanding--
+		att.recvSeg++
+		att.copying = false
+		att.flushWanted = false
+		c.lastTx = m.TxStatus
+		c.endOfStatement(att, m.TxStatus)
+		flush = true
+		if att.outstanding <= 0 && !att.unsynced {
+			att.outstanding = 0
+			c.cond.Broadcast()
+			if m.TxStatus == 'I' && c.srv.cfg.PoolMode == PoolTransaction {
+				c.att = nil
+				att.released = true
+				return false, false, true
+			}
+			c.srv.reg.transition(c, stateAttached)
+		}
+	}
+	if att.flushWanted {
+		flush = true
+	}
+	return true, flush, false
+}
+
+func (c *clientConn) observeCommand(att *attachment, tag []byte) {
+	t := string(tag)
+	switch {
+	case t == "SET" || t == "RESET" || t == "DISCARD ALL" || t == "SET CONSTRAINTS":
+		if len(att.sets) > 0 && t != "SET CONSTRAINTS" {
+			s := att.sets[0]
+			att.sets = att.sets[1:]
+			if !s.info.Local {
+				att.txSets = append(att.txSets, s.info)
+			}
+			if s.info.Op == router.SetDiscardAll {
+				clear(att.bst.stmts)
+			}
+		}
+	case t == "DEALLOCATE ALL":
+		clear(att.bst.stmts)
+		clear(c.sess.stmts)
+	case t == "ROLLBACK":
+		att.txSets = nil
+	case t == "COPY" || len(t) > 5 && t[:5] == "COPY ":
+		att.copying = false
+	}
+	if att.copying == false && connState(c.state.Load()) == stateCopy {
+		c.srv.reg.transition(c, stateAttached)
+	}
+}
+
+// endOfStatement applies SETs that are now part of the session (the
+// transaction ended, or there was none) and keeps the backend's applied
+// fingerprint in step. Called with c.mu held.
+func (c *clientConn) endOfStatement(att *attachment, tx byte) {
+	if tx != 'I' || len(att.txSets) == 0 {
+		return
+	}
+	for _, si := range att.txSets {
+		c.sess.applySet(si)
+	}
+	att.txSets = nil
+	att.bst.fingerprint = c.sess.fingerprint
+}
+
+// detach ends an attachment at ReadyForQuery 'I': it reads the commit
+// position when the transaction wrote (and tells the client its causal
+// token), forwards the ReadyForQuery, and returns the backend to its pool.
+func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.ReadyForQuery) {
+	tx := rfq.TxStatus
+	msgs := make([]pgproto3.BackendMessage, 0, 2)
+	if att.wrote && att.primary {
+		if lsn, err := att.lease.CurrentLSN(ctx); err == nil {
+			c.mu.Lock()
+			c.sess.observeCommit(att.shard, lsn)
+			tok := c.sess.tokenText()
+			c.mu.Unlock()
+			msgs = append(msgs, &pgproto3.ParameterStatus{Name: "dbproxy.causal_token", Value: tok})
+		} else {
+			c.srv.log.Debug("reading commit position failed", "node", att.nodeName, "err", err)
+		}
+	}
+	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: tx})
+	att.lease.Release(nil)
+	c.setState(stateIdle)
+	if err := c.send(msgs...); err != nil {
+		_ = c.netConn.Close()
+	}
+}
+
+// pumpFailed handles a backend read error: unless the connection is
+// ending anyway, the client gets FATAL 08006 and is disconnected.
+func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error) {
+	c.mu.Lock()
+	ending := ctx.Err() != nil
+	if c.att == att {
+		c.att = nil
+	}
+	att.released = true
+	if !ending {
+		c.closeReason = err
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	att.lease.Discard(err)
+	if ending {
+		return
+	}
+	c.wmu.Lock()
+	c.fe.Send(errorResponse(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err}, "FATAL"))
+	_ = c.fe.Flush()
+	_ = c.bw.Flush()
+	c.wmu.Unlock()
+	_ = c.netConn.Close()
+}
+
+var _ = time.Second

@@ -1,0 +1,5 @@
+package proxy
+
+import "syscall"
+
+var syscallEMFILE = syscall.EMFILE

@@ -1,0 +1,219 @@
+package proxy
+
+import (
+	"context"
+
+	"github.com/dbproxy/dbproxy/router"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// maxPending bounds the extended-protocol messages buffered before the
+// proxy must pick a backend.
+const maxPending = 256
+
+// handleExtended handles Parse/Bind/Describe/Execute/Close/Sync/Flush.
+//
+// Inside a batch (messages since the last Sync) every message goes to
+// the backend the batch started on, so unnamed statements and portals
+// stay together. A batch that starts without a backend is buffered until
+// its first routable message: Bind (the statement plus its parameters
+// decide the shard), or Sync/Flush/Execute for batches without a Bind
+// (Parse+Describe, as drivers do to prepare).
+func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMessage) stateFn {
+	if c.localBatch != nil {
+		if next := c.answerLocalMessage(msg); next != nil {
+			return next
+		}
+		return c.idleOrAttached()
+	}
+	if c.skipToSync {
+		if _, ok := msg.(*pgproto3.Sync); ok {
+			c.skipToSync = false
+			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.lastTxStatus()}); err != nil {
+				return c.stateClosing
+			}
+		}
+		return c.idleOrAttached()
+	}
+	c.mu.Lock()
+	att := c.att
+	inBatch := att != nil && att.unsynced
+	c.mu.Unlock()
+	if inBatch && len(c.pending) == 0 {
+		if _, ok := msg.(*pgproto3.Sync); ok {
+			c.queries.Add(1)
+		}
+		if b, ok := msg.(*pgproto3.Bind); ok {
+			if ps := c.sess.stmts[b.PreparedStatement]; ps != nil {
+				if st, err := c.classifyPrepared(ps); err == nil {
+					c.noteStatement(att, st)
+				}
+			}
+		}
+		if err := c.forward(att, msg); err != nil {
+			return c.backendFailed(att, err)
+		}
+		return c.stateAttached
+	}
+
+	var trigger bool
+	var bind *pgproto3.Bind
+	switch m := msg.(type) {
+	case *pgproto3.Bind:
+		trigger, bind = true, m
+	case *pgproto3.Sync:
+		trigger = true
+		if len(c.pending) == 0 {
+			// Nothing to run: answer ReadyForQuery ourselves (in order).
+			c.queries.Add(1)
+			if a := c.current(true); a != nil {
+				if err := c.forward(a, m); err != nil {
+					return c.backendFailed(a, err)
+				}
+				return c.stateAttached
+			}
+			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
+				return c.stateClosing
+			}
+			return c.stateIdle
+		}
+	case *pgproto3.Flush:
+		if len(c.pending) == 0 {
+			if a := c.current(false); a != nil {
+				if err := c.forward(a, m); err != nil {
+					return c.backendFailed(a, err)
+				}
+				return c.stateAttached
+			}
+			if err := c.flushClient(); err != nil {
+				return c.stateClosing
+			}
+			return c.stateIdle
+		}
+		trigger = true
+	case *pgproto3.Execute:
+		trigger = true
+	}
+	c.pending = append(c.pending, copyFrontendMessage(msg))
+	if !trigger && len(c.pending) < maxPending {
+		return c.idleOrAttached()
+	}
+	return c.startBatch(ctx, bind)
+}
+
+// startBatch picks the backend for the buffered batch and sends it.
+func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateFn {
+	ps, st, err := c.batchStatement(bind)
+	if err != nil {
+		return c.localError(err, true)
+	}
+	if isLocal(st) {
+		return c.answerLocalBatch(ctx, st)
+	}
+	att, next := c.segmentTarget(ctx, st, bind, ps)
+	if next != nil {
+		return next
+	}
+	if bind != nil {
+		c.noteStatement(att, st)
+	}
+	pending := c.pending
+	c.pending = nil
+	for _, m := range pending {
+		if _, ok := m.(*pgproto3.Sync); ok {
+			c.queries.Add(1)
+		}
+		if err := c.forward(att, m); err != nil {
+			return c.backendFailed(att, err)
+		}
+	}
+	return c.stateAttached
+}
+
+// batchStatement finds the statement that decides a batch's route: the
+// one the Bind names, else the batch's first Parse, else the first
+// Describe'd statement. Parse messages in the batch take precedence over
+// the session's statements of the same name.
+func (c *clientConn) batchStatement(bind *pgproto3.Bind) (*preparedStmt, *router.Statement, error) {
+	find := func(name string) *preparedStmt {
+		for i := len(c.pending) - 1; i >= 0; i-- {
+			if p, ok := c.pending[i].(*pgproto3.Parse); ok && p.Name == name {
+				return &preparedStmt{name: p.Name, query: p.Query, paramOIDs: p.ParameterOIDs, hash: stmtHash(p.Query, p.ParameterOIDs)}
+			}
+		}
+		return c.sess.stmts[name]
+	}
+	var ps *preparedStmt
+	if bind != nil {
+		ps = find(bind.PreparedStatement)
+	} else {
+		for _, m := range c.pending {
+			switch m := m.(type) {
+			case *pgproto3.Parse:
+				ps = find(m.Name)
+			case *pgproto3.Describe:
+				if m.ObjectType == 'S' {
+					ps = find(m.Name)
+				}
+			}
+			if ps != nil {
+				break
+			}
+		}
+	}
+	if ps == nil {
+		// Portal-only batches (Describe/Execute of a portal) have no
+		// statement here: PostgreSQL will report what is missing.
+		return nil, &router.Statement{Kind: router.KindRead}, nil
+	}
+	st, err := c.classifyPrepared(ps)
+	return ps, st, err
+}
+
+func (c *clientConn) classifyPrepared(ps *preparedStmt) (*router.Statement, error) {
+	if ps.stmt != nil {
+		return ps.stmt, nil
+	}
+	st, err := c.classify(ps.query)
+	if err != nil {
+		return nil, err
+	}
+	ps.stmt = st
+	return st, nil
+}
+
+// copyFrontendMessage copies a message returned by Receive (which is
+// valid only until the next Receive) so it can be buffered.
+func copyFrontendMessage(msg pgproto3.FrontendMessage) pgproto3.FrontendMessage {
+	switch m := msg.(type) {
+	case *pgproto3.Parse:
+		cp := *m
+		cp.ParameterOIDs = append([]uint32(nil), m.ParameterOIDs...)
+		return &cp
+	case *pgproto3.Bind:
+		cp := *m
+		cp.ParameterFormatCodes = append([]int16(nil), m.ParameterFormatCodes...)
+		cp.ResultFormatCodes = append([]int16(nil), m.ResultFormatCodes...)
+		cp.Parameters = make([][]byte, len(m.Parameters))
+		for i, p := range m.Parameters {
+			if p != nil {
+				cp.Parameters[i] = append([]byte{}, p...)
+			}
+		}
+		return &cp
+	case *pgproto3.Describe:
+		cp := *m
+		return &cp
+	case *pgproto3.Execute:
+		cp := *m
+		return &cp
+	case *pgproto3.Close:
+		cp := *m
+		return &cp
+	case *pgproto3.Sync:
+		return &pgproto3.Sync{}
+	case *pgproto3.Flush:
+		return &pgproto3.Flush{}
+	}
+	return msg
+}

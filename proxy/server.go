@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dbproxy/dbproxy/cache"
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
+	"github.com/dbproxy/dbproxy/shard"
+)
+
+// Deps are the ready-made collaborators a Server routes through. The
+// caller owns them: Server.Close does not close them.
+type Deps struct {
+	// Router classifies statements and decides where they go.
+	Router *router.Router
+	// Shards holds one replica set per shard of the router's topology.
+	Shards map[shard.ID]*replica.Set
+	// Cache is accepted for future use and ignored today.
+	Cache *cache.Cache
+	// Logger overrides Config.Logger when non-nil.
+	Logger *slog.Logger
+}
+
+// Server is a PostgreSQL wire-protocol proxy. Create it with New, run it
+// with Serve, stop it with Close. All methods are safe for concurrent use.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	router *router.Router
+	shards map[shard.ID]*replica.Set
+
+	live atomic.Pointer[liveConfig] // the reloadable part
+
+	reg *registry
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	closed    bool
+	closing   chan struct{} // closed when Close starts: stop accepting, drain
+	kill      chan struct{} // closed when the drain deadline passes: end sessions now
+	conns     sync.WaitGroup
+	serving   sync.WaitGroup
+
+	baseCtx    context.Context // parent of every connection ctx
+	baseCancel context.CancelFunc
+
+	paramsMu     sync.Mutex
+	serverParams map[string]string // ParameterStatus values learned from backends
+}
+
+type liveConfig struct {
+	creds        map[string]*credential
+	databases    []string
+	maxStaleness time.Duration
+	maxClients   int
+}
+
+// New validates cfg and returns a Server that routes through deps. It
+// starts no goroutines; Serve does.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Router == nil {
+		return nil, fmt.Errorf("proxy: Deps.Router is nil: %w", ErrInvalidConfig)
+	}
+	if len(deps.Shards) == 0 {
+		return nil, fmt.Errorf("proxy: Deps.Shards is empty: %w", ErrInvalidConfig)
+	}
+	log := cfg.Logger
+	if deps.Logger != nil {
+		log = deps.Logger
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		router:    deps.Router,
+		shards:    deps.Shards,
+		reg:       newRegistry(),
+		listeners: map[net.Listener]struct{}{},
+		closing:   make(chan struct{}),
+		kill:      make(chan struct{}),
+		serverParams: map[string]string{
+			"server_version": cfg.ServerVersion, "server_encoding": "UTF8", "client_encoding": "UTF8",
+			"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "TimeZone": "UTC", "integer_datetimes": "on",
+			"standard_conforming_strings": "on", "is_superuser": "off",
+		},
+	}
+	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
+	if err := s.Reload(cfg.Reloadable()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Reload swaps the reloadable settings (users, databases, default max
+// staleness, client limit). Existing connections keep their identity;
+// new connections and new transactions see the new values.
+func (s *Server) Reload(r Reloadable) error {
+	check := s.cfg
+	check.Users, check.Databases, check.MaxStaleness, check.MaxClients = r.Users, r.Databases, r.MaxStaleness, r.MaxClients
+	if err := check.Validate(); err != nil {
+		return err
+	}
+	creds, err := buildCredentials(r.Users)
+	if err != nil {
+		return err
+	}
+	s.live.Store(&liveConfig{creds: creds, databases: append([]string(nil), r.Databases...), maxStaleness: r.MaxStaleness, maxClients: r.MaxClients})
+	return nil
+}
+
+// Serve accepts client connections on ln until Close is called or ctx is
+// done, and returns ErrServerClosed (or ctx's error). Each connection is
+// served by goroutines the Server owns; Close waits for them. Serve may be
+// called on several listeners at once. It closes ln when it returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.serving.Add(1)
+	s.mu.Unlock()
+	defer s.serving.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		_ = ln.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-s.closing:
+				return ErrServerClosed
+			default:
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.startConn(nc)
+	}
+}
+
+func (s *Server) startConn(nc net.Conn) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = nc.Close()
+		return
+	}
+	s.conns.Add(1)
+	s.mu.Unlock()
+	s.reg.accepted.Add(1)
+	c := newClientConn(s, nc)
+	go func() {
+		defer s.conns.Done()
+		c.serve()
+	}()
+}
+
+// Close stops accepting, lets open transactions finish until ctx's
+// deadline or Config.ShutdownTimeout (whichever is first), then ends the
+// remaining sessions with FATAL 57P01 and waits for every connection
+// goroutine. Idle sessions are ended at once. It is idempotent; the
+// replica sets and router in Deps are not closed.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		s.conns.Wait()
+		return nil
+	}
+	s.closed = true
+	close(s.closing)
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	s.mu.Unlock()
+	s.serving.Wait()
+
+	for _, c := range s.reg.all() {
+		c.notifyShutdown()
+	}
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	var timer <-chan time.Time
+	if s.cfg.ShutdownTimeout > 0 {
+		t := time.NewTimer(s.cfg.ShutdownTimeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	var err error
+	select {
+	case <-done:
+	case <-timer:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	close(s.kill)
+	s.baseCancel()
+	<-done
+	return err
+}
+
+// Stats returns a snapshot of the connections and their states.
+func (s *Server) Stats() Stats {
+	st := Stats{Accepted: s.reg.accepted.Load(), Rejected: s.reg.rejected.Load(), ByState: map[string]int{}}
+	for i := connState(0); i < numStates; i++ {
+		if n := s.reg.counts[i].Load(); n > 0 {
+			st.ByState[i.String()] = int(n)
+			st.Clients += int(n)
+		}
+	}
+	for _, c := range s.reg.all() {
+		st.Conns = append(st.Conns, c.stats())
+	}
+	return st
+}
+
+func (s *Server) learnParams(p map[string]string) {
+	s.paramsMu.Lock()
+	defer s.paramsMu.Unlock()
+	for k, v := range p {
+		s.serverParams[k] = v
+	}
+}
+
+func (s *Server) params() map[string]string {
+	s.paramsMu.Lock()
+	defer s.paramsMu.Unlock()
+	out := make(map[string]string, len(s.serverParams))
+	for k, v := range s.serverParams {
+		out[k] = v
+	}
+	return out
+}
+
+func randomUint32() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint32(b[:])
+}
+
+// reportedParams are the ParameterStatus names a client expects at startup.
+var reportedParams = []string{"server_version", "server_encoding", "client_encoding", "DateStyle", "IntervalStyle",
+	"TimeZone", "integer_datetimes", "standard_conforming_strings", "is_superuser", "session_authorization",
+	"in_hot_standby", "default_transaction_read_only", "application_name", "scram_iterations"}
+
+// learnBackendParams records a new backend's ParameterStatus values so the
+// next clients are greeted with the real server's (server_version, ...).
+func (s *Server) learnBackendParams(conn interface{ ParameterStatus(string) string }) {
+	p := map[string]string{}
+	for _, k := range []string{"server_version", "server_encoding", "integer_datetimes", "standard_conforming_strings"} {
+		if v := conn.ParameterStatus(k); v != "" {
+			p[k] = v
+		}
+	}
+	s.learnParams(p)
+}

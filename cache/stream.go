@@ -20,7 +20,8 @@ import (
 type stream struct {
 	c      *Cache
 	cfg    StreamConfig
-	pgcfg  *pgconn.Config
+	pgcfg  *pgconn.Config // replication=database connection
+	qcfg   *pgconn.Config // plain connection for visibility checks
 	sh     *shardState
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -50,6 +51,13 @@ func (c *Cache) Watch(ctx context.Context, cfg StreamConfig) error {
 	if pgcfg.ConnectTimeout == 0 || pgcfg.ConnectTimeout > cfg.ConnectTimeout {
 		pgcfg.ConnectTimeout = cfg.ConnectTimeout
 	}
+	qcfg, err := pgconn.ParseConfig(cfg.ConnString)
+	if err != nil {
+		return fmt.Errorf("%w: shard %q: %v", ErrInvalidConfig, cfg.Shard, err)
+	}
+	delete(qcfg.RuntimeParams, "replication")
+	qcfg.RuntimeParams["application_name"] = pgcfg.RuntimeParams["application_name"]
+	qcfg.ConnectTimeout = pgcfg.ConnectTimeout
 	if err := c.Unwatch(ctx, cfg.Shard); err != nil && !errors.Is(err, ErrNotWatched) {
 		return err
 	}
@@ -67,7 +75,7 @@ func (c *Cache) Watch(ctx context.Context, cfg StreamConfig) error {
 		c.shards[cfg.Shard] = sh
 	}
 	sctx, cancel := context.WithCancel(context.Background()) // owned: ended by Unwatch/Close
-	s := &stream{c: c, cfg: cfg, pgcfg: pgcfg, sh: sh, cancel: cancel, done: make(chan struct{})}
+	s := &stream{c: c, cfg: cfg, pgcfg: pgcfg, qcfg: qcfg, sh: sh, cancel: cancel, done: make(chan struct{})}
 	c.streams[cfg.Shard] = s
 	sh.nudge.Store(s)
 	c.wg.Add(1)
@@ -203,6 +211,15 @@ func (s *stream) session(ctx context.Context) (wasUp bool, err error) {
 		_ = conn.Close(cctx)
 		cancel()
 	}()
+	qconn, err := pgconn.ConnectConfig(setupCtx, s.qcfg)
+	if err != nil {
+		return false, fmt.Errorf("connect (visibility checks): %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = qconn.Close(cctx)
+		cancel()
+	}()
 	if err := s.ensurePublication(setupCtx, conn); err != nil {
 		return false, err
 	}
@@ -226,7 +243,7 @@ func (s *stream) session(ctx context.Context) (wasUp bool, err error) {
 		return false, fmt.Errorf("start replication on slot %s: %w", slot, err)
 	}
 	s.c.streamUp(s.sh, uint64(start), slot)
-	return true, s.receive(ctx, conn)
+	return true, s.receive(ctx, conn, qconn)
 }
 
 func (s *stream) ensurePublication(ctx context.Context, conn *pgconn.PgConn) error {
@@ -253,14 +270,39 @@ func (s *stream) ensurePublication(ctx context.Context, conn *pgconn.PgConn) err
 }
 
 // decoder turns pgoutput messages into invalidations.
+//
+// A commit is decoded as soon as its WAL record is flushed, which is before
+// the committing backend leaves the proc array: for a short while (longer
+// with synchronous replication) new snapshots still do not see it. Applying
+// its invalidation then would let a fill read the old row and store it
+// under the new epochs. So decoded commits wait in queue until the
+// primary's current snapshot shows their xid as finished, and are applied
+// in commit order; keepalive positions past a queued commit wait too.
 type decoder struct {
 	relations  map[uint32]string // relation id -> table key
 	touched    map[string]struct{}
 	unknown    bool // a change to a relation never described: flush the shard
 	commitTime time.Time
+	xid        uint32
+
+	queue     []decodedCommit
+	heldKA    uint64 // keepalive position to apply once queue drains
+	lastCheck time.Time
 }
 
-func (s *stream) receive(ctx context.Context, conn *pgconn.PgConn) error {
+type decodedCommit struct {
+	xid        uint32
+	lsn        uint64
+	tables     []string
+	flushAll   bool
+	commitTime time.Time
+}
+
+// settleRetry is how soon a visibility check is repeated while a decoded
+// commit is not yet visible, and the minimum gap between checks.
+const settleRetry = time.Millisecond
+
+func (s *stream) receive(ctx context.Context, conn, qconn *pgconn.PgConn) error {
 	d := &decoder{relations: make(map[uint32]string), touched: make(map[string]struct{})}
 	lastRecv := time.Now()
 	nextStatus := time.Now()
@@ -279,9 +321,17 @@ func (s *stream) receive(ctx context.Context, conn *pgconn.PgConn) error {
 		if now.Sub(lastRecv) > s.cfg.StallTimeout {
 			return fmt.Errorf("stream stalled: nothing received for %s", now.Sub(lastRecv).Round(time.Millisecond))
 		}
+		if len(d.queue) > 0 && now.Sub(d.lastCheck) >= settleRetry {
+			if err := s.settle(ctx, qconn, d); err != nil {
+				return err
+			}
+		}
 		deadline := nextStatus
 		if stall := lastRecv.Add(s.cfg.StallTimeout); stall.Before(deadline) {
 			deadline = stall
+		}
+		if retry := d.lastCheck.Add(settleRetry); len(d.queue) > 0 && retry.Before(deadline) {
+			deadline = retry
 		}
 		rctx, cancel := context.WithDeadline(ctx, deadline)
 		s.recvCancel.Store(&cancel)
@@ -317,6 +367,82 @@ func (s *stream) receive(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 }
 
+// settle applies, in order, the queued commits the primary now shows as
+// finished to new snapshots.
+func (s *stream) settle(ctx context.Context, qconn *pgconn.PgConn, d *decoder) error {
+	d.lastCheck = time.Now()
+	qctx, cancel := context.WithTimeout(ctx, s.cfg.StallTimeout)
+	defer cancel()
+	rs, err := qconn.Exec(qctx, "SELECT pg_catalog.pg_current_snapshot()::text").ReadAll()
+	if err != nil {
+		return fmt.Errorf("visibility check: %w", err)
+	}
+	if len(rs) != 1 || len(rs[0].Rows) != 1 {
+		return errors.New("visibility check: unexpected result")
+	}
+	snap, err := parseSnapshot(string(rs[0].Rows[0][0]))
+	if err != nil {
+		return fmt.Errorf("visibility check: %w", err)
+	}
+	n := 0
+	for _, c := range d.queue {
+		if !snap.finished(c.xid) {
+			break
+		}
+		s.c.applyCommit(s.sh, c.tables, c.flushAll, c.lsn, c.commitTime)
+		n++
+	}
+	d.queue = append(d.queue[:0], d.queue[n:]...)
+	if len(d.queue) == 0 && d.heldKA > 0 {
+		s.sh.advance(d.heldKA)
+		d.heldKA = 0
+	}
+	return nil
+}
+
+// pgSnapshot is the 32-bit view of a pg_current_snapshot() value.
+type pgSnapshot struct {
+	xmax uint32
+	xip  []uint32
+}
+
+func parseSnapshot(text string) (pgSnapshot, error) {
+	parts := strings.Split(text, ":")
+	if len(parts) != 3 {
+		return pgSnapshot{}, fmt.Errorf("bad snapshot %q", text)
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return pgSnapshot{}, fmt.Errorf("bad snapshot %q: %w", text, err)
+	}
+	snap := pgSnapshot{xmax: uint32(xmax)}
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			v, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return pgSnapshot{}, fmt.Errorf("bad snapshot %q: %w", text, err)
+			}
+			snap.xip = append(snap.xip, uint32(v))
+		}
+	}
+	return snap, nil
+}
+
+// finished reports whether xid (a 32-bit xid of a recent transaction) is
+// no longer running in the snapshot: below xmax (modulo wraparound) and
+// not in progress.
+func (p pgSnapshot) finished(xid uint32) bool {
+	if int32(p.xmax-xid) <= 0 {
+		return false
+	}
+	for _, x := range p.xip {
+		if x == xid {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *stream) handleCopyData(d *decoder, data []byte, nextStatus *time.Time) error {
 	if len(data) == 0 {
 		return errors.New("empty CopyData")
@@ -328,8 +454,12 @@ func (s *stream) handleCopyData(d *decoder, data []byte, nextStatus *time.Time) 
 			return err
 		}
 		// The keepalive carries the walsender's sent position: every commit
-		// before it has been sent, and so applied, already.
-		s.sh.advance(uint64(ka.ServerWALEnd))
+		// before it has been sent already, and applied unless still queued.
+		if len(d.queue) == 0 {
+			s.sh.advance(uint64(ka.ServerWALEnd))
+		} else {
+			d.heldKA = max(d.heldKA, uint64(ka.ServerWALEnd))
+		}
 		if ka.ReplyRequested {
 			*nextStatus = time.Time{}
 		}
@@ -342,12 +472,12 @@ func (s *stream) handleCopyData(d *decoder, data []byte, nextStatus *time.Time) 
 		if err != nil {
 			return fmt.Errorf("decode pgoutput: %w", err)
 		}
-		s.apply(d, msg)
+		s.decode(d, msg)
 	}
 	return nil
 }
 
-func (s *stream) apply(d *decoder, msg pglogrepl.Message) {
+func (s *stream) decode(d *decoder, msg pglogrepl.Message) {
 	touch := func(rel uint32) {
 		if k, ok := d.relations[rel]; ok {
 			d.touched[k] = struct{}{}
@@ -358,6 +488,7 @@ func (s *stream) apply(d *decoder, msg pglogrepl.Message) {
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		d.commitTime = m.CommitTime
+		d.xid = m.Xid
 		clear(d.touched)
 		d.unknown = false
 	case *pglogrepl.RelationMessage:
@@ -384,7 +515,10 @@ func (s *stream) apply(d *decoder, msg pglogrepl.Message) {
 		for k := range d.touched {
 			tables = append(tables, k)
 		}
-		s.c.applyCommit(s.sh, tables, d.unknown, uint64(m.TransactionEndLSN), d.commitTime)
+		d.queue = append(d.queue, decodedCommit{
+			xid: d.xid, lsn: uint64(m.TransactionEndLSN), tables: tables,
+			flushAll: d.unknown, commitTime: d.commitTime,
+		})
 		clear(d.touched)
 		d.unknown = false
 	}

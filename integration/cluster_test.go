@@ -469,7 +469,7 @@ func TestClusterTwoConcurrentClusters(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			clusters[i], errs[i] = pgcluster.Start(ctx, pgcluster.Options{Name: fmt.Sprintf("shard%d", i), Standbys: 1})
+			clusters[i], errs[i] = pgcluster.Start(ctx, pgcluster.Options{Name: fmt.Sprintf("shard%d", i), Standbys: 1, Logf: t.Logf})
 		}()
 	}
 	wg.Wait()

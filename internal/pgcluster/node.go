@@ -232,7 +232,11 @@ func (n *Node) stopLocked(ctx context.Context) error {
 	cancel()
 	// pg_ctl returns once postmaster.pid is gone, a moment before the
 	// postmaster exits.
-	if waitExit([]int{pid}, 10*time.Second) {
+	grace := 10 * time.Second
+	if err != nil {
+		grace = 500 * time.Millisecond
+	}
+	if waitExit([]int{pid}, grace) {
 		return nil
 	}
 	n.c.logf("pgcluster: %s: fast shutdown failed (%v); trying immediate", n.Name, err)
@@ -364,31 +368,27 @@ func (n *Node) startConfigured(ctx context.Context) error {
 	return err
 }
 
-// initdb creates the primary's data directory.
+// initdb creates the primary's data directory: a copy of the initdb
+// template, or a plain initdb if the template cannot be used.
 func (n *Node) initdb(ctx context.Context) error {
 	if err := n.resetNodeDir(); err != nil {
 		return err
 	}
-	if _, err := n.c.run(ctx, n.nodeDir, "initdb", "-D", n.Dir, "-U", "postgres", "-A", "trust",
-		"-E", "UTF8", "--no-locale", "--no-sync"); err != nil {
+	tmpl, err := n.c.templateDir(ctx)
+	if err == nil {
+		if err = n.c.copyTemplate(ctx, n.nodeDir, tmpl, n.Dir); err == nil {
+			return nil
+		}
+		_ = os.RemoveAll(n.Dir)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("pgcluster: %s: initdb: %w", n.Name, ctx.Err())
+	}
+	n.c.logf("pgcluster: %s: initdb template unusable (%v); running initdb", n.Name, err)
+	if err := n.c.initdbInto(ctx, n.nodeDir, n.Dir); err != nil {
 		return fmt.Errorf("pgcluster: %s: %w", n.Name, err)
 	}
-	f, err := os.OpenFile(filepath.Join(n.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString("\n# Settings managed by pgcluster (rewritten on every start).\ninclude 'pgcluster.conf'\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	hba := "# Written by pgcluster.\n" +
-		"host all postgres 127.0.0.1/32 trust\n" +
-		"host replication all 127.0.0.1/32 trust\n" +
-		"host all all 127.0.0.1/32 scram-sha-256\n"
-	return n.writeFile(filepath.Join(n.Dir, "pg_hba.conf"), hba)
+	return nil
 }
 
 // basebackup creates a standby's data directory from the primary through its
@@ -444,18 +444,7 @@ func (n *Node) writeConf() error {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(n.c.conf[k], "'", "''"))
 	}
 	fmt.Fprintf(&b, "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n", n.Port)
-	return n.writeFile(filepath.Join(n.Dir, "pgcluster.conf"), b.String())
-}
-
-// writeFile writes a file in the data directory, owned by the server user.
-func (n *Node) writeFile(path, content string) error {
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		return err
-	}
-	if n.c.user.switched {
-		return os.Chown(path, int(n.c.user.uid), int(n.c.user.gid))
-	}
-	return nil
+	return n.c.writeOwnedFile(filepath.Join(n.Dir, "pgcluster.conf"), b.String())
 }
 
 // postmasterPID reads the first line of postmaster.pid.

@@ -333,3 +333,35 @@ func TestUnknownKeysReportedOnce(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestInlineTables(t *testing.T) {
+	text := `[server]
+databases = ["app"]
+[[users]]
+name = "app"
+password = "pw"
+[[shards]]
+name = "s0"
+nodes = [{ name = "p", host = "db1", port = 5432, role = "primary" },
+         { name = "s", host = "db2", port = 5432, role = "standby", pool_size = 5 }]
+`
+	c, err := Parse([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, ok := c.Node("s"); !ok || n.PoolSize != 5 || n.Weight != 1 {
+		t.Errorf("inline node = %+v", n)
+	}
+	bad := strings.Replace(text, `role = "standby"`, `role = "standby", colour = 1`, 1)
+	_, err = Parse([]byte(bad))
+	fes := FieldErrors(err)
+	if len(fes) != 1 || fes[0].Key != "shards[0].nodes[1].colour" || fes[0].Line != 9 {
+		t.Errorf("unknown key in inline table: %v", err)
+	}
+	bad = strings.Replace(text, `port = 5432, role = "standby"`, `port = -1, role = "standby"`, 1)
+	_, err = Parse([]byte(bad))
+	fes = FieldErrors(err)
+	if len(fes) != 1 || fes[0].Key != "shards[0].nodes[1].port" || fes[0].Line != 9 {
+		t.Errorf("bad port in inline table: %v", err)
+	}
+}

@@ -53,5 +53,6 @@
 // safe for concurrent reads, not for concurrent writes. Treat a Config
 // handed to the rest of the proxy as immutable; reload builds a new one.
 //
-// This package imports nothing from dbproxy.
+// Apart from build.go (conversion to shard and replica configs), the
+// package depends on nothing else in dbproxy.
 package config

@@ -395,7 +395,6 @@ func (a *analyzer) walkNode(n *pg_query.Node, sc int) {
 	a.walk(n.ProtoReflect(), sc)
 }
 
-
 // walk is a generic traversal of any parse-tree message. Statements found
 // inside open their own scope; RangeVars become table references; function
 // calls are classified.

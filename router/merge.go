@@ -131,7 +131,7 @@ func planScatter(sel *pg_query.SelectStmt) *scatterPlan {
 			hasAgg = true
 		}
 	}
-	var hidden []*pg_query.Node // expressions appended to the target list
+	var hidden []*pg_query.Node                                // expressions appended to the target list
 	hiddenPos := func(j int) int { return -(len(hidden) - j) } // valid once hidden is final
 	addHidden := func(expr *pg_query.Node) int {
 		hidden = append(hidden, expr)

@@ -24,7 +24,9 @@ type TopologySource interface {
 }
 
 // StaticTopology is a TopologySource holding one swappable snapshot.
-type StaticTopology struct{ p atomic.Pointer[shard.Topology] }
+type StaticTopology struct {
+	p atomic.Pointer[shard.Topology]
+}
 
 // NewStaticTopology returns a source serving t.
 func NewStaticTopology(t *shard.Topology) *StaticTopology {

@@ -318,14 +318,14 @@ type Statement struct {
 	Functions   []FuncRef // calls to functions that are not known built-ins (checked by Route)
 	UpdatesKeys []string  // UPDATE: columns assigned by SET (a shard-key column here is refused)
 
-	PrepareName  string     // SQL PREPARE name AS ...: the name
-	Prepared     *Statement // SQL PREPARE: the classification of the prepared query
-	ExecuteName  string     // SQL EXECUTE name: the name (its class comes from the Session)
-	ExecuteArgs  []KeyValue // SQL EXECUTE arguments: literals (Param == -1 for an expression)
-	DeallocName  string     // DEALLOCATE name ("" with DeallocAll for DEALLOCATE ALL)
-	DeallocAll   bool
-	CreatesTemp  []string // CREATE TEMP TABLE names (session-bound)
-	InvalidatesFunctions bool // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
+	PrepareName          string     // SQL PREPARE name AS ...: the name
+	Prepared             *Statement // SQL PREPARE: the classification of the prepared query
+	ExecuteName          string     // SQL EXECUTE name: the name (its class comes from the Session)
+	ExecuteArgs          []KeyValue // SQL EXECUTE arguments: literals (Param == -1 for an expression)
+	DeallocName          string     // DEALLOCATE name ("" with DeallocAll for DEALLOCATE ALL)
+	DeallocAll           bool
+	CreatesTemp          []string // CREATE TEMP TABLE names (session-bound)
+	InvalidatesFunctions bool     // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)

@@ -365,3 +365,16 @@ nodes = [{ name = "p", host = "db1", port = 5432, role = "primary" },
 		t.Errorf("bad port in inline table: %v", err)
 	}
 }
+
+func BenchmarkParseExample(b *testing.B) {
+	data, err := os.ReadFile(exampleFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -16,6 +16,7 @@ const maxAlternatives = 256
 // scopeInfo is one query level (a SELECT block or a DML statement).
 type scopeInfo struct {
 	parent int   // enclosing scope, -1 for a top level
+	branch bool  // a branch of the top-level set operation (UNION ALL)
 	refs   []int // indexes into Statement.Tables
 	alts   []conj
 }
@@ -47,8 +48,9 @@ type analyzer struct {
 	sql string
 	st  *Statement
 
-	ctes   map[string]bool
-	scopes []scopeInfo
+	ctes      map[string]bool
+	scopes    []scopeInfo
+	topSelect *pg_query.SelectStmt // the top-level SELECT (set-operation branches are marked)
 
 	// per top-level statement
 	kind      Kind
@@ -159,8 +161,15 @@ func (a *analyzer) selectStmt(s *pg_query.SelectStmt, parent int) int {
 	}
 	a.withClause(s.WithClause, parent)
 	if s.Op != pg_query.SetOperation_SETOP_NONE && s.Op != pg_query.SetOperation_SET_OPERATION_UNDEFINED {
-		a.selectStmt(s.Larg, parent)
-		a.selectStmt(s.Rarg, parent)
+		for _, b := range []*pg_query.SelectStmt{s.Larg, s.Rarg} {
+			first := len(a.scopes)
+			a.selectStmt(b, parent)
+			if s == a.topSelect && first < len(a.scopes) && b.Op == pg_query.SetOperation_SETOP_NONE {
+				a.scopes[first].branch = true
+			} else if s == a.topSelect && b.Op != pg_query.SetOperation_SETOP_NONE {
+				a.topSelect = b // nested set operations of the top level
+			}
+		}
 		for _, n := range s.SortClause {
 			a.walkNode(n, parent)
 		}

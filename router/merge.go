@@ -83,6 +83,10 @@ type scatterPlan struct {
 	refuse      string
 }
 
+// parseVersion is the parse-tree version of pg_query_go v6 (PostgreSQL 17),
+// which Deparse checks; TestDeparseVersion pins it against Parse.
+const parseVersion int32 = 170007
+
 func refuse(why string) *scatterPlan { return &scatterPlan{refuse: why} }
 
 var mergeableAggs = map[string]AggFunc{"count": AggCount, "sum": AggSum, "min": AggMin, "max": AggMax, "avg": AggAvg}
@@ -276,7 +280,7 @@ func planScatter(sel *pg_query.SelectStmt) *scatterPlan {
 	resolveHidden(sp, sel, hidden, hiddenPos, star, hasAgg)
 
 	if rewrite {
-		sql, err := pg_query.Deparse(&pg_query.ParseResult{Stmts: []*pg_query.RawStmt{{Stmt: &pg_query.Node{Node: &pg_query.Node_SelectStmt{SelectStmt: out}}}}})
+		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: parseVersion, Stmts: []*pg_query.RawStmt{{Stmt: &pg_query.Node{Node: &pg_query.Node_SelectStmt{SelectStmt: out}}}}})
 		if err != nil {
 			return refuse("cannot rewrite for shards: " + err.Error())
 		}
@@ -424,7 +428,7 @@ func planSetOp(sel *pg_query.SelectStmt) *scatterPlan {
 		if lim >= 0 || limParam > 0 {
 			out.LimitCount = addExpr(sel.LimitCount, sel.LimitOffset)
 		}
-		sql, err := pg_query.Deparse(&pg_query.ParseResult{Stmts: []*pg_query.RawStmt{{Stmt: &pg_query.Node{Node: &pg_query.Node_SelectStmt{SelectStmt: out}}}}})
+		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: parseVersion, Stmts: []*pg_query.RawStmt{{Stmt: &pg_query.Node{Node: &pg_query.Node_SelectStmt{SelectStmt: out}}}}})
 		if err != nil {
 			return refuse("cannot rewrite for shards: " + err.Error())
 		}

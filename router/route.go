@@ -870,7 +870,7 @@ func (r *Router) shardsFor(tv *topoView, st *Statement, params []Param) ([]shard
 		return nil, errorf(ErrShardKeyRequired, "table %s is sharded by (%s) and the statement also reads unsharded %s, which lives only on the default shard",
 			sharded[0].spec.Name, strings.Join(sharded[0].spec.Columns, ", "), strings.Join(unsharded, ", "))
 	}
-	if len(sharded) > 1 && !r.colocated(st, sharded) {
+	if len(sharded) > 1 && !r.colocated(st, sharded) && !unionBranches(st, sharded) {
 		names := make([]string, 0, len(sharded))
 		for _, sr := range sharded {
 			names = appendUnique(names, sr.spec.Name+"("+strings.Join(sr.spec.Columns, ", ")+")")
@@ -951,6 +951,21 @@ func (r *Router) colocated(st *Statement, list []shardedRef) bool {
 				return false
 			}
 		}
+	}
+	return true
+}
+
+// unionBranches reports whether the sharded references sit in distinct
+// branches of a top-level UNION ALL (at most one per branch): each shard
+// then returns its part of every branch and the union is correct.
+func unionBranches(st *Statement, list []shardedRef) bool {
+	seen := map[int]bool{}
+	for _, sr := range list {
+		sc := st.Tables[sr.ref].Scope
+		if sc < 0 || sc >= len(st.scopes) || !st.scopes[sc].branch || seen[sc] {
+			return false
+		}
+		seen[sc] = true
 	}
 	return true
 }

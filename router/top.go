@@ -116,6 +116,7 @@ func (a *analyzer) top(raw *pg_query.RawStmt, text string) {
 	switch x := n.GetNode().(type) {
 	case *pg_query.Node_SelectStmt:
 		a.kind, a.command = KindRead, "SELECT"
+		a.topSelect = x.SelectStmt
 		a.selectStmt(x.SelectStmt, -1)
 	case *pg_query.Node_InsertStmt:
 		a.kind, a.command = KindWrite, "INSERT"

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"math"
+
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exposes the proxy's and replica sets' Stats snapshots as
+// Prometheus metrics; it reads them at scrape time.
+type collector struct{ rp *runningProxy }
+
+var (
+	descNodeUp       = prometheus.NewDesc("dbproxy_node_up", "1 when the node's last health probe succeeded.", []string{"shard", "node", "role"}, nil)
+	descRoleMismatch = prometheus.NewDesc("dbproxy_node_role_mismatch", "1 when the observed role differs from the configured one.", []string{"shard", "node"}, nil)
+	descLagBytes     = prometheus.NewDesc("dbproxy_node_lag_bytes", "Primary WAL position minus the standby's replay position.", []string{"shard", "node"}, nil)
+	descLagSeconds   = prometheus.NewDesc("dbproxy_node_lag_seconds", "Replay lag in time (NaN when unknown).", []string{"shard", "node"}, nil)
+	descBreaker      = prometheus.NewDesc("dbproxy_node_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open.", []string{"shard", "node"}, nil)
+	descPool         = prometheus.NewDesc("dbproxy_node_pool_connections", "Backend connections by state.", []string{"shard", "node", "state"}, nil)
+	descPicks        = prometheus.NewDesc("dbproxy_node_picks_total", "Reads routed to the node.", []string{"shard", "node"}, nil)
+	descFallbacks    = prometheus.NewDesc("dbproxy_node_fallbacks_total", "Reads that fell back to the primary.", []string{"shard", "node"}, nil)
+	descFailures     = prometheus.NewDesc("dbproxy_node_failures_total", "Connection-level failures.", []string{"shard", "node"}, nil)
+	descClients      = prometheus.NewDesc("dbproxy_clients", "Client connections by state.", []string{"state"}, nil)
+	descAccepted     = prometheus.NewDesc("dbproxy_clients_accepted_total", "Client connections accepted.", nil, nil)
+	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
+		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, si := range c.rp.topo.Shards() {
+		set := c.rp.sets[si.ID]
+		if set == nil {
+			continue
+		}
+		for _, n := range set.Stats() {
+			gauge(descNodeUp, b2f(n.Healthy), si.Name, n.Name, n.ConfiguredRole.String())
+			gauge(descRoleMismatch, b2f(n.RoleMismatch), si.Name, n.Name)
+			gauge(descLagBytes, float64(n.LagBytes), si.Name, n.Name)
+			lag := n.LagTime.Seconds()
+			if n.LagTime == math.MaxInt64 {
+				lag = math.NaN()
+			}
+			gauge(descLagSeconds, lag, si.Name, n.Name)
+			gauge(descBreaker, float64(breakerValue(n.Breaker)), si.Name, n.Name)
+			gauge(descPool, float64(n.Pool.InUse), si.Name, n.Name, "in_use")
+			gauge(descPool, float64(n.Pool.Idle), si.Name, n.Name, "idle")
+			gauge(descPool, float64(n.Pool.Waiting), si.Name, n.Name, "waiting")
+			counter(descPicks, n.Picks, si.Name, n.Name)
+			counter(descFallbacks, n.Fallbacks, si.Name, n.Name)
+			counter(descFailures, n.Failures, si.Name, n.Name)
+		}
+	}
+	st := c.rp.srv.Stats()
+	for state, n := range st.ByState {
+		gauge(descClients, float64(n), state)
+	}
+	counter(descAccepted, st.Accepted)
+	counter(descRejected, st.Rejected)
+}
+
+func breakerValue(s replica.BreakerState) int {
+	switch s {
+	case replica.BreakerOpen:
+		return 1
+	case replica.BreakerHalfOpen:
+		return 2
+	}
+	return 0
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

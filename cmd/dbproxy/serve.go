@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/dbproxy/dbproxy/config"
+	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
+	"github.com/dbproxy/dbproxy/shard"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve --config FILE", `Runs the proxy: PostgreSQL wire protocol on [server].listen, routing each
+statement by the config's shards, tables and routing policy. SIGTERM/SIGINT
+stop accepting, let transactions finish up to [server].shutdown_timeout, then
+end sessions (57P01) and exit 0. SIGHUP reloads the reloadable part of the
+config (users, staleness bound); other changes are refused and logged.`, stderr)
+	cfgPath := fs.String("config", "", "config file (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *cfgPath == "" {
+		fmt.Fprintln(stderr, "--config is required")
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	srv, err := startProxy(ctx, cfg, filepath.Dir(*cfgPath), stderr)
+	if err != nil {
+		return err
+	}
+	defer srv.stop(stderr)
+	fmt.Fprintf(stdout, "dbproxy serve: listening on %s", srv.addr)
+	if srv.statusAddr != "" {
+		fmt.Fprintf(stdout, ", status and metrics on http://%s", srv.statusAddr)
+	}
+	fmt.Fprintln(stdout)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-srv.done:
+			return err
+		case <-hup:
+			if err := srv.reload(*cfgPath); err != nil {
+				fmt.Fprintf(stderr, "dbproxy serve: reload refused: %v\n", err)
+			} else {
+				fmt.Fprintln(stdout, "dbproxy serve: config reloaded")
+			}
+		}
+	}
+}
+
+// runningProxy is a proxy started by startProxy, with its replica sets and
+// status server.
+type runningProxy struct {
+	addr       string
+	statusAddr string
+	done       chan error // Serve's result
+
+	cfg    *config.Config
+	srv    *proxy.Server
+	sets   map[shard.ID]*replica.Set
+	topo   *shard.Topology
+	status *http.Server
+	cancel context.CancelFunc
+}
+
+// startProxy builds the runtime the config describes (topology, a replica
+// set per shard, router, proxy), listens and serves until ctx ends or stop.
+func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr io.Writer) (*runningProxy, error) {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	topo, err := cfg.Topology()
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Users) == 0 || len(cfg.Server.Databases) == 0 {
+		return nil, errors.New("config needs at least one user and one database")
+	}
+	// Backend connections log in as the first user to the first database.
+	backendUser, backendDB := cfg.Users[0].Name, cfg.Server.Databases[0]
+	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}, done: make(chan error, 1)}
+	fail := func(err error) (*runningProxy, error) {
+		rp.closeSets()
+		return nil, err
+	}
+	for _, si := range topo.Shards() {
+		rc, err := cfg.ReplicaConfig(si.Name, backendUser, backendDB)
+		if err != nil {
+			return fail(err)
+		}
+		rc.Logger = log.With("shard", si.Name)
+		set, err := replica.NewSet(ctx, rc)
+		if err != nil {
+			return fail(fmt.Errorf("shard %s: %w", si.Name, err))
+		}
+		rp.sets[si.ID] = set
+	}
+	rt, err := newRouter(cfg, topo)
+	if err != nil {
+		return fail(err)
+	}
+	pcfg, err := proxyConfig(cfg, baseDir)
+	if err != nil {
+		return fail(err)
+	}
+	pcfg.Logger = log
+	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Logger: log})
+	if err != nil {
+		return fail(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fail(fmt.Errorf("server.listen: %w", err))
+	}
+	rp.addr = ln.Addr().String()
+	if cfg.Server.StatusListen != "" {
+		sln, err := net.Listen("tcp", cfg.Server.StatusListen)
+		if err != nil {
+			ln.Close()
+			return fail(fmt.Errorf("server.status_listen: %w", err))
+		}
+		rp.statusAddr = sln.Addr().String()
+		rp.status = &http.Server{Handler: rp.statusHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go rp.status.Serve(sln) // stopped by stop's Shutdown
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	rp.cancel = cancel
+	go func() { rp.done <- rp.srv.Serve(sctx, ln) }()
+	return rp, nil
+}
+
+// stop shuts the proxy down (draining up to the shutdown timeout), then the
+// status server and the replica sets.
+func (rp *runningProxy) stop(stderr io.Writer) {
+	timeout := time.Duration(rp.cfg.Server.ShutdownTimeout) + 10*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := rp.srv.Close(ctx); err != nil {
+		fmt.Fprintf(stderr, "dbproxy: closing proxy: %v\n", err)
+	}
+	rp.cancel()
+	if rp.status != nil {
+		rp.status.Shutdown(ctx)
+	}
+	rp.closeSets()
+}
+
+func (rp *runningProxy) closeSets() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range rp.sets {
+		s.Close(ctx)
+	}
+}
+
+// reload re-reads the config file and applies its reloadable part.
+func (rp *runningProxy) reload(path string) error {
+	next, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if err := config.CheckReload(rp.cfg, next); err != nil {
+		return err
+	}
+	pcfg, err := proxyConfig(next, filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	if err := rp.srv.Reload(pcfg.Reloadable()); err != nil {
+		return err
+	}
+	rp.cfg = next
+	return nil
+}
+
+// proxyConfig converts the file's [server] and [[users]] into proxy.Config.
+func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
+	pc := proxy.DefaultConfig()
+	if cfg.Server.PoolMode == config.PoolSession {
+		pc.PoolMode = proxy.PoolSession
+	}
+	pc.Databases = append([]string(nil), cfg.Server.Databases...)
+	pc.MaxMessageBytes = cfg.Server.MaxMessageBytes
+	pc.MaxClients = cfg.Server.MaxClientConns
+	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
+	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
+	pc.CausalWait = time.Duration(cfg.Routing.CatchUpWait)
+	for _, u := range cfg.Users {
+		if u.Auth == config.AuthMD5 {
+			pc.Auth = proxy.AuthMD5
+		}
+		pc.Users = append(pc.Users, proxy.User{Name: u.Name, Password: u.Password, SCRAMVerifier: u.SCRAMVerifier})
+	}
+	if cfg.TLSEnabled() {
+		cert, err := tls.LoadX509KeyPair(resolve(baseDir, cfg.Server.TLSCert), resolve(baseDir, cfg.Server.TLSKey))
+		if err != nil {
+			return pc, fmt.Errorf("server.tls_cert/tls_key: %w", err)
+		}
+		pc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		pc.RequireTLS = cfg.Server.TLSRequired
+	}
+	return pc, pc.Validate()
+}
+
+// resolve makes a relative path in the config relative to the config's dir.
+func resolve(baseDir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(baseDir, p)
+}
+
+// report is the status of the running proxy, as /status serves it.
+func (rp *runningProxy) report() *statusReport {
+	rep := &statusReport{Source: "proxy", Time: time.Now()}
+	for _, si := range rp.topo.Shards() {
+		if set := rp.sets[si.ID]; set != nil {
+			rep.Shards = append(rep.Shards, shardStatus{Name: si.Name, Nodes: set.Stats()})
+		}
+	}
+	rep.Clients = rp.srv.Stats().ByState
+	return rep
+}
+
+func (rp *runningProxy) statusHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{rp: rp})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(rp.report())
+	})
+	return mux
+}
+
+// newRouter builds the router over the static topology of the config.
+func newRouter(cfg *config.Config, topo *shard.Topology) (*router.Router, error) {
+	rc := router.DefaultConfig()
+	rc.Topology = router.NewStaticTopology(topo)
+	rc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
+	return router.New(rc)
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dbproxy/dbproxy/config"
+	"github.com/dbproxy/dbproxy/replica"
+)
+
+// statusReport is what `dbproxy status` prints and what a running proxy
+// serves as JSON on /status.
+type statusReport struct {
+	// Source is "proxy" when read from a running proxy's /status, "probe"
+	// when status probed the nodes itself.
+	Source string        `json:"source"`
+	Time   time.Time     `json:"time"`
+	Shards []shardStatus `json:"shards"`
+	// Clients counts proxy client connections by state (proxy source only).
+	Clients map[string]int `json:"clients,omitempty"`
+	// Cache holds the cache statistics (proxy source with the cache on).
+	Cache any `json:"cache,omitempty"`
+}
+
+type shardStatus struct {
+	Name  string              `json:"name"`
+	Nodes []replica.NodeStats `json:"nodes"`
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status --config FILE [flags]", `Shows every node of every shard: configured and observed role, health, lag
+(WAL bytes and replay time), breaker state and pool use. Reads a running
+proxy's view from its status address when it answers; otherwise probes the
+nodes directly (pools and breakers are then those of the probe).`, stderr)
+	cfgPath := fs.String("config", ".dbproxy/dbproxy.toml", "config file")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	timeout := fs.Duration("timeout", 5*time.Second, "give up after this long")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	rep, err := proxyStatus(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "no running proxy answered on its status address (%v); probing the nodes directly\n", err)
+		rep, err = probeStatus(ctx, cfg)
+		if err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printStatus(stdout, rep)
+	return nil
+}
+
+// proxyStatus reads /status from the proxy the config describes.
+func proxyStatus(ctx context.Context, cfg *config.Config) (*statusReport, error) {
+	if cfg.Server.StatusListen == "" {
+		return nil, fmt.Errorf("no status address configured")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cfg.Server.StatusListen+"/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status endpoint: %s", resp.Status)
+	}
+	var rep statusReport
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("status endpoint: %w", err)
+	}
+	return &rep, nil
+}
+
+// probeStatus builds a replica set per shard, lets it probe once, and
+// reports what it saw.
+func probeStatus(ctx context.Context, cfg *config.Config) (*statusReport, error) {
+	if len(cfg.Users) == 0 || len(cfg.Server.Databases) == 0 {
+		return nil, fmt.Errorf("config has no user or database to probe with")
+	}
+	rep := &statusReport{Source: "probe", Time: time.Now()}
+	for _, s := range cfg.Shards {
+		rc, err := cfg.ReplicaConfig(s.Name, cfg.Users[0].Name, cfg.Server.Databases[0])
+		if err != nil {
+			return nil, err
+		}
+		set, err := replica.NewSet(ctx, rc)
+		if err != nil {
+			return nil, fmt.Errorf("shard %s: %w", s.Name, err)
+		}
+		rep.Shards = append(rep.Shards, shardStatus{Name: s.Name, Nodes: set.Stats()})
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = set.Close(cctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("shard %s: %w", s.Name, err)
+		}
+	}
+	return rep, nil
+}
+
+func printStatus(w io.Writer, rep *statusReport) {
+	fmt.Fprintf(w, "source: %s at %s\n", rep.Source, rep.Time.Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SHARD\tNODE\tROLE\tOBSERVED\tHEALTH\tLAG BYTES\tLAG TIME\tBREAKER\tPOOL IN-USE/IDLE/MAX\tPICKS\tERROR")
+	for _, s := range rep.Shards {
+		for _, n := range s.Nodes {
+			health := "up"
+			if !n.Healthy {
+				health = "DOWN"
+			}
+			observed := n.ObservedRole.String()
+			if n.RoleMismatch {
+				observed += " (MISMATCH)"
+			}
+			lagTime := n.LagTime.Round(time.Millisecond).String()
+			if n.LagTime == math.MaxInt64 {
+				lagTime = "unknown"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d/%d/%d\t%d\t%s\n",
+				s.Name, n.Name, n.ConfiguredRole, observed, health, n.LagBytes, lagTime, n.Breaker,
+				n.Pool.InUse, n.Pool.Idle, n.Pool.Max, n.Picks, n.LastError)
+		}
+	}
+	tw.Flush()
+	if len(rep.Clients) > 0 {
+		fmt.Fprintf(w, "clients by state: %v\n", rep.Clients)
+	}
+}

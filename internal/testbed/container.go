@@ -17,6 +17,7 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
 	tcexec "github.com/testcontainers/testcontainers-go/exec"
+	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 )
 
@@ -71,7 +72,7 @@ func (n *Network) start(ctx context.Context, spec containerSpec) (*Container, er
 	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithName(full),
 		testcontainers.WithLabels(labels(spec.role)),
-		testcontainers.WithLogger(logfLogger(n.logf)),
+		testcontainers.WithLogger(tclog.NewNoopLogger()), // our own Logf reports what matters
 		tcnetwork.WithNetworkName([]string{spec.name}, n.Name),
 		testcontainers.WithEndpointSettingsModifier(func(m map[string]*network.EndpointSettings) {
 			es := m[n.Name]
@@ -109,11 +110,6 @@ func (n *Network) start(ctx context.Context, spec containerSpec) (*Container, er
 	}
 	return nil, fmt.Errorf("testbed: start container %s: %w", full, err)
 }
-
-// logfLogger adapts a Logf function to testcontainers' logger.
-type logfLogger func(string, ...any)
-
-func (l logfLogger) Printf(format string, args ...any) { l(format, args...) }
 
 // String returns the node name and address.
 func (c *Container) String() string { return c.Name + "@" + c.IP.String() }

@@ -15,6 +15,7 @@ import (
 	"github.com/moby/moby/client"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 )
 
 func TestMain(m *testing.M) {
@@ -452,7 +453,7 @@ func TestEtcdQuorum(t *testing.T) {
 	}
 	newClient := func(eps []string) *clientv3.Client {
 		t.Helper()
-		cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
+		cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 		if err != nil {
 			t.Fatal(err)
 		}

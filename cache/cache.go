@@ -304,30 +304,50 @@ func (c *Cache) GetOrFill(ctx context.Context, key Key, tables []string, minLSN 
 		v, err := c.runFill(ctx, key, tables, snap, fill)
 		return v, false, err
 	}
-	var leader bool // set by our own fill; read after the result arrives
+	// claim makes sure our fill never runs after we returned: the fill
+	// uses the caller's resources (its backend connection). singleflight
+	// runs it on its own goroutine, so if our ctx ends first we either
+	// claim it as abandoned (it will not run) or, if it is running, wait
+	// for it (it honours the same ctx, so that is short).
+	var claim atomic.Int32 // 0 not started, 1 running (we lead), 2 abandoned
 	ch := c.sf.DoChan(snap.flightKey(key), func() (any, error) {
-		leader = true
+		if !claim.CompareAndSwap(0, 1) {
+			return nil, errAbandoned
+		}
 		v, err := c.runFill(ctx, key, tables, snap, fill)
 		return fillResult{v}, err
 	})
+	var r singleflight.Result
 	select {
-	case r := <-ch:
-		if !leader {
-			c.shared.Add(1)
-		}
-		if r.Err != nil {
-			if !leader && ctx.Err() == nil && (errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)) {
-				// The leader's context ended, not ours: fill ourselves.
-				v, err := c.runFill(ctx, key, tables, c.snapshot(sh, tables), fill)
-				return v, false, err
-			}
-			return nil, false, r.Err
-		}
-		return r.Val.(fillResult).value, false, nil
+	case r = <-ch:
 	case <-ctx.Done():
-		return nil, false, ctx.Err()
+		if claim.CompareAndSwap(0, 2) {
+			return nil, false, ctx.Err()
+		}
+		r = <-ch // our own fill is running: wait for it
 	}
+	leader := claim.Load() == 1
+	if !leader {
+		c.shared.Add(1)
+	}
+	if r.Err != nil {
+		if errors.Is(r.Err, errAbandoned) && ctx.Err() != nil {
+			return nil, false, ctx.Err()
+		}
+		if !leader && ctx.Err() == nil && (errors.Is(r.Err, errAbandoned) ||
+			errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)) {
+			// The leader gave up, not us: fill ourselves.
+			v, err := c.runFill(ctx, key, tables, c.snapshot(sh, tables), fill)
+			return v, false, err
+		}
+		return nil, false, r.Err
+	}
+	return r.Val.(fillResult).value, false, nil
 }
+
+// errAbandoned is the result of a shared fill whose leader gave up before
+// it started; joiners fill themselves.
+var errAbandoned = errors.New("cache: shared fill abandoned")
 
 // runFill runs fill and stores its result if the snapshot is still valid.
 func (c *Cache) runFill(ctx context.Context, key Key, tables []string, snap snapshot, fill FillFunc) ([]byte, error) {

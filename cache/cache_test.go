@@ -184,6 +184,36 @@ func TestSharedFillLeaderCanceled(t *testing.T) {
 	}
 }
 
+// TestGetOrFillWaitsForOwnFill: GetOrFill must not return while its own
+// fill still runs (the fill uses the caller's backend connection), even
+// when the caller's ctx ends first.
+func TestGetOrFillWaitsForOwnFill(t *testing.T) {
+	c, _ := newUpCache(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	var finished atomic.Bool
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.GetOrFill(ctx, testKey("q"), []string{"kv"}, 0, func(ctx context.Context) ([]byte, error) {
+			close(started)
+			<-ctx.Done()
+			time.Sleep(50 * time.Millisecond) // a slow cancellation
+			finished.Store(true)
+			return nil, ctx.Err()
+		})
+		done <- err
+	}()
+	<-started
+	cancel()
+	err := <-done
+	if !finished.Load() {
+		t.Fatal("GetOrFill returned while its fill was still running")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestTTLExpiry(t *testing.T) {
 	c, _ := newUpCache(t, func(c *Config) { c.TTL = 100 * time.Millisecond })
 	k := testKey("q")

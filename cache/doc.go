@@ -102,7 +102,9 @@
 //
 // Every method is safe for concurrent use. Get never blocks on I/O.
 // GetOrFill blocks while its fill runs, or while it waits for a shared
-// fill (until its ctx ends). Values returned are shared and valid forever
+// fill (until its ctx ends). It never returns while the fill it passed is
+// still running, so the fill may use resources the caller releases after
+// the call (a leased backend connection); a fill must honour its ctx. Values returned are shared and valid forever
 // but must not be modified. Watch starts one goroutine per shard, owned by
 // the Cache and stopped by Unwatch or Close; Close waits for them.
 //

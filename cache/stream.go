@@ -300,7 +300,7 @@ type decodedCommit struct {
 
 // settleRetry is how soon a visibility check is repeated while a decoded
 // commit is not yet visible, and the minimum gap between checks.
-const settleRetry = time.Millisecond
+const settleRetry = 250 * time.Microsecond
 
 func (s *stream) receive(ctx context.Context, conn, qconn *pgconn.PgConn) error {
 	d := &decoder{relations: make(map[uint32]string), touched: make(map[string]struct{})}

@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"serve":   {"run the proxy with a config file", runServe},
 	"status":  {"show nodes, roles, lag, breaker state and pools", runStatus},
 	"version": {"print the version", runVersion},
+	"bench":   {"benchmark dbproxy against direct, PgBouncer and Pgpool-II", runBench},
 }
 
 func main() {

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/config"
+	"github.com/jackc/pgx/v5"
+)
+
+func TestUsageAndUnknownCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), nil, &out, &errb); code != 2 {
+		t.Fatalf("no args: exit %d, want 2", code)
+	}
+	for _, c := range []string{"up", "serve", "status", "version"} {
+		if !strings.Contains(out.String(), c) {
+			t.Errorf("usage does not list %q:\n%s", c, out.String())
+		}
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"frobnicate"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), `unknown command "frobnicate"`) {
+		t.Fatalf("unknown command: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for name := range commands {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), []string{name, "--help"}, &out, &errb); code != 0 {
+			t.Errorf("%s --help: exit %d", name, code)
+		}
+		if !strings.Contains(errb.String(), "usage: dbproxy "+name) {
+			t.Errorf("%s --help printed %q", name, errb.String())
+		}
+	}
+}
+
+func TestBadFlagsAndConfig(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"up", "--shards", "0"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "--shards must be between 1 and 16") {
+		t.Errorf("up --shards 0: exit %d, stderr %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"serve"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--config is required") {
+		t.Errorf("serve without --config: exit %d, stderr %q", code, errb.String())
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"serve", "--config", bad}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "bogus") {
+		t.Errorf("serve with an unknown key: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+var listenRE = regexp.MustCompile(`proxy listening on (\S+)`)
+
+// startUp runs `dbproxy up` in dir until the returned stop is called, and
+// returns the proxy address it printed.
+func startUp(t *testing.T, dir string) (addr string, stop func() string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
+			"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, &out, &out)
+	}()
+	deadline := time.After(3 * time.Minute)
+	for {
+		if m := listenRE.FindStringSubmatch(out.String()); m != nil && strings.Contains(out.String(), "ready in") {
+			addr = m[1]
+			break
+		}
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("dbproxy up exited %d before it was ready:\n%s", code, out.String())
+		case <-deadline:
+			cancel()
+			<-done
+			t.Fatalf("dbproxy up not ready after 3 minutes:\n%s", out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return addr, func() string {
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("dbproxy up exited %d after Ctrl-C:\n%s", code, out.String())
+			}
+		case <-time.After(2 * time.Minute):
+			t.Errorf("dbproxy up did not stop within 2 minutes")
+		}
+		return out.String()
+	}
+}
+
+// TestUpServesAndReuses runs the embedded default twice on one directory:
+// the first run creates real clusters and serves SQL through the proxy, the
+// second reuses the data (the row written by the first run is there).
+func TestUpServesAndReuses(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dbproxy-up-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+
+	addr, stop := startUp(t, dir)
+	cfg, err := config.Load(filepath.Join(dir, "dbproxy.toml"))
+	if err != nil {
+		t.Fatalf("generated config does not load: %v", err)
+	}
+	if len(cfg.Shards) != 2 || len(cfg.Shards[0].Nodes) != 2 || !cfg.TLSEnabled() || !cfg.Cache.Enabled {
+		t.Errorf("generated config: %d shards, %d nodes in s0, tls %v, cache %v", len(cfg.Shards), len(cfg.Shards[0].Nodes), cfg.TLSEnabled(), cfg.Cache.Enabled)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, "postgres://app:app@"+addr+"/app?sslmode=require")
+	if err != nil {
+		t.Fatalf("connect through the proxy with TLS: %v", err)
+	}
+	for _, q := range []string{
+		"CREATE TABLE IF NOT EXISTS up_reuse (id int PRIMARY KEY, v text)",
+		"INSERT INTO up_reuse VALUES (1, 'kept') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	conn.Close(ctx)
+
+	var status bytes.Buffer
+	if code := run(ctx, []string{"status", "--config", filepath.Join(dir, "dbproxy.toml")}, &status, io.Discard); code != 0 {
+		t.Fatalf("status: exit %d", code)
+	}
+	if !strings.Contains(status.String(), "source: proxy") || strings.Count(status.String(), "s0-") != 2 {
+		t.Errorf("status output:\n%s", status.String())
+	}
+	if out := stop(); !strings.Contains(out, "stopping") {
+		t.Errorf("up output lacks the stop message:\n%s", out)
+	}
+
+	addr, stop = startUp(t, dir)
+	defer stop()
+	conn, err = pgx.Connect(ctx, "postgres://app:app@"+addr+"/app")
+	if err != nil {
+		t.Fatalf("connect after restart: %v", err)
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, "SELECT v FROM up_reuse WHERE id = 1 /* dbproxy: primary */").Scan(&v); err != nil || v != "kept" {
+		t.Fatalf("row from the first run: %q, %v", v, err)
+	}
+}

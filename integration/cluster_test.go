@@ -318,12 +318,16 @@ func TestClusterKilledStandbyRestartsAndCatchesUp(t *testing.T) {
 
 func TestClusterKilledPrimaryIsNoticedAndStandbyPromotes(t *testing.T) {
 	ctx := clusterCtx(t)
-	c := pgcluster.StartT(t, pgcluster.Options{Name: "failp", Standbys: 1})
+	c := pgcluster.StartT(t, pgcluster.Options{Name: "failp", Standbys: 2})
 	waitStreaming(t, ctx, c)
-	p, s := c.Primary(), c.Standbys()[0]
+	p, s1, s2 := c.Primary(), c.Standbys()[0], c.Standbys()[1]
 	mustExec(t, ctx, p, "CREATE TABLE f (id int)")
 	mustExec(t, ctx, p, "INSERT INTO f VALUES (1)")
-	waitCount(t, ctx, s, "f", 1)
+	if err := c.WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, ctx, s1, "f", 1)
+	waitCount(t, ctx, s2, "f", 1)
 
 	if err := p.Kill(); err != nil {
 		t.Fatal(err)
@@ -338,22 +342,24 @@ func TestClusterKilledPrimaryIsNoticedAndStandbyPromotes(t *testing.T) {
 		}
 		return true, ""
 	})
-	eventually(t, ctx, 30*time.Second, "standby's WAL receiver stops streaming", func(ctx context.Context) (bool, string) {
-		conn, err := s.Connect(ctx, "postgres")
-		if err != nil {
-			return false, err.Error()
-		}
-		defer conn.Close(ctx)
-		var status *string
-		err = conn.QueryRow(ctx, "SELECT status FROM pg_stat_wal_receiver").Scan(&status)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return true, ""
-		}
-		if err != nil {
-			return false, err.Error()
-		}
-		return status == nil || *status != "streaming", fmt.Sprint(*status)
-	})
+	for _, s := range []*pgcluster.Node{s1, s2} {
+		eventually(t, ctx, 30*time.Second, s.Name+"'s WAL receiver stops streaming", func(ctx context.Context) (bool, string) {
+			conn, err := s.Connect(ctx, "postgres")
+			if err != nil {
+				return false, err.Error()
+			}
+			defer conn.Close(ctx)
+			var status *string
+			err = conn.QueryRow(ctx, "SELECT status FROM pg_stat_wal_receiver").Scan(&status)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return true, ""
+			}
+			if err != nil {
+				return false, err.Error()
+			}
+			return status == nil || *status != "streaming", fmt.Sprint(*status)
+		})
+	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	err := c.WaitStreaming(wctx)
 	cancel()
@@ -361,18 +367,35 @@ func TestClusterKilledPrimaryIsNoticedAndStandbyPromotes(t *testing.T) {
 		t.Fatal("WaitStreaming succeeded with the primary dead")
 	}
 
-	if err := s.Promote(ctx); err != nil {
+	// Fail over: promote standby1, repoint standby2 at it.
+	if err := s1.Promote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l, err := s.LSNs(ctx)
+	if c.Leader() != s1 || s1.Upstream() != nil {
+		t.Fatalf("after Promote: leader %s, %s upstream %v", c.Leader().Name, s1.Name, s1.Upstream())
+	}
+	l, err := s1.LSNs(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if l.InRecovery || l.CurrentLSN == 0 {
 		t.Fatalf("promoted standby LSNs %+v", l)
 	}
-	mustExec(t, ctx, s, "INSERT INTO f VALUES (2)")
-	waitCount(t, ctx, s, "f", 2)
+	mustExec(t, ctx, s1, "INSERT INTO f VALUES (2)")
+	if err := s2.Follow(ctx, s1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Follow(ctx, s2); err == nil {
+		t.Fatal("a promoted node agreed to follow a standby")
+	}
+	waitStreaming(t, ctx, c)
+	waitCount(t, ctx, s2, "f", 2)
+	if err := c.CreateDatabase(ctx, "after_failover", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := queryInt(ctx, s2, "SELECT count(*) FROM pg_database WHERE datname = 'after_failover'"); err != nil || got != 1 {
+		t.Fatalf("database created on the new leader not on its standby: %d, %v", got, err)
+	}
 }
 
 func TestClusterReuseDir(t *testing.T) {

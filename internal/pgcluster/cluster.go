@@ -136,6 +136,9 @@ type Cluster struct {
 
 	reused bool
 
+	topoMu sync.Mutex // guards leader and Node.upstream
+	leader *Node      // nil: nodes[0]
+
 	stopMu  sync.Mutex
 	stopped bool
 	stopErr error
@@ -256,8 +259,19 @@ func (c *Cluster) Dir() string { return c.root }
 func (c *Cluster) Reused() bool { return c.reused }
 
 // Primary returns the node created as primary (it stays the first node even
-// after another node is promoted).
+// after another node is promoted; see Leader).
 func (c *Cluster) Primary() *Node { return c.nodes[0] }
+
+// Leader returns the node that was promoted last (by Node.Promote), or the
+// original primary when none was.
+func (c *Cluster) Leader() *Node {
+	c.topoMu.Lock()
+	defer c.topoMu.Unlock()
+	if c.leader != nil {
+		return c.leader
+	}
+	return c.nodes[0]
+}
 
 // Standbys returns the nodes created as standbys, in order.
 func (c *Cluster) Standbys() []*Node { return append([]*Node(nil), c.nodes[1:]...) }
@@ -300,10 +314,14 @@ func (c *Cluster) writeMeta() error {
 
 func (c *Cluster) newNode(name string, port int, standby bool, slot string) *Node {
 	nodeDir := filepath.Join(c.root, name)
-	return &Node{
+	n := &Node{
 		Name: name, Host: "127.0.0.1", Port: port, Dir: filepath.Join(nodeDir, "data"),
 		c: c, nodeDir: nodeDir, standby: standby, slot: slot,
 	}
+	if standby && len(c.nodes) > 0 {
+		n.upstream = c.nodes[0]
+	}
+	return n
 }
 
 func (c *Cluster) standbyName(i int) string { return fmt.Sprintf("%s-standby%d", c.name, i) }
@@ -361,6 +379,7 @@ func (c *Cluster) addStandbys(ctx context.Context, first, last int) error {
 				errs[i] = err
 				return
 			}
+			c.logf("pgcluster: %s: base backup of %s done (%v)", c.name, n.Name, time.Since(t0).Round(time.Millisecond))
 			if err := n.startFresh(ctx); err != nil {
 				errs[i] = err
 				return
@@ -468,10 +487,11 @@ func (c *Cluster) isStopped() bool {
 	return c.stopped
 }
 
-// WaitStreaming blocks until every running standby streams from the
-// primary: pg_stat_replication on the primary shows the standby's
-// application_name in state 'streaming', and the standby's
-// pg_stat_wal_receiver status is 'streaming'. It polls until ctx is done and
+// WaitStreaming blocks until every running standby streams from its
+// upstream (the primary, or the node given to Follow): pg_stat_replication on
+// the upstream shows the standby's application_name in state 'streaming', and
+// the standby's pg_stat_wal_receiver status is 'streaming'. Stopped or killed
+// standbys, and promoted nodes, are not waited for. It polls until ctx is done and
 // then returns ctx's error together with the last thing that was missing.
 func (c *Cluster) WaitStreaming(ctx context.Context) error {
 	for {
@@ -488,64 +508,70 @@ func (c *Cluster) WaitStreaming(ctx context.Context) error {
 }
 
 func (c *Cluster) checkStreaming(ctx context.Context) error {
-	var standbys []*Node
-	for _, n := range c.nodes[1:] {
-		if n.Running() {
-			standbys = append(standbys, n)
+	// Group running standbys by the node they replicate from.
+	byUpstream := map[*Node][]*Node{}
+	var order []*Node
+	for _, n := range c.nodes {
+		u := n.Upstream()
+		if u == nil || !n.Running() {
+			continue
 		}
-	}
-	if len(standbys) == 0 {
-		return nil
-	}
-	states := map[string]string{}
-	err := c.Primary().withConn(ctx, "postgres", func(conn *pgx.Conn) error {
-		rows, err := conn.Query(ctx, `SELECT application_name, state FROM pg_stat_replication`)
-		if err != nil {
-			return err
+		if _, ok := byUpstream[u]; !ok {
+			order = append(order, u)
 		}
-		for rows.Next() {
-			var app, state string
-			if err := rows.Scan(&app, &state); err != nil {
+		byUpstream[u] = append(byUpstream[u], n)
+	}
+	for _, u := range order {
+		states := map[string]string{}
+		err := u.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
+			rows, err := conn.Query(ctx, `SELECT application_name, state FROM pg_stat_replication`)
+			if err != nil {
 				return err
 			}
-			states[app] = state
-		}
-		return rows.Err()
-	})
-	if err != nil {
-		return err
-	}
-	for _, n := range standbys {
-		if s := states[n.Name]; s != "streaming" {
-			return fmt.Errorf("primary's pg_stat_replication shows %s as %q", n.Name, s)
-		}
-		var status *string
-		err := n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
-			return conn.QueryRow(ctx, `SELECT status FROM pg_stat_wal_receiver`).Scan(&status)
+			for rows.Next() {
+				var app, state string
+				if err := rows.Scan(&app, &state); err != nil {
+					return err
+				}
+				states[app] = state
+			}
+			return rows.Err()
 		})
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%s has no WAL receiver", n.Name)
-		}
 		if err != nil {
 			return err
 		}
-		if status == nil || *status != "streaming" {
-			return fmt.Errorf("%s WAL receiver status %v", n.Name, strOrNull(status))
+		for _, n := range byUpstream[u] {
+			if s := states[n.Name]; s != "streaming" {
+				return fmt.Errorf("%s's pg_stat_replication shows %s as %q", u.Name, n.Name, s)
+			}
+			var status *string
+			err := n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
+				return conn.QueryRow(ctx, `SELECT status FROM pg_stat_wal_receiver`).Scan(&status)
+			})
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%s has no WAL receiver", n.Name)
+			}
+			if err != nil {
+				return err
+			}
+			if status == nil || *status != "streaming" {
+				return fmt.Errorf("%s WAL receiver status %v", n.Name, strOrNull(status))
+			}
 		}
 	}
 	return nil
 }
 
 // WaitCaughtUp blocks until every running standby whose replay is not paused
-// has replayed the primary's current WAL position (read once, at the call).
+// has replayed the leader's current WAL position (read once, at the call).
 func (c *Cluster) WaitCaughtUp(ctx context.Context) error {
-	pl, err := c.Primary().LSNs(ctx)
+	pl, err := c.Leader().LSNs(ctx)
 	if err != nil {
 		return err
 	}
 	target := pl.CurrentLSN
-	for _, n := range c.nodes[1:] {
-		if !n.Running() {
+	for _, n := range c.nodes {
+		if n.Upstream() == nil || !n.Running() {
 			continue
 		}
 		for {
@@ -564,14 +590,15 @@ func (c *Cluster) WaitCaughtUp(ctx context.Context) error {
 }
 
 // CreateDatabase creates (if missing) a login role user with password and a
-// database db owned by it, on the primary, then waits for running, unpaused
+// database db owned by it, on the leader (the primary unless another node was
+// promoted), then waits for running, unpaused
 // standbys to replay it. An empty user creates only the database (owned by
 // postgres). For an existing role the password is reset.
 func (c *Cluster) CreateDatabase(ctx context.Context, db, user, password string) error {
 	if db == "" {
 		return fmt.Errorf("%w: empty database name", ErrInvalidOptions)
 	}
-	err := c.Primary().withConn(ctx, "postgres", func(conn *pgx.Conn) error {
+	err := c.Leader().withConn(ctx, "postgres", func(conn *pgx.Conn) error {
 		owner := "postgres"
 		if user != "" {
 			owner = user

@@ -25,6 +25,21 @@
 // standbys than recorded adds them; fewer is an ErrLayout error). Settings
 // are rewritten into "pgcluster.conf" in each data directory on every start.
 //
+// A fresh primary is a copy of an initdb template kept under os.TempDir()
+// ("pgcluster-template-<uid>-<hash>", built once per machine, binaries and
+// recipe; see template.go), so clusters created from it share a database
+// system identifier. If the template cannot be built or copied, plain initdb
+// is used.
+//
+// # Roles after a failover
+//
+// Primary() is always the node created as primary. Node.Promote makes a
+// standby the cluster's Leader(); Node.Follow repoints a standby at another
+// node (creating its slot there). WaitStreaming, WaitCaughtUp and
+// CreateDatabase follow these changes within one Cluster value; the layout
+// file does not record them, so reusing a directory after a failover is not
+// supported.
+//
 // Every node listens on 127.0.0.1 only, on a free loopback port (found by
 // listening on port 0; a bind clash at first start moves the node to another
 // port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
@@ -53,7 +68,8 @@
 // ErrNotRunning, ErrBadLSN, a context error, or the underlying pgx/OS error
 // (a failed server start includes the tail of its log).
 //
-// Cluster and Node methods are safe for concurrent use; lifecycle calls on
+// Options.Logf may be called from several goroutines at once (StartT uses
+// t.Logf, which is safe). Cluster and Node methods are safe for concurrent use; lifecycle calls on
 // one node (Start, Stop, Restart, Kill) are serialized. Several clusters can
 // run at once, in one process or several: each has its own directory and
 // ports. Stop is idempotent and always stops the servers: fast shutdown, then

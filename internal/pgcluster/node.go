@@ -30,7 +30,9 @@ type Node struct {
 	c       *Cluster
 	nodeDir string // holds Dir, the log file and nothing else
 	standby bool   // created as a standby
-	slot    string // physical slot on the primary (standbys)
+	slot    string // physical slot on the upstream (standbys)
+
+	upstream *Node // node this one replicates from; nil for a primary (guarded by c.topoMu)
 
 	mu sync.Mutex // serializes lifecycle operations
 }
@@ -81,6 +83,68 @@ func (n *Node) LogTail(lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return string(bytes.Join(parts, []byte("\n")))
+}
+
+// Upstream returns the node this standby replicates from (the primary, or
+// the node given to Follow), or nil for the primary and promoted nodes.
+func (n *Node) Upstream() *Node {
+	n.c.topoMu.Lock()
+	defer n.c.topoMu.Unlock()
+	return n.upstream
+}
+
+// Follow repoints this standby at upstream (after a failover): it creates
+// the standby's physical slot on upstream if missing, sets primary_conninfo
+// and primary_slot_name with ALTER SYSTEM and reloads; the WAL receiver
+// reconnects and follows upstream's timeline (recovery_target_timeline is
+// 'latest'). The standby must not have replayed past the point where
+// upstream's timeline forked (pick the most advanced standby to promote).
+func (n *Node) Follow(ctx context.Context, upstream *Node) error {
+	if upstream == nil || upstream == n || upstream.c != n.c {
+		return fmt.Errorf("%w: %s cannot follow %v", ErrInvalidOptions, n.Name, upstream)
+	}
+	if err := upstream.createSlot(ctx, n.slot); err != nil {
+		return fmt.Errorf("pgcluster: %s: create slot %s on %s: %w", n.Name, n.slot, upstream.Name, err)
+	}
+	conninfo := fmt.Sprintf("host=%s port=%d user=postgres application_name=%s", upstream.Host, upstream.Port, n.Name)
+	err := n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
+		var inRecovery bool
+		if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+			return err
+		}
+		if !inRecovery {
+			return errors.New("not a standby (not in recovery)")
+		}
+		for _, kv := range [][2]string{{"primary_conninfo", conninfo}, {"primary_slot_name", n.slot}} {
+			var stmt string
+			if err := conn.QueryRow(ctx, "SELECT format('ALTER SYSTEM SET %I = %L', $1::text, $2::text)", kv[0], kv[1]).Scan(&stmt); err != nil {
+				return err
+			}
+			if _, err := conn.Exec(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		_, err := conn.Exec(ctx, "SELECT pg_reload_conf()")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("pgcluster: %s: follow %s: %w", n.Name, upstream.Name, err)
+	}
+	n.c.topoMu.Lock()
+	n.upstream = upstream
+	n.c.topoMu.Unlock()
+	return nil
+}
+
+func (n *Node) createSlot(ctx context.Context, slot string) error {
+	return n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", slot)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // duplicate_object: slot already there
+			return nil
+		}
+		return err
+	})
 }
 
 // IsStandby reports whether the node was created as a standby.
@@ -148,7 +212,7 @@ func (n *Node) ResumeReplay(ctx context.Context) error {
 }
 
 // Promote promotes the standby and waits (up to 60 s, or ctx) for it to
-// accept writes: pg_promote(wait => true).
+// accept writes: pg_promote(wait => true). It becomes the cluster's Leader.
 func (n *Node) Promote(ctx context.Context) error {
 	var ok bool
 	err := n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
@@ -160,6 +224,10 @@ func (n *Node) Promote(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("pgcluster: %s: promote: pg_promote returned false (not promoted within 60s)", n.Name)
 	}
+	n.c.topoMu.Lock()
+	n.upstream = nil
+	n.c.leader = n
+	n.c.topoMu.Unlock()
 	return nil
 }
 
@@ -398,15 +466,7 @@ func (n *Node) basebackup(ctx context.Context) error {
 		return err
 	}
 	p := n.c.Primary()
-	err := p.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", n.slot)
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // duplicate_object: slot left by an earlier run
-			return nil
-		}
-		return err
-	})
-	if err != nil {
+	if err := p.createSlot(ctx, n.slot); err != nil {
 		return fmt.Errorf("pgcluster: %s: create slot %s: %w", n.Name, n.slot, err)
 	}
 	conninfo := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres application_name=%s", p.Port, n.Name)

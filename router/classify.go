@@ -479,7 +479,7 @@ func (a *analyzer) funcCall(f *pg_query.FuncCall) {
 	case funcPrimary:
 		a.mustPrimary(why)
 	case funcUser:
-		a.noCache = true
+		// cacheability decided by Route through the FunctionCatalog
 		ref := FuncRef{Schema: schema, Name: name}
 		for _, r := range a.st.Functions {
 			if r == ref {

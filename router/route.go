@@ -437,7 +437,7 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 		primary, reason = st.Prepared.MustPrimary, st.Prepared.PrimaryReason
 	}
 	cacheable := eff.Cacheable && !st.Hints.NoCache
-	if !primary && len(eff.Functions) > 0 {
+	if len(eff.Functions) > 0 && (!primary || cacheable) {
 		p, why, cache, err := r.userFunctions(ctx, eff.Functions)
 		if err != nil {
 			return Decision{}, err
@@ -466,6 +466,8 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 			return Decision{}, err
 		}
 		ids = []shard.ID{id}
+	case eff.mixedBroadcast:
+		return Decision{}, errorf(ErrUnsupported, "a multi-statement string mixes a statement for every shard (%s) with row writes; send them separately", eff.Command)
 	case eff.broadcast:
 		ids = r.broadcastShards(tv, eff)
 	default:

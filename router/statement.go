@@ -310,7 +310,7 @@ type Statement struct {
 
 	MustPrimary   bool   // must run on a primary (writes, locks, volatile functions, session-bound state, ...)
 	PrimaryReason string // why, when MustPrimary
-	Cacheable     bool   // a deterministic read whose result may be cached (refined by Route for user functions)
+	Cacheable     bool   // a deterministic single read whose result may be cached, assuming the user-defined Functions are immutable (Route checks them)
 
 	Tx   *TxInfo   // set when Kind == KindTxControl and the string is a single statement
 	Sets []SetInfo // every session statement in the string, in order
@@ -333,9 +333,10 @@ type Statement struct {
 	ParseError error // the parser's error for unparseable SQL (Kind == KindUnknown)
 
 	// analysis used by Route (unexported, immutable after Classify)
-	scopes       []scopeInfo  // per Scope: alternatives with column equalities (co-location)
-	scatter      *scatterPlan // single top-level SELECT: how to run it on several shards (nil if none)
-	broadcast    bool         // DDL, TRUNCATE, VACUUM, CHECKPOINT: every shard
-	explain      bool         // EXPLAIN: one shard is representative, never scattered
-	hasTxControl bool         // multi-statement string containing BEGIN/COMMIT/...
+	scopes         []scopeInfo  // per Scope: alternatives with column equalities (co-location)
+	scatter        *scatterPlan // single top-level SELECT: how to run it on several shards (nil if none)
+	broadcast      bool         // DDL, TRUNCATE, VACUUM, CHECKPOINT: every shard
+	mixedBroadcast bool         // multi-statement string mixing a broadcast with row writes
+	explain        bool         // EXPLAIN: one shard is representative, never scattered
+	hasTxControl   bool         // multi-statement string containing BEGIN/COMMIT/...
 }

@@ -37,6 +37,7 @@ func classify(sql string) (*Statement, error) {
 	cacheable := true
 	overall := KindUnknown
 	allTx := true
+	hasWrite := false
 	for i, raw := range tree.Stmts {
 		a.kind, a.command, a.primary, a.noCache, a.broadcast, a.explain = KindUnknown, "", "", false, false, false
 		a.top(raw, stmtText(sql, raw))
@@ -58,6 +59,9 @@ func classify(sql string) (*Statement, error) {
 		}
 		if a.broadcast {
 			st.broadcast = true
+		}
+		if a.kind == KindWrite && !a.broadcast {
+			hasWrite = true
 		}
 		if a.explain {
 			st.explain = true
@@ -86,7 +90,8 @@ func classify(sql string) (*Statement, error) {
 			st.PrimaryReason = st.Kind.String()
 		}
 	}
-	st.Cacheable = cacheable && !st.Hints.NoCache && st.Kind == KindRead
+	st.Cacheable = cacheable && !st.Hints.NoCache && st.Kind == KindRead && len(tree.Stmts) == 1
+	st.mixedBroadcast = st.broadcast && hasWrite
 	st.scopes = a.scopes
 	st.Keys = resolveKeys(st)
 	if len(tree.Stmts) == 1 && st.Kind == KindRead && !st.explain {

@@ -111,7 +111,9 @@ type StreamConfig struct {
 	// Shard is the shard name used in Keys (KeyParts.Shard).
 	Shard string
 	// ConnString addresses the shard's primary (libpq keyword/value or URL).
-	// replication=database is added. The user needs the REPLICATION
+	// The stream opens two connections with it: one with
+	// replication=database added, one plain (visibility checks). The user
+	// needs the REPLICATION
 	// attribute, and superuser (or database owner) when the publication
 	// must be created.
 	ConnString string

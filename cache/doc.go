@@ -29,7 +29,13 @@
 // write is seen, whoever made it: this proxy, another proxy, the driver in
 // another process, or a client connected straight to PostgreSQL. On each
 // Commit message the tables the transaction inserted into, updated, deleted
-// from or truncated are invalidated. Logical decoding was chosen over
+// from or truncated are invalidated, in commit order, once the primary's
+// pg_current_snapshot() (on a second, plain connection) shows the
+// transaction finished. A commit is decoded as soon as its WAL is flushed,
+// before the committing backend leaves the proc array (and, with
+// synchronous replication, before the standby acknowledged it); a fill
+// started in that window would still read the old row, so invalidating any
+// earlier would let it store the old value under the new epochs. Logical decoding was chosen over
 // statement triggers with NOTIFY because it needs no object in the user's
 // schema (no triggers to install on every table, none to miss on new
 // tables), it adds nothing to the writers' transactions, and it carries the
@@ -122,5 +128,9 @@
 // (DefaultStreamConfig, Validate) configures each shard's stream. The
 // stream's user needs the REPLICATION attribute, and superuser (or
 // database owner) if the publication does not exist yet; the server needs
-// wal_level=logical and a free replication slot per proxy per shard.
+// PostgreSQL 13 or later, wal_level=logical, and per process and shard a
+// free replication slot, a WAL sender and one ordinary connection.
+//
+// Stats().Bytes counts entries until ristretto evicts or expires them,
+// including entries already invalid (they are dropped when next read).
 package cache

@@ -92,15 +92,11 @@ func Image(ctx context.Context, logf func(string, ...any)) (string, error) {
 	if mirror == "" {
 		mirror = DefaultMirror
 	}
-	builder, err := exec.LookPath("mmdebstrap")
+	builder, version, err := findBuilder(ctx)
 	if err != nil {
-		return "", fmt.Errorf("%w: mmdebstrap not found in PATH; install it with: apt-get install -y mmdebstrap", ErrMissingTool)
+		return "", err
 	}
-	out, err := exec.CommandContext(ctx, builder, "--version").Output()
-	if err != nil {
-		return "", fmt.Errorf("testbed: mmdebstrap --version: %w", err)
-	}
-	ref := imageRepo + ":" + imageTag(strings.TrimSpace(string(out)), mirror)
+	ref := imageRepo + ":" + imageTag(version, mirror)
 
 	cli, err := docker(ctx)
 	if err != nil {
@@ -171,6 +167,19 @@ func Image(ctx context.Context, logf func(string, ...any)) (string, error) {
 		time.Since(start).Round(time.Millisecond), built.Round(time.Millisecond), (time.Since(start) - built).Round(time.Millisecond))
 	imageRef = ref
 	return ref, nil
+}
+
+// findBuilder locates mmdebstrap and reads its version.
+func findBuilder(ctx context.Context) (path, version string, err error) {
+	path, err = exec.LookPath("mmdebstrap")
+	if err != nil {
+		return "", "", fmt.Errorf("%w: mmdebstrap not found in PATH; install the Debian package: apt-get install -y mmdebstrap", ErrMissingTool)
+	}
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("testbed: mmdebstrap --version: %w", err)
+	}
+	return path, strings.TrimSpace(string(out)), nil
 }
 
 // imageTag hashes every input of the image build.

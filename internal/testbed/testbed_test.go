@@ -439,6 +439,80 @@ func TestPostgresFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+
+	t.Run("KilledServerRestarts", func(t *testing.T) {
+		s := sb[1]
+		if err := s.KillServer(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if s.Killed() {
+			t.Fatal("KillServer killed the container")
+		}
+		if err := probe(ctx, s, 2*time.Second); err == nil {
+			t.Fatal("standby answered after KillServer")
+		}
+		target := write(1)
+		if err := s.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WaitReplay(ctx, target); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// Last: it changes the topology. The primary dies, standby1 is promoted
+	// and standby2 follows it onto the new timeline.
+	t.Run("FailoverPromoteAndFollow", func(t *testing.T) {
+		target := write(1)
+		for _, s := range sb {
+			if err := s.WaitReplay(ctx, target); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var rows int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if err := primary.Kill(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb[0].Promote(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if c.Primary() != sb[0] {
+			t.Fatalf("Primary() = %s after promoting %s", c.Primary().Name, sb[0].Name)
+		}
+		if err := sb[1].Follow(ctx, sb[0]); err != nil {
+			t.Fatal(err)
+		}
+		nc, err := sb[0].Connect(ctx, "postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close(context.Background())
+		if _, err := nc.Exec(ctx, "INSERT INTO t (v) VALUES ('after failover')"); err != nil {
+			t.Fatal(err)
+		}
+		l, err := sb[0].LSNs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.InRecovery {
+			t.Fatal("promoted node still in recovery")
+		}
+		wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		if err := sb[1].WaitReplay(wctx, l.CurrentLSN); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitStreaming(wctx); err != nil {
+			t.Fatal(err)
+		}
+		got, err := sb[1].Psql(ctx, "postgres", "SELECT count(*) FROM t")
+		if err != nil || got != strconv.Itoa(rows+1) {
+			t.Fatalf("rows on the follower: %q (%v); want %d", got, err, rows+1)
+		}
+	})
 }
 
 // TestEtcdQuorum: a killed member (the leader) leaves a working two-member
@@ -543,5 +617,103 @@ func TestEtcdQuorum(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestMissingBuilderFailsLoudly(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	_, _, err := findBuilder(context.Background())
+	if !errors.Is(err, ErrMissingTool) || !strings.Contains(err.Error(), "apt-get install -y mmdebstrap") {
+		t.Fatalf("findBuilder without mmdebstrap: %v", err)
+	}
+}
+
+func TestImageTag(t *testing.T) {
+	a := imageTag("mmdebstrap 1.3.5", DefaultMirror)
+	if a != imageTag("mmdebstrap 1.3.5", DefaultMirror) || len(a) != 16 {
+		t.Fatalf("imageTag not stable: %q", a)
+	}
+	if a == imageTag("mmdebstrap 1.3.6", DefaultMirror) {
+		t.Error("builder version not part of the tag")
+	}
+	if a == imageTag("mmdebstrap 1.3.5", "http://example.invalid/debian") {
+		t.Error("mirror not part of the tag")
+	}
+}
+
+func TestLockFileExcludes(t *testing.T) {
+	path := t.TempDir() + "/lock"
+	unlock, err := lockFile(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	// flock locks belong to the open file description: a second open in
+	// this process contends like another process would.
+	if _, err := lockFile(ctx, path); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second lock while held: %v", err)
+	}
+	unlock()
+	unlock2, err := lockFile(context.Background(), path)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
+}
+
+// TestNetworkAddressing: a network's subnet shows up in the host's routes
+// (the host reaches containers directly), and Close removes it.
+func TestNetworkAddressing(t *testing.T) {
+	ctx := testCtx(t, 2*time.Minute)
+	n, err := NewNetwork(ctx, NetworkOptions{Name: "addr"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(hostRoutes(), n.Subnet) {
+		_ = n.Close(ctx)
+		t.Fatalf("subnet %s not in host routes %v", n.Subnet, hostRoutes())
+	}
+	a1, _ := n.allocate()
+	a2, _ := n.allocate()
+	if !n.Subnet.Contains(a1) || a1 == a2 || a1 == n.Gateway {
+		t.Errorf("allocated %s, %s in %s (gateway %s)", a1, a2, n.Subnet, n.Gateway)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.allocate(); !errors.Is(err, ErrClosed) {
+		t.Errorf("allocate after Close: %v", err)
+	}
+	if _, err := n.cli.NetworkInspect(ctx, n.ID, client.NetworkInspectOptions{}); !isNotFound(err) {
+		t.Errorf("network still exists after Close: %v", err)
+	}
+	if err := n.Close(ctx); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
+
+// TestImage: the node image exists after Image, and a second call reuses it.
+func TestImage(t *testing.T) {
+	ctx := testCtx(t, 10*time.Minute)
+	start := time.Now()
+	ref, err := Image(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Image: %s in %s", ref, time.Since(start).Round(time.Millisecond))
+	if !strings.HasPrefix(ref, imageRepo+":") {
+		t.Fatalf("ref %q", ref)
+	}
+	cli, err := docker(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.ImageInspect(ctx, ref); err != nil {
+		t.Fatalf("image %s not in the engine: %v", ref, err)
+	}
+	again, err := Image(ctx, t.Logf)
+	if err != nil || again != ref {
+		t.Fatalf("second Image = %q, %v; want %q", again, err, ref)
 	}
 }

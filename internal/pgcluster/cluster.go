@@ -179,12 +179,17 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	for k, v := range opts.Settings {
 		c.conf[k] = v
 	}
+	c.sweepOrphans(ctx)
 	if opts.Dir == "" {
 		dir, err := os.MkdirTemp(os.TempDir(), "pgcluster-"+opts.Name+"-")
 		if err != nil {
 			return nil, fmt.Errorf("pgcluster: temp dir: %w", err)
 		}
 		c.root, c.temp = dir, true
+		if err := writeOwner(dir); err != nil {
+			c.cleanupFailed()
+			return nil, err
+		}
 	} else {
 		dir, err := filepath.Abs(opts.Dir)
 		if err != nil {

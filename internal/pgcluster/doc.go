@@ -25,6 +25,11 @@
 // standbys than recorded adds them; fewer is an ErrLayout error). Settings
 // are rewritten into "pgcluster.conf" in each data directory on every start.
 //
+// A temporary cluster records its owning process in an "owner" file; the
+// first Start in a process stops and removes temporary clusters whose owner
+// has died without calling Stop (for example a test binary killed by
+// `go test -timeout`). Clusters in a caller-given Dir are never swept.
+//
 // A fresh primary is a copy of an initdb template kept under os.TempDir()
 // ("pgcluster-template-<uid>-<hash>", built once per machine, binaries and
 // recipe; see template.go), so clusters created from it share a database

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -322,5 +323,43 @@ func TestNodeLifecycleErrors(t *testing.T) {
 	}
 	if err := c.WaitStreaming(ctx); err != nil {
 		t.Fatalf("WaitStreaming without standbys: %v", err)
+	}
+}
+
+func TestOrphanedTempClusterIsSwept(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := startSmall(t, Options{Name: "orphan"})
+	if !ownerAlive(c.Dir()) {
+		t.Fatal("live owner reported dead")
+	}
+	p := c.Primary()
+	pid, ok := p.livePostmaster()
+	if !ok {
+		t.Fatal("primary not running")
+	}
+	// Pretend the owning process died: a pid with the wrong start time.
+	if err := os.WriteFile(filepath.Join(c.Dir(), ownerFile), []byte("1 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ownerAlive(c.Dir()) {
+		t.Fatal("dead owner reported alive")
+	}
+	// A cluster in a given dir (no owner file) must survive the sweep.
+	kept, err := os.MkdirTemp("", "pgcluster-kept-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(kept) })
+	sweepOnce = sync.Once{}
+	c.sweepOrphans(ctx)
+	if _, err := os.Stat(c.Dir()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("orphaned dir still there: %v", err)
+	}
+	if pidAlive(pid) {
+		t.Fatalf("orphaned postmaster %d still alive", pid)
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("sweep removed a dir without owner file: %v", err)
 	}
 }

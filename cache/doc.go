@@ -101,7 +101,8 @@
 // partition a row went to, not the partitioned table, so reads naming the
 // parent must list the partitions in tables, or be excluded. Reads of views
 // must list the base tables, and reads calling functions that read tables
-// must list those tables. Exclude such tables (ExcludeTables), or call
+// must list those tables. A read listing no tables is dropped only by its
+// TTL or a stream break. Exclude such tables (ExcludeTables), or call
 // Invalidate; the TTL bounds what remains.
 //
 // # Concurrency

@@ -16,7 +16,7 @@ import (
 const ewmaAlpha = 0.3
 
 // idleCheckAfter: an idle pooled connection older than this is checked
-// (non-blocking read) before it is handed out.
+// with a ping (one round trip) before it is handed out.
 const idleCheckAfter = time.Second
 
 // Node is one PostgreSQL server of a Set: its bounded pool, probes' view of
@@ -256,7 +256,7 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err err
 			<-n.sem
 		}
 	}()
-	conn := n.popIdle()
+	conn := n.popIdle(ctx)
 	if conn == nil {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 		conn, err = pgconn.ConnectConfig(cctx, n.connCfg.Copy())
@@ -278,7 +278,7 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err err
 	return &Lease{node: n, conn: conn, start: time.Now(), trial: trial}, nil
 }
 
-func (n *Node) popIdle() *pgconn.PgConn {
+func (n *Node) popIdle(ctx context.Context) *pgconn.PgConn {
 	now := n.set.now()
 	for {
 		n.mu.Lock()
@@ -296,8 +296,15 @@ func (n *Node) popIdle() *pgconn.PgConn {
 			continue
 		}
 		if now-ic.since > int64(idleCheckAfter) {
-			if err := ic.conn.CheckConn(); err != nil { //nolint:staticcheck // Ping would cost a round trip on every stale idle conn
+			// A round trip catches connections the server closed while idle.
+			pctx, cancel := context.WithTimeout(ctx, n.set.cfg.ProbeTimeout)
+			err := ic.conn.Ping(pctx)
+			cancel()
+			if err != nil {
 				n.destroy(ic.conn)
+				if ctx.Err() != nil {
+					return nil
+				}
 				continue
 			}
 		}
@@ -319,7 +326,9 @@ func (n *Node) pushIdle(c *pgconn.PgConn) {
 // destroy closes c (sending Terminate, bounded by ProbeTimeout) and tracks
 // its asynchronous cleanup so Close can wait for it.
 func (n *Node) destroy(c *pgconn.PgConn) {
-	ctx, cancel := context.WithTimeout(n.set.life, n.set.cfg.ProbeTimeout)
+	// Not derived from a cancelled context: that would make the watcher
+	// send a CancelRequest instead of just closing.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(n.set.life), n.set.cfg.ProbeTimeout)
 	_ = c.Close(ctx)
 	cancel()
 	select {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/shard"
 )
@@ -126,4 +127,32 @@ func (p BalancePolicy) replicaPolicy() replica.Policy {
 	default:
 		return replica.RoundRobin
 	}
+}
+
+// CacheConfig returns the cache.Config of the [cache] table.
+func (c *Config) CacheConfig() cache.Config {
+	cc := cache.DefaultConfig()
+	cc.MaxBytes = c.Cache.MaxBytes
+	cc.MaxEntryBytes = c.Cache.MaxEntryBytes
+	cc.TTL = time.Duration(c.Cache.TTL)
+	cc.IncludeTables = append([]string(nil), c.Cache.IncludeTables...)
+	cc.ExcludeTables = append([]string(nil), c.Cache.ExcludeTables...)
+	return cc
+}
+
+// CacheStreamConfig returns the change-stream config of the shard named
+// shardName: its primary, reached as the first user (who needs the
+// REPLICATION attribute) to the first database.
+func (c *Config) CacheStreamConfig(shardName string) (cache.StreamConfig, error) {
+	p, ok := c.Primary(shardName)
+	if !ok {
+		return cache.StreamConfig{}, fmt.Errorf("config: shard %q has no primary", shardName)
+	}
+	if len(c.Users) == 0 || len(c.Server.Databases) == 0 {
+		return cache.StreamConfig{}, fmt.Errorf("config: no user or database for the cache stream")
+	}
+	sc := cache.DefaultStreamConfig()
+	sc.Shard = shardName
+	sc.ConnString = ConnURL(p, c.Users[0].Name, c.Users[0].BackendPasswordOrPlain(), c.Server.Databases[0])
+	return sc, sc.Validate()
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/dbproxy/dbproxy/replica"
@@ -85,6 +86,7 @@ type runningProxy struct {
 	srv    *proxy.Server
 	sets   map[shard.ID]*replica.Set
 	topo   *shard.Topology
+	cache  *cache.Cache // nil when [cache] is off
 	status *http.Server
 	cancel context.CancelFunc
 }
@@ -119,6 +121,11 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		}
 		rp.sets[si.ID] = set
 	}
+	if cfg.Cache.Enabled {
+		if rp.cache, err = startCache(ctx, cfg, topo, log); err != nil {
+			return fail(err)
+		}
+	}
 	rt, err := newRouter(cfg, topo)
 	if err != nil {
 		return fail(err)
@@ -128,7 +135,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		return fail(err)
 	}
 	pcfg.Logger = log
-	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Logger: log})
+	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, Logger: log})
 	if err != nil {
 		return fail(err)
 	}
@@ -172,6 +179,9 @@ func (rp *runningProxy) stop(stderr io.Writer) {
 func (rp *runningProxy) closeSets() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if rp.cache != nil {
+		rp.cache.Close(ctx)
+	}
 	for _, s := range rp.sets {
 		s.Close(ctx)
 	}
@@ -239,10 +249,13 @@ func (rp *runningProxy) report() *statusReport {
 	rep := &statusReport{Source: "proxy", Time: time.Now()}
 	for _, si := range rp.topo.Shards() {
 		if set := rp.sets[si.ID]; set != nil {
-			rep.Shards = append(rep.Shards, shardStatus{Name: si.Name, Nodes: set.Stats()})
+			rep.Shards = append(rep.Shards, shardStatus{Name: si.Name, Nodes: nodeStatuses(set.Stats())})
 		}
 	}
 	rep.Clients = rp.srv.Stats().ByState
+	if rp.cache != nil {
+		rep.Cache = rp.cache.Stats()
+	}
 	return rep
 }
 
@@ -258,6 +271,29 @@ func (rp *runningProxy) statusHandler() http.Handler {
 		enc.Encode(rp.report())
 	})
 	return mux
+}
+
+// startCache creates the result cache and starts one change stream per shard
+// primary; reads of a shard are served from the cache only while its stream
+// is up.
+func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, log *slog.Logger) (*cache.Cache, error) {
+	cc := cfg.CacheConfig()
+	cc.Logger = log.With("component", "cache")
+	c, err := cache.New(cc)
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	for _, si := range topo.Shards() {
+		sc, err := cfg.CacheStreamConfig(si.Name)
+		if err == nil {
+			err = c.Watch(ctx, sc)
+		}
+		if err != nil {
+			c.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("cache stream of shard %s: %w", si.Name, err)
+		}
+	}
+	return c, nil
 }
 
 // newRouter builds the router over the static topology of the config.

@@ -29,8 +29,49 @@ type statusReport struct {
 }
 
 type shardStatus struct {
-	Name  string              `json:"name"`
-	Nodes []replica.NodeStats `json:"nodes"`
+	Name  string       `json:"name"`
+	Nodes []nodeStatus `json:"nodes"`
+}
+
+// nodeStatus is the JSON form of one node's replica.NodeStats.
+type nodeStatus struct {
+	Name           string  `json:"name"`
+	Role           string  `json:"role"`
+	ObservedRole   string  `json:"observed_role"`
+	RoleMismatch   bool    `json:"role_mismatch"`
+	Healthy        bool    `json:"healthy"`
+	LastError      string  `json:"last_error,omitempty"`
+	LSN            string  `json:"lsn"`
+	LagBytes       uint64  `json:"lag_bytes"`
+	LagSeconds     float64 `json:"lag_seconds"` // -1 when unknown
+	Fresh          bool    `json:"fresh"`
+	Breaker        string  `json:"breaker"`
+	PoolInUse      int     `json:"pool_in_use"`
+	PoolIdle       int     `json:"pool_idle"`
+	PoolMax        int     `json:"pool_max"`
+	PoolWaiting    int     `json:"pool_waiting"`
+	LatencySeconds float64 `json:"latency_ewma_seconds"`
+	Picks          uint64  `json:"picks"`
+	Fallbacks      uint64  `json:"fallbacks"`
+	Failures       uint64  `json:"failures"`
+}
+
+func nodeStatuses(stats []replica.NodeStats) []nodeStatus {
+	out := make([]nodeStatus, 0, len(stats))
+	for _, n := range stats {
+		lag := n.LagTime.Seconds()
+		if n.LagTime == math.MaxInt64 {
+			lag = -1
+		}
+		out = append(out, nodeStatus{
+			Name: n.Name, Role: n.ConfiguredRole.String(), ObservedRole: n.ObservedRole.String(),
+			RoleMismatch: n.RoleMismatch, Healthy: n.Healthy, LastError: n.LastError, LSN: n.LSN.String(),
+			LagBytes: n.LagBytes, LagSeconds: lag, Fresh: n.Fresh, Breaker: n.Breaker.String(),
+			PoolInUse: n.Pool.InUse, PoolIdle: n.Pool.Idle, PoolMax: n.Pool.Max, PoolWaiting: n.Pool.Waiting,
+			LatencySeconds: n.Latency.Seconds(), Picks: n.Picks, Fallbacks: n.Fallbacks, Failures: n.Failures,
+		})
+	}
+	return out
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -107,7 +148,7 @@ func probeStatus(ctx context.Context, cfg *config.Config) (*statusReport, error)
 		if err != nil {
 			return nil, fmt.Errorf("shard %s: %w", s.Name, err)
 		}
-		rep.Shards = append(rep.Shards, shardStatus{Name: s.Name, Nodes: set.Stats()})
+		rep.Shards = append(rep.Shards, shardStatus{Name: s.Name, Nodes: nodeStatuses(set.Stats())})
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		err = set.Close(cctx)
 		cancel()
@@ -128,17 +169,17 @@ func printStatus(w io.Writer, rep *statusReport) {
 			if !n.Healthy {
 				health = "DOWN"
 			}
-			observed := n.ObservedRole.String()
+			observed := n.ObservedRole
 			if n.RoleMismatch {
 				observed += " (MISMATCH)"
 			}
-			lagTime := n.LagTime.Round(time.Millisecond).String()
-			if n.LagTime == math.MaxInt64 {
-				lagTime = "unknown"
+			lagTime := "unknown"
+			if n.LagSeconds >= 0 {
+				lagTime = time.Duration(n.LagSeconds * float64(time.Second)).Round(time.Millisecond).String()
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d/%d/%d\t%d\t%s\n",
-				s.Name, n.Name, n.ConfiguredRole, observed, health, n.LagBytes, lagTime, n.Breaker,
-				n.Pool.InUse, n.Pool.Idle, n.Pool.Max, n.Picks, n.LastError)
+				s.Name, n.Name, n.Role, observed, health, n.LagBytes, lagTime, n.Breaker,
+				n.PoolInUse, n.PoolIdle, n.PoolMax, n.Picks, n.LastError)
 		}
 	}
 	tw.Flush()

@@ -80,11 +80,6 @@ same directory reuses the data. Ctrl-C or SIGTERM stops everything.`, stderr)
 		return err
 	}
 	cfgPath := filepath.Join(dir, "dbproxy.toml")
-	if err := writeConfig(cfgPath, cfg); err != nil {
-		return err
-	}
-	printCluster(stdout, clusters, cfgPath)
-
 	var srv *runningProxy
 	if !o.noProxy {
 		srv, err = startProxy(ctx, cfg, dir, stderr)
@@ -92,6 +87,15 @@ same directory reuses the data. Ctrl-C or SIGTERM stops everything.`, stderr)
 			return err
 		}
 		defer srv.stop(stderr)
+		// Record the addresses actually bound (port 0 picks one), so that
+		// status and serve find this proxy.
+		cfg.Server.Listen, cfg.Server.StatusListen = srv.addr, srv.statusAddr
+	}
+	if err := writeConfig(cfgPath, cfg); err != nil {
+		return err
+	}
+	printCluster(stdout, clusters, cfgPath)
+	if srv != nil {
 		fmt.Fprintf(stdout, "\nproxy listening on %s (TLS available, SCRAM-SHA-256)\n", srv.addr)
 		fmt.Fprintf(stdout, "  psql \"postgres://%s:%s@%s/%s\"\n", upUser, upPassword, srv.addr, upDatabase)
 		if srv.statusAddr != "" {
@@ -142,6 +146,10 @@ func startShards(ctx context.Context, dir string, o upOptions) ([]*pgcluster.Clu
 			}
 			if err := c.CreateDatabase(wctx, upDatabase, upUser, upPassword); err != nil {
 				errs[i] = fmt.Errorf("shard %s: creating database %s: %w", name, upDatabase, err)
+				return
+			}
+			if err := prepareCacheStream(wctx, c); err != nil {
+				errs[i] = fmt.Errorf("shard %s: %w", name, err)
 			}
 		}(i)
 	}
@@ -157,6 +165,30 @@ func startShards(ctx context.Context, dir string, o upOptions) ([]*pgcluster.Clu
 		return nil, err
 	}
 	return clusters, nil
+}
+
+// prepareCacheStream lets the app user open the cache's change stream: the
+// REPLICATION attribute, and the FOR ALL TABLES publication the stream reads
+// (creating one needs a superuser).
+func prepareCacheStream(ctx context.Context, c *pgcluster.Cluster) error {
+	conn, err := c.Primary().Connect(ctx, upDatabase)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, q := range []string{
+		"ALTER ROLE " + upUser + " REPLICATION",
+		`DO $$ BEGIN
+		   IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'dbproxy_cache') THEN
+		     CREATE PUBLICATION dbproxy_cache FOR ALL TABLES;
+		   END IF;
+		 END $$`,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("preparing the cache change stream: %w", err)
+		}
+	}
+	return nil
 }
 
 // stopShards stops every cluster, keeping their data. It uses its own

@@ -281,7 +281,7 @@ func (a *analyzer) findRef(sc int, rv *pg_query.RangeVar) int {
 func (a *analyzer) insertStmt(s *pg_query.InsertStmt, parent int) {
 	a.withClause(s.WithClause, parent)
 	sc := a.newScope(parent)
-	a.addRef(s.Relation, sc, AccessWrite)
+	target := a.addRef(s.Relation, sc, AccessWrite)
 	var cols []string
 	for _, c := range s.Cols {
 		cols = append(cols, c.GetResTarget().GetName())
@@ -294,14 +294,14 @@ func (a *analyzer) insertStmt(s *pg_query.InsertStmt, parent int) {
 				if i >= len(cols) {
 					break
 				}
-				if v, ok := keyValue(item); ok {
-					c.vals = append(c.vals, atom{c: colRef{ref: a.scopes[sc].refs[0], scope: sc, col: cols[i]}, v: v})
+				if v, ok := keyValue(item); ok && target >= 0 {
+					c.vals = append(c.vals, atom{c: colRef{ref: target, scope: sc, col: cols[i]}, v: v})
 				}
 				a.walkNode(item, sc)
 			}
 			alts = append(alts, c)
 		}
-		if len(a.scopes[sc].refs) == 0 || len(alts) > maxAlternatives {
+		if target < 0 || len(alts) > maxAlternatives {
 			alts = nil
 		}
 		a.scopes[sc].alts = alts

@@ -308,13 +308,14 @@ func (a *analyzer) ddl(n *pg_query.Node) {
 				for _, it := range o.GetList().GetItems() {
 					parts = append(parts, it.GetString_().GetSval())
 				}
+				if len(parts) == 0 {
+					continue
+				}
 				rv := &pg_query.RangeVar{Relname: parts[len(parts)-1]}
 				if len(parts) > 1 {
 					rv.Schemaname = parts[len(parts)-2]
 				}
-				if len(parts) > 0 {
-					a.addRef(rv, a.newScope(-1), AccessDDL)
-				}
+				a.addRef(rv, a.newScope(-1), AccessDDL)
 			}
 		}
 	case "RenameStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt":

@@ -1,0 +1,408 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/shard"
+)
+
+func mustClassify(t *testing.T, sql string) *Statement {
+	t.Helper()
+	st, err := Classify(sql)
+	if err != nil {
+		t.Fatalf("Classify(%q): %v", sql, err)
+	}
+	return st
+}
+
+func route(t *testing.T, r *Router, s *Session, sql string, params ...Param) Decision {
+	t.Helper()
+	d, err := r.Route(context.Background(), s, mustClassify(t, sql), params)
+	if err != nil {
+		t.Fatalf("Route(%q): %v", sql, err)
+	}
+	return d
+}
+
+func routeErr(t *testing.T, r *Router, s *Session, sql string) error {
+	t.Helper()
+	_, err := r.Route(context.Background(), s, mustClassify(t, sql), nil)
+	if err == nil {
+		t.Fatalf("Route(%q): no error", sql)
+	}
+	return err
+}
+
+func sqlState(err error) string {
+	var sq interface{ SQLState() string }
+	if errors.As(err, &sq) {
+		return sq.SQLState()
+	}
+	return ""
+}
+
+// users id=5 → s1, id=1 → s0 (see golden file).
+func TestTransactionPinsFirstShard(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	d := route(t, r, s, "BEGIN ISOLATION LEVEL SERIALIZABLE")
+	if d.Action != ActionLocal || d.Tag != "BEGIN" || s.TxStatus() != 'T' {
+		t.Fatalf("BEGIN: %+v status %c", d, s.TxStatus())
+	}
+	d = route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	if d.Action != ActionForward || len(d.Shards) != 1 || d.Shards[0].Name != "s1" || d.Target != TargetPrimary || d.Pinned || d.Cacheable {
+		t.Fatalf("first statement: %+v", d)
+	}
+	if !slices.Equal(d.Preamble, []string{"BEGIN ISOLATION LEVEL SERIALIZABLE"}) {
+		t.Fatalf("preamble %q", d.Preamble)
+	}
+	s.Observe('T')
+	if id, ok := s.PinnedShard(); !ok || id != 1 {
+		t.Fatalf("pinned %v %v", id, ok)
+	}
+	d = route(t, r, s, "UPDATE users SET name = 'x' WHERE id = 5")
+	if !d.Pinned || d.Shards[0].ID != 1 || d.Preamble != nil {
+		t.Fatalf("second statement: %+v", d)
+	}
+	// statement without tables stays on the pinned shard
+	d = route(t, r, s, "SELECT now()")
+	if !d.Pinned || d.Shards[0].ID != 1 || d.Target != TargetPrimary {
+		t.Fatalf("no-table statement: %+v", d)
+	}
+	// second shard: refused, session unchanged
+	err := routeErr(t, r, s, "SELECT * FROM users WHERE id = 1")
+	if !errors.Is(err, ErrCrossShardTransaction) || sqlState(err) != "0A000" {
+		t.Fatalf("cross-shard: %v (%s)", err, sqlState(err))
+	}
+	err = routeErr(t, r, s, "SELECT * FROM users")
+	if !errors.Is(err, ErrCrossShardTransaction) {
+		t.Fatalf("scatter in tx: %v", err)
+	}
+	d = route(t, r, s, "COMMIT")
+	if !d.Pinned || d.Action != ActionForward {
+		t.Fatalf("COMMIT: %+v", d)
+	}
+	s.Observe('I')
+	if s.InTransaction() || s.TxStatus() != 'I' {
+		t.Fatal("still in a transaction after COMMIT + 'I'")
+	}
+	d = route(t, r, s, "SELECT * FROM users WHERE id = 1")
+	if d.Pinned || d.Target != TargetReplica || d.Shards[0].Name != "s0" {
+		t.Fatalf("after commit: %+v", d)
+	}
+}
+
+func TestReadOnlyTransactionUsesReplica(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	route(t, r, s, "BEGIN READ ONLY")
+	d := route(t, r, s, "SELECT * FROM users WHERE id = 1")
+	if d.Target != TargetReplica || d.Cacheable {
+		t.Fatalf("read-only tx first statement: %+v", d)
+	}
+	s.Observe('T')
+	d = route(t, r, s, "SELECT * FROM users WHERE id = 2")
+	if !d.Pinned || d.Target != TargetReplica {
+		t.Fatalf("read-only tx: %+v", d)
+	}
+	// SET TRANSACTION READ ONLY before the first statement also counts
+	s2 := r.NewSession()
+	route(t, r, s2, "BEGIN")
+	if d := route(t, r, s2, "SET TRANSACTION READ ONLY"); d.Action != ActionLocal {
+		t.Fatalf("SET TRANSACTION deferred: %+v", d)
+	}
+	d = route(t, r, s2, "SELECT 1")
+	if d.Target != TargetReplica || !slices.Equal(d.Preamble, []string{"BEGIN", "SET TRANSACTION READ ONLY"}) {
+		t.Fatalf("after SET TRANSACTION READ ONLY: %+v", d)
+	}
+}
+
+func TestDeferredBeginCommitAndErrors(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	route(t, r, s, "BEGIN")
+	if d := route(t, r, s, "COMMIT"); d.Action != ActionLocal || d.Tag != "COMMIT" || s.InTransaction() {
+		t.Fatalf("empty transaction: %+v", d)
+	}
+	// a failed transaction stays pinned until ROLLBACK
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	s.ObserveError()
+	s.Observe('E')
+	if s.TxStatus() != 'E' {
+		t.Fatalf("status %c", s.TxStatus())
+	}
+	d := route(t, r, s, "ROLLBACK")
+	if !d.Pinned || d.Shards[0].ID != 1 {
+		t.Fatalf("ROLLBACK: %+v", d)
+	}
+	s.Observe('I')
+	if s.InTransaction() {
+		t.Fatal("still in transaction")
+	}
+	// BEGIN inside a multi-statement string: pinned by Observe('T')
+	d = route(t, r, s, "BEGIN; UPDATE users SET name = 'x' WHERE id = 5")
+	if d.Target != TargetPrimary || d.Shards[0].ID != 1 {
+		t.Fatalf("multi: %+v", d)
+	}
+	s.Observe('T')
+	if id, ok := s.PinnedShard(); !ok || id != 1 {
+		t.Fatal("multi-statement BEGIN did not pin")
+	}
+}
+
+func TestSetTrackingAndReplay(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	v0 := s.ReplayVersion()
+	route(t, r, s, "SET search_path TO app, public")
+	if len(s.Replay()) != 0 {
+		t.Fatal("SET applied before Observe")
+	}
+	s.Observe('I')
+	route(t, r, s, "SET statement_timeout = 1000")
+	s.Observe('I')
+	route(t, r, s, "SET LOCAL work_mem = '1MB'")
+	s.Observe('I')
+	route(t, r, s, "SET search_path = other")
+	s.Observe('I')
+	want := []string{"SET statement_timeout = 1000", "SET search_path = other"}
+	if got := s.Replay(); !slices.Equal(got, want) {
+		t.Fatalf("replay %q want %q", got, want)
+	}
+	if s.ReplayVersion() == v0 {
+		t.Fatal("version did not change")
+	}
+	// a SET the backend rejected is not replayed
+	route(t, r, s, "SET bogus_param = 1")
+	s.ObserveError()
+	s.Observe('I')
+	if got := s.Replay(); !slices.Equal(got, want) {
+		t.Fatalf("rejected SET replayed: %q", got)
+	}
+	route(t, r, s, "RESET statement_timeout")
+	s.Observe('I')
+	if got := s.Replay(); !slices.Equal(got, []string{"SET search_path = other"}) {
+		t.Fatalf("after RESET: %q", got)
+	}
+	// SET inside a rolled-back transaction is dropped; committed is kept
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT 1")
+	s.Observe('T')
+	route(t, r, s, "SET timezone = 'UTC'")
+	s.Observe('T')
+	route(t, r, s, "ROLLBACK")
+	s.Observe('I')
+	if got := s.Replay(); len(got) != 1 {
+		t.Fatalf("rolled-back SET kept: %q", got)
+	}
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT 1")
+	s.Observe('T')
+	route(t, r, s, "SET timezone = 'UTC'")
+	s.Observe('T')
+	route(t, r, s, "COMMIT")
+	s.Observe('I')
+	if got := s.Replay(); !slices.Equal(got, []string{"SET search_path = other", "SET timezone = 'UTC'"}) {
+		t.Fatalf("committed SET: %q", got)
+	}
+	// SQL PREPARE is replayed; EXECUTE routes like the prepared statement
+	route(t, r, s, "PREPARE q(int) AS SELECT * FROM users WHERE id = $1")
+	s.Observe('I')
+	if got := s.Replay(); got[len(got)-1] != "PREPARE q(int) AS SELECT * FROM users WHERE id = $1" {
+		t.Fatalf("prepare replay: %q", got)
+	}
+	d := route(t, r, s, "EXECUTE q(5)")
+	if d.Shards[0].ID != 1 || d.Target != TargetReplica {
+		t.Fatalf("EXECUTE: %+v", d)
+	}
+	if d := route(t, r, s, "DEALLOCATE q"); d.Action != ActionLocal {
+		t.Fatalf("DEALLOCATE: %+v", d)
+	}
+	s.Observe('I')
+	if _, ok := s.Prepared("q"); ok {
+		t.Fatal("q still prepared")
+	}
+	route(t, r, s, "RESET ALL")
+	s.Observe('I')
+	if got := s.Replay(); len(got) != 0 {
+		t.Fatalf("after RESET ALL: %q", got)
+	}
+	route(t, r, s, "SET a.b = 1")
+	s.Observe('I')
+	route(t, r, s, "DISCARD ALL")
+	s.Observe('I')
+	if got := s.Replay(); len(got) != 0 {
+		t.Fatalf("after DISCARD ALL: %q", got)
+	}
+}
+
+func TestInterceptedSettings(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	d := route(t, r, s, "SET dbproxy.causal_token = 's1:0/10,s0:0/5'")
+	if d.Action != ActionLocal || d.Tag != "SET" {
+		t.Fatalf("%+v", d)
+	}
+	if got := s.CausalToken().String(); got != "s0:0/5,s1:0/10" {
+		t.Fatalf("token %q", got)
+	}
+	d = route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	if d.Shards[0].MinLSN != 0x10 {
+		t.Fatalf("MinLSN %v", d.Shards[0].MinLSN)
+	}
+	route(t, r, s, "SET dbproxy.max_staleness = '75ms'")
+	d = route(t, r, s, "SELECT 1")
+	if d.MaxStaleness != 75e6 || d.Shards[0].MinLSN != 5 {
+		t.Fatalf("%+v", d)
+	}
+	err := routeErr(t, r, s, "SET dbproxy.causal_token = 'x'")
+	if !errors.Is(err, ErrBadCausalToken) || sqlState(err) != "22023" {
+		t.Fatalf("%v", err)
+	}
+	route(t, r, s, "RESET dbproxy.causal_token")
+	if !s.CausalToken().IsZero() {
+		t.Fatal("token not reset")
+	}
+	if len(s.Replay()) != 0 {
+		t.Fatal("dbproxy.* settings must not be replayed")
+	}
+}
+
+func TestCausalAdvanceAndContext(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	s.AdvanceCausal(1, 0x2000)
+	s.AdvanceCausal(1, 0x1000) // lower: ignored
+	s.AdvanceCausal(7, 1)      // unknown shard: ignored
+	if got := s.CausalToken().String(); got != "s1:0/2000" {
+		t.Fatalf("%q", got)
+	}
+	ctx := WithCausalToken(context.Background(), mustToken(t, "s0:1/0"))
+	d, err := r.Route(ctx, s, mustClassify(t, "SELECT * FROM users WHERE id IN (1, 5)"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Shards) != 2 || d.Shards[0].MinLSN != 1<<32 || d.Shards[1].MinLSN != 0x2000 {
+		t.Fatalf("%+v", d.Shards)
+	}
+	// a write goes to the primary without MinLSN
+	d = route(t, r, s, "UPDATE users SET name = 'x' WHERE id = 5")
+	if d.Target != TargetPrimary || d.Shards[0].MinLSN != 0 {
+		t.Fatalf("%+v", d)
+	}
+}
+
+func mustToken(t *testing.T, s string) CausalToken {
+	t.Helper()
+	tok, err := ParseCausalToken(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestCausalTokenRoundTrip(t *testing.T) {
+	for _, in := range []string{"", "s0:0/16B3748", "s0:0/16B3748,s1:0/1A2B3C", "shard:a:FF/FF"} {
+		tok := mustToken(t, in)
+		if tok.String() != in {
+			t.Errorf("round trip %q → %q", in, tok.String())
+		}
+		var back CausalToken
+		b, _ := tok.MarshalText()
+		if err := back.UnmarshalText(b); err != nil || back.String() != in {
+			t.Errorf("text round trip %q: %v", in, err)
+		}
+	}
+	tok := mustToken(t, " s1:0/2 , s0:0/1,s1:0/1 ")
+	if tok.String() != "s0:0/1,s1:0/2" {
+		t.Errorf("normalized %q", tok.String())
+	}
+	if tok.LSN("s1") != 2 || tok.LSN("nope") != 0 {
+		t.Error("LSN lookup")
+	}
+	m := tok.Merge(mustToken(t, "s0:0/9,s2:0/1"))
+	if m.String() != "s0:0/9,s1:0/2,s2:0/1" || tok.String() != "s0:0/1,s1:0/2" {
+		t.Errorf("merge %q (receiver %q)", m, tok)
+	}
+	if got := tok.With("s0", replica.LSN(0)); got.String() != tok.String() {
+		t.Error("With zero LSN changed the token")
+	}
+	for _, bad := range []string{"s0", "s0:", ":0/1", "s0:zz/1", "s0:0/1,", "s 0:0/1", "s0:0/1,,s1:0/2", "s0:1"} {
+		_, err := ParseCausalToken(bad)
+		if !errors.Is(err, ErrBadCausalToken) || sqlState(err) != "22023" {
+			t.Errorf("ParseCausalToken(%q) = %v", bad, err)
+		}
+	}
+}
+
+func TestTopologySwapIsSeen(t *testing.T) {
+	src := NewStaticTopology(testTopology(t))
+	r, err := New(Config{Topology: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.NewSession()
+	d := route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	if d.TopologyVersion != 7 {
+		t.Fatalf("version %d", d.TopologyVersion)
+	}
+	one, err := shard.NewTopology(shard.TopologySpec{Version: 8, Shards: []shard.ShardSpec{{Name: "only"}},
+		Tables: []shard.TableSpec{{Name: "users", Columns: []string{"id"}, Types: []shard.KeyType{shard.KeyInt}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Store(one)
+	d = route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	if d.TopologyVersion != 8 || d.Shards[0].Name != "only" {
+		t.Fatalf("after swap: %+v", d)
+	}
+}
+
+func TestErrorsAndSentinels(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	err := routeErr(t, r, s, "DELETE FROM users")
+	if !errors.Is(err, ErrShardKeyRequired) || !errors.Is(err, shard.ErrUnknownShardKey) || sqlState(err) != "0A000" {
+		t.Fatalf("%v", err)
+	}
+	err = routeErr(t, r, s, "SELECT DISTINCT name FROM users")
+	if sqlState(err) != "0A000" {
+		t.Fatalf("%v", err)
+	}
+	err = routeErr(t, r, s, "UPDATE users SET id = 3 WHERE id = 1")
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("%v", err)
+	}
+	st, err := Classify("SELECT 1\x00; DROP TABLE users")
+	if !errors.Is(err, ErrInvalidSQL) || st == nil || !st.MustPrimary {
+		t.Fatalf("NUL: %v %+v", err, st)
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("New without topology")
+	}
+}
+
+func TestFunctionCacheInvalidation(t *testing.T) {
+	cat := testCatalog{"f1": VolatilityImmutable}
+	r, err := New(Config{Topology: NewStaticTopology(testTopology(t)), Functions: cat})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.NewSession()
+	if d := route(t, r, s, "SELECT f1()"); d.Target != TargetReplica || !d.Cacheable {
+		t.Fatalf("%+v", d)
+	}
+	cat["f1"] = VolatilityVolatile
+	if d := route(t, r, s, "SELECT f1()"); d.Target != TargetReplica {
+		t.Fatalf("cached volatility should still be used: %+v", d)
+	}
+	route(t, r, s, "ALTER FUNCTION f1() VOLATILE")
+	if d := route(t, r, s, "SELECT f1()"); d.Target != TargetPrimary {
+		t.Fatalf("after DDL the catalog must be asked again: %+v", d)
+	}
+}

@@ -455,9 +455,10 @@ func (c *Cluster) cleanupFailed() {
 	_ = c.Stop(ctx)
 }
 
-// Stop stops every node (fast shutdown, escalating to immediate shutdown and
-// then SIGKILL if a node does not stop in time) and removes the directory if
-// it was a temporary one. It is idempotent: later calls return the first
+// Stop stops every node and removes the directory if it was a temporary
+// one. Nodes of a kept directory get a fast (clean) shutdown, escalating to
+// immediate shutdown and then SIGKILL if a node does not stop in time; nodes
+// of a temporary cluster get an immediate shutdown straight away. It is idempotent: later calls return the first
 // call's result.
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.stopMu.Lock()
@@ -472,7 +473,9 @@ func (c *Cluster) Stop(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = n.stop(ctx)
+			// A temporary cluster is deleted next: no need for a clean
+			// shutdown checkpoint.
+			errs[i] = n.stop(ctx, !c.temp)
 		}()
 	}
 	wg.Wait()

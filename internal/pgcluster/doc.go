@@ -74,10 +74,12 @@
 // (a failed server start includes the tail of its log).
 //
 // Options.Logf may be called from several goroutines at once (StartT uses
-// t.Logf, which is safe). Cluster and Node methods are safe for concurrent use; lifecycle calls on
-// one node (Start, Stop, Restart, Kill) are serialized. Several clusters can
-// run at once, in one process or several: each has its own directory and
-// ports. Stop is idempotent and always stops the servers: fast shutdown, then
-// immediate shutdown, then SIGKILL of the postmaster and its children. The
-// package starts no background goroutines that outlive a call.
+// t.Logf, which is safe). Cluster and Node methods are safe for concurrent
+// use; lifecycle calls on one node (Start, Stop, Restart, Kill) are
+// serialized. Several clusters can run at once, in one process or several:
+// each has its own directory and ports. Stop is idempotent and always stops
+// the servers, escalating from pg_ctl stop to SIGKILL of the postmaster and
+// its children: a kept directory gets a fast (clean) shutdown first, a
+// temporary cluster, deleted next, an immediate one. The package starts no
+// background goroutines that outlive a call.
 package pgcluster

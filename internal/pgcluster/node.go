@@ -258,7 +258,7 @@ func (n *Node) Start(ctx context.Context) error {
 // Stop shuts the node down (fast mode, escalating to immediate mode and then
 // SIGKILL). Stopping a stopped node is a no-op.
 func (n *Node) Stop(ctx context.Context) error {
-	return n.stop(ctx)
+	return n.stop(ctx, true)
 }
 
 // Restart stops (fast) and starts the node.
@@ -268,7 +268,7 @@ func (n *Node) Restart(ctx context.Context) error {
 	if n.c.isStopped() {
 		return fmt.Errorf("%w: %s", ErrStopped, n.Name)
 	}
-	if err := n.stopLocked(ctx); err != nil {
+	if err := n.stopLocked(ctx, true); err != nil {
 		return err
 	}
 	return n.startLocked(ctx)
@@ -284,30 +284,35 @@ func (n *Node) Kill() error {
 	return n.killLocked()
 }
 
-func (n *Node) stop(ctx context.Context) error {
+func (n *Node) stop(ctx context.Context, fast bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.stopLocked(ctx)
+	return n.stopLocked(ctx, fast)
 }
 
-func (n *Node) stopLocked(ctx context.Context) error {
+// stopLocked shuts the server down: fast mode first when fast is set (a
+// clean shutdown checkpoint), then immediate mode, then SIGKILL.
+func (n *Node) stopLocked(ctx context.Context, fast bool) error {
 	pid, ok := n.livePostmaster()
 	if !ok {
 		return nil
 	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err := n.c.run(sctx, n.nodeDir, "pg_ctl", "stop", "-D", n.Dir, "-m", "fast", "-w", "-t", "25")
-	cancel()
-	// pg_ctl returns once postmaster.pid is gone, a moment before the
-	// postmaster exits.
-	grace := 10 * time.Second
-	if err != nil {
-		grace = 500 * time.Millisecond
+	var err error
+	if fast {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err = n.c.run(sctx, n.nodeDir, "pg_ctl", "stop", "-D", n.Dir, "-m", "fast", "-w", "-t", "25")
+		cancel()
+		// pg_ctl returns once postmaster.pid is gone, a moment before the
+		// postmaster exits.
+		grace := 10 * time.Second
+		if err != nil {
+			grace = 500 * time.Millisecond
+		}
+		if waitExit([]int{pid}, grace) {
+			return nil
+		}
+		n.c.logf("pgcluster: %s: fast shutdown failed (%v); trying immediate", n.Name, err)
 	}
-	if waitExit([]int{pid}, grace) {
-		return nil
-	}
-	n.c.logf("pgcluster: %s: fast shutdown failed (%v); trying immediate", n.Name, err)
 	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
 	_, err = n.c.run(ictx, n.nodeDir, "pg_ctl", "stop", "-D", n.Dir, "-m", "immediate", "-w", "-t", "10")
 	cancel()

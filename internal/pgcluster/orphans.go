@@ -82,7 +82,7 @@ func (c *Cluster) sweepOrphans(ctx context.Context) {
 			datas, _ := filepath.Glob(filepath.Join(dir, "*", "data"))
 			for _, data := range datas {
 				n := &Node{Name: filepath.Base(filepath.Dir(data)), Dir: data, nodeDir: filepath.Dir(data), c: c}
-				if err := n.stopLocked(ctx); err != nil {
+				if err := n.stopLocked(ctx, false); err != nil {
 					c.logf("pgcluster: orphaned node %s: %v", data, err)
 				}
 			}

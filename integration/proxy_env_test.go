@@ -105,6 +105,38 @@ func (e *proxyEnv) url(extra string) string {
 	return fmt.Sprintf("postgres://app:app@%s/app?sslmode=disable%s", e.addr, extra)
 }
 
+// newProxyTestRouter routes over shards s0 and s1 (one per cluster).
+// Sharded tables: users(id int), events(user_id int), kv(k text).
+// Everything else (pgbench's tables included) lives on s0.
 func newProxyTestRouter(t *testing.T, clusters []*pgcluster.Cluster) *router.Router {
-	return &router.Router{}
+	t.Helper()
+	spec := shard.TopologySpec{
+		Tables: []shard.TableSpec{
+			{Name: "users", Columns: []string{"id"}, Types: []shard.KeyType{shard.KeyInt}},
+			{Name: "events", Columns: []string{"user_id"}, Types: []shard.KeyType{shard.KeyInt}},
+			{Name: "kv", Columns: []string{"k"}, Types: []shard.KeyType{shard.KeyText}},
+		},
+	}
+	for i, c := range clusters {
+		ss := shard.ShardSpec{Name: fmt.Sprintf("s%d", i)}
+		for j, n := range c.Nodes() {
+			role := shard.RoleStandby
+			if j == 0 {
+				role = shard.RolePrimary
+			}
+			ss.Nodes = append(ss.Nodes, shard.NodeSpec{Name: n.Name, Host: n.Host, Port: n.Port, Role: role})
+		}
+		spec.Shards = append(spec.Shards, ss)
+	}
+	topo, err := shard.NewTopology(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := router.DefaultConfig()
+	cfg.Topology = router.NewStaticTopology(topo)
+	r, err := router.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
+	"strings"
 
 	"github.com/dbproxy/dbproxy/replica"
-	"github.com/dbproxy/dbproxy/router"
 	"github.com/dbproxy/dbproxy/shard"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -33,9 +32,8 @@ type attachment struct {
 	sentSeg     int  // ReadyForQuery-producing messages sent
 	recvSeg     int  // ReadyForQuery messages received
 	expect      []expectation
-	sets        []pendingSet     // SET/RESET/DISCARD statements sent, in order, awaiting CommandComplete
-	txSets      []router.SetInfo // completed inside the open transaction
-	wrote       bool             // a write was sent in the current transaction (causal token at commit)
+	wrote       bool // a write was sent in the current transaction (causal token at commit)
+	transient   bool // leased without a routing decision (prepare/describe): the router session is not told
 	copying     bool
 	released    bool
 	copyBytes   int // CopyData bytes sent since the last flush to the backend
@@ -52,10 +50,6 @@ type expectation struct {
 	hash    uint64
 }
 
-type pendingSet struct {
-	seg  int
-	info router.SetInfo
-}
 
 // stateIdle waits for the next client message with no backend leased.
 func (c *clientConn) stateIdle(ctx context.Context) stateFn {
@@ -101,7 +95,17 @@ func (c *clientConn) dispatch(ctx context.Context, msg pgproto3.FrontendMessage)
 	case *pgproto3.Query:
 		c.queries.Add(1)
 		return c.handleQuery(ctx, m)
-	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close, *pgproto3.Sync, *pgproto3.Flush:
+	case *pgproto3.Describe:
+		if m.ObjectType != 'S' && m.ObjectType != 'P' {
+			return c.fail(newClientError(codeProtocolViolation, fmt.Sprintf("invalid DESCRIBE message subtype %d", m.ObjectType)))
+		}
+		return c.handleExtended(ctx, msg)
+	case *pgproto3.Close:
+		if m.ObjectType != 'S' && m.ObjectType != 'P' {
+			return c.fail(newClientError(codeProtocolViolation, fmt.Sprintf("invalid CLOSE message subtype %d", m.ObjectType)))
+		}
+		return c.handleExtended(ctx, msg)
+	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Execute, *pgproto3.Sync, *pgproto3.Flush:
 		return c.handleExtended(ctx, msg)
 	case *pgproto3.FunctionCall:
 		c.queries.Add(1)
@@ -138,51 +142,19 @@ func (c *clientConn) current(wait bool) *attachment {
 
 // attach leases a backend for d, brings it to the session's state and
 // starts the pump.
-func (c *clientConn) attach(ctx context.Context, d target) (*attachment, error) {
+func (c *clientConn) attach(ctx context.Context, d target, preamble []string, transient bool) (*attachment, error) {
 	if c.lastPump != nil {
 		<-c.lastPump // the previous pump's last writes precede ours
 	}
-	set := c.srv.shards[d.shard]
-	if set == nil {
-		return nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", d.shard))
-	}
-	var node *replica.Node
-	if d.primary {
-		node = set.Primary()
-	} else {
-		n, err := set.Pick(ctx, d.pick)
-		if err != nil {
-			return nil, err
-		}
-		node = n
-	}
-	lease, err := node.Acquire(ctx)
+	lease, bst, err := c.leaseFor(ctx, d, preamble)
 	if err != nil {
 		return nil, err
 	}
-	conn := lease.Conn()
-	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
-	if bst == nil {
-		bst = &backendState{stmts: map[string]uint64{}}
-		conn.CustomData()[backendStateKey] = bst
-		c.srv.learnBackendParams(conn)
-	}
-	if bst.fingerprint != c.sess.fingerprint {
-		if _, err := conn.Exec(ctx, c.sess.replaySQL()).ReadAll(); err != nil {
-			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && conn.TxStatus() == 'I' {
-				lease.Release(nil)
-				return nil, fmt.Errorf("replaying session settings on %s: %w", node.Name(), err)
-			}
-			lease.Discard(err)
-			return nil, err
-		}
-		bst.fingerprint = c.sess.fingerprint
-	}
+	conn, node := lease.Conn(), lease.Node()
 	pctx, cancel := context.WithCancel(c.ctx)
 	att := &attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
-		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel,
+		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient,
 	}
 	c.mu.Lock()
 	c.att = att
@@ -412,13 +384,9 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 			}
 		}
 		att.expect = keep
-		sets := att.sets[:0]
-		for _, s := range att.sets {
-			if s.seg != att.recvSeg {
-				sets = append(sets, s)
-			}
+		if !att.transient {
+			c.sess.rs.ObserveError()
 		}
-		att.sets = sets
 		att.copying = false
 		flush = true
 	case *pgproto3.CommandComplete:
@@ -440,7 +408,16 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		att.copying = false
 		att.flushWanted = false
 		c.lastTx = m.TxStatus
-		c.endOfStatement(att, m.TxStatus)
+		if att.transient {
+			// The client's view (a deferred BEGIN is 'T') wins.
+			m.TxStatus = c.sess.rs.TxStatus()
+		} else {
+			c.sess.rs.Observe(m.TxStatus)
+		}
+		if c.lastTx == 'I' {
+			// The backend ran everything the session did: same settings.
+			att.bst.fingerprint, _ = c.sess.replay()
+		}
 		flush = true
 		if att.outstanding <= 0 && !att.unsynced {
 			att.outstanding = 0
@@ -460,44 +437,18 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 }
 
 func (c *clientConn) observeCommand(att *attachment, tag []byte) {
-	t := string(tag)
-	switch {
-	case t == "SET" || t == "RESET" || t == "DISCARD ALL" || t == "SET CONSTRAINTS":
-		if len(att.sets) > 0 && t != "SET CONSTRAINTS" {
-			s := att.sets[0]
-			att.sets = att.sets[1:]
-			if !s.info.Local {
-				att.txSets = append(att.txSets, s.info)
-			}
-			if s.info.Op == router.SetDiscardAll {
-				clear(att.bst.stmts)
-			}
-		}
-	case t == "DEALLOCATE ALL":
+	switch t := string(tag); {
+	case t == "DISCARD ALL":
 		clear(att.bst.stmts)
 		clear(c.sess.stmts)
-	case t == "ROLLBACK":
-		att.txSets = nil
-	case t == "COPY" || len(t) > 5 && t[:5] == "COPY ":
+	case t == "DEALLOCATE ALL":
+		clear(att.bst.stmts)
+	case t == "COPY" || strings.HasPrefix(t, "COPY "):
 		att.copying = false
 	}
-	if att.copying == false && connState(c.state.Load()) == stateCopy {
+	if !att.copying && connState(c.state.Load()) == stateCopy {
 		c.srv.reg.transition(c, stateAttached)
 	}
-}
-
-// endOfStatement applies SETs that are now part of the session (the
-// transaction ended, or there was none) and keeps the backend's applied
-// fingerprint in step. Called with c.mu held.
-func (c *clientConn) endOfStatement(att *attachment, tx byte) {
-	if tx != 'I' || len(att.txSets) == 0 {
-		return
-	}
-	for _, si := range att.txSets {
-		c.sess.applySet(si)
-	}
-	att.txSets = nil
-	att.bst.fingerprint = c.sess.fingerprint
 }
 
 // detach ends an attachment at ReadyForQuery 'I': it reads the commit
@@ -509,7 +460,7 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	if att.wrote && att.primary {
 		if lsn, err := att.lease.CurrentLSN(ctx); err == nil {
 			c.mu.Lock()
-			c.sess.observeCommit(att.shard, lsn)
+			c.sess.rs.AdvanceCausal(att.shard, replica.LSN(lsn))
 			tok := c.sess.tokenText()
 			c.mu.Unlock()
 			msgs = append(msgs, &pgproto3.ParameterStatus{Name: "dbproxy.causal_token", Value: tok})
@@ -551,4 +502,101 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 	_ = c.netConn.Close()
 }
 
-var _ = time.Second
+
+// prepareBackend brings a freshly leased backend to the session's
+// settings (replaying them only when its applied fingerprint differs) and
+// runs the decision's preamble (a deferred BEGIN). On error the lease is
+// given back (or discarded when its state is unknown).
+func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, bst *backendState, preamble []string) error {
+	conn := lease.Conn()
+	c.mu.Lock()
+	fp, replay := c.sess.replay()
+	c.mu.Unlock()
+	sql := ""
+	if bst.fingerprint != fp {
+		sql = replay
+	}
+	if len(preamble) > 0 {
+		if sql != "" {
+			sql += ";\n"
+		}
+		sql += strings.Join(preamble, ";\n")
+	}
+	if sql == "" {
+		return nil
+	}
+	_, err := conn.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && conn.TxStatus() == 'I' && !conn.IsClosed() {
+			bst.fingerprint = 0
+			lease.Release(nil)
+			return fmt.Errorf("preparing backend %s for the session: %w", lease.Node().Name(), err)
+		}
+		lease.Discard(err)
+		return err
+	}
+	if bst.fingerprint != fp {
+		bst.fingerprint = fp
+		if strings.Contains(replay, "DEALLOCATE ALL") {
+			clear(bst.stmts)
+		}
+	}
+	return nil
+}
+
+func (c *clientConn) transient(att *attachment) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return att.transient
+}
+
+// failOnBackend makes the backend itself fail the current batch with err,
+// so that it skips the batch's remaining messages up to Sync exactly as
+// after any error of its own (and an open transaction is aborted).
+func (c *clientConn) failOnBackend(att *attachment, err error) error {
+	resp := errorResponse(err, "")
+	msg := strings.ReplaceAll(resp.Message, "$", "")
+	sql := "DO $dbproxy$BEGIN RAISE EXCEPTION USING ERRCODE = " + quoteLiteral(resp.Code) + ", MESSAGE = " + quoteLiteral(msg) + "; END$dbproxy$"
+	fr := att.conn.Frontend()
+	c.mu.Lock()
+	att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: "dbproxy_fail"}, expectation{kind: '3', swallow: true})
+	att.inject(fr, &pgproto3.Parse{Name: "dbproxy_fail", Query: sql}, expectation{kind: '1', swallow: true, name: "\x00dbproxy_fail"})
+	att.inject(fr, &pgproto3.Bind{DestinationPortal: "dbproxy_fail", PreparedStatement: "dbproxy_fail"}, expectation{kind: '2', swallow: true})
+	fr.Send(&pgproto3.Execute{Portal: "dbproxy_fail"})
+	c.mu.Unlock()
+	return fr.Flush()
+}
+
+// leaseFor leases a backend for t and prepares it for the session.
+func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) (*replica.Lease, *backendState, error) {
+	set := c.srv.shards[t.shard]
+	if set == nil {
+		return nil, nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", t.shard))
+	}
+	var node *replica.Node
+	if t.primary {
+		node = set.Primary()
+	} else {
+		n, err := set.Pick(ctx, t.pick)
+		if err != nil {
+			return nil, nil, err
+		}
+		node = n
+	}
+	lease, err := node.Acquire(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn := lease.Conn()
+	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
+	if bst == nil {
+		bst = &backendState{stmts: map[string]uint64{}}
+		conn.CustomData()[backendStateKey] = bst
+		c.srv.learnBackendParams(conn)
+	}
+	if err := c.prepareBackend(ctx, lease, bst, preamble); err != nil {
+		return nil, nil, err
+	}
+	return lease, bst, nil
+}

@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -188,9 +189,10 @@ func (c *clientConn) authSCRAM(cred *credential, user string) error {
 	}
 	mechs := []string{"SCRAM-SHA-256"}
 	conv := srv.NewConversation()
-	if tc, ok := c.netConn.(*tls.Conn); ok {
-		st := tc.ConnectionState()
-		if cb, err := scram.NewTLSServerEndpointBinding(&st); err == nil {
+	if leaf := c.srv.tlsLeaf; c.tls && leaf != nil {
+		// tls-server-end-point binds to the certificate we served; the
+		// library computes it from a client-side view of the connection.
+		if cb, err := scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}); err == nil {
 			mechs = []string{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}
 			conv = srv.NewConversationWithChannelBinding(cb)
 		}

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/dbproxy/dbproxy/router"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -51,7 +50,7 @@ type clientConn struct {
 	sess       *session                   // owned by the reader goroutine, read by the pump under mu
 	pending    []pgproto3.FrontendMessage // buffered extended-protocol messages (copies) awaiting a route
 	skipToSync bool                       // a local error was sent: drop messages until Sync
-	localBatch *router.Statement          // the current batch is answered by the proxy (dbproxy.* settings)
+	localBatch *localResult               // the current batch is answered by the proxy
 
 	mu          sync.Mutex
 	cond        *sync.Cond
@@ -261,7 +260,7 @@ func (c *clientConn) stateAuth(ctx context.Context) stateFn {
 		c.srv.reg.rejected.Add(1)
 		return c.fail(newClientError(codeTooManyConnections, "sorry, too many clients already"))
 	}
-	sess, err := c.srv.newSession(c)
+	sess, err := c.srv.newSession(ctx, c)
 	if err != nil {
 		c.srv.reg.rejected.Add(1)
 		return c.fail(err)
@@ -302,7 +301,11 @@ func (c *clientConn) stats() ClientStats {
 	if c.sess != nil {
 		st.Prepared = len(c.sess.stmts)
 		st.Tokens = c.sess.tokenText()
-		st.Staleness = c.sess.maxStaleness
+		if d, ok := c.sess.rs.MaxStaleness(); ok {
+			st.Staleness = d
+		} else {
+			st.Staleness = c.srv.live.Load().maxStaleness
+		}
 	}
 	c.mu.Unlock()
 	return st

@@ -29,7 +29,7 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 	if c.skipToSync {
 		if _, ok := msg.(*pgproto3.Sync); ok {
 			c.skipToSync = false
-			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.lastTxStatus()}); err != nil {
+			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
 				return c.stateClosing
 			}
 		}
@@ -44,10 +44,8 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 			c.queries.Add(1)
 		}
 		if b, ok := msg.(*pgproto3.Bind); ok {
-			if ps := c.sess.stmts[b.PreparedStatement]; ps != nil {
-				if st, err := c.classifyPrepared(ps); err == nil {
-					c.noteStatement(att, st)
-				}
+			if next := c.bindInBatch(ctx, att, b); next != nil {
+				return next
 			}
 		}
 		if err := c.forward(att, msg); err != nil {
@@ -72,7 +70,7 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 				}
 				return c.stateAttached
 			}
-			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
+			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
 				return c.stateClosing
 			}
 			return c.stateIdle
@@ -102,21 +100,71 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 }
 
 // startBatch picks the backend for the buffered batch and sends it.
+// A batch with a Bind is routed by the router with the Bind's
+// parameters; a batch without one (Parse/Describe, as drivers send to
+// prepare) runs on the transaction's backend, or on any backend of the
+// statement's shard without changing the router session.
 func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateFn {
 	ps, st, err := c.batchStatement(bind)
+	att := c.current(true)
 	if err != nil {
 		return c.localError(err, true)
 	}
-	if isLocal(st) {
-		return c.answerLocalBatch(ctx, st)
+	if name, ok := showName(st.SQL); ok {
+		res, err := c.showResult(name)
+		if err != nil {
+			return c.localError(err, true)
+		}
+		return c.startLocalBatch(res)
 	}
-	att, next := c.segmentTarget(ctx, st, bind, ps)
-	if next != nil {
-		return next
+	if bind == nil {
+		return c.startDescribeBatch(ctx, att, st)
 	}
-	if bind != nil {
-		c.noteStatement(att, st)
+	p, err := c.decide(ctx, st, bind, ps)
+	if err != nil {
+		return c.localError(err, true)
 	}
+	switch {
+	case p.local:
+		res, _ := c.localDecision(p)
+		return c.startLocalBatch(res)
+	case len(p.targets) > 1:
+		if att != nil && !p.pinned {
+			c.releaseIdle(att)
+		}
+		sql := st.SQL
+		res, err := c.runMulti(ctx, p, sql, bind, ps)
+		c.observeDetached(err)
+		if err != nil {
+			return c.localError(err, true)
+		}
+		return c.startLocalBatch(res)
+	}
+	att, err = c.use(ctx, att, p)
+	if err != nil {
+		return c.localError(err, true)
+	}
+	c.noteStatement(att, st)
+	return c.sendPending(att)
+}
+
+// startDescribeBatch runs a batch without Bind (prepare and describe).
+func (c *clientConn) startDescribeBatch(ctx context.Context, att *attachment, st *router.Statement) stateFn {
+	if att == nil {
+		t := target{shard: c.srv.defaultShard(), primary: true}
+		if len(st.Tables) > 0 {
+			// Any shard has the schema; prefer the default shard's primary,
+			// which is always current for DDL just run.
+		}
+		var err error
+		if att, err = c.attach(ctx, t, nil, true); err != nil {
+			return c.localError(err, true)
+		}
+	}
+	return c.sendPending(att)
+}
+
+func (c *clientConn) sendPending(att *attachment) stateFn {
 	pending := c.pending
 	c.pending = nil
 	for _, m := range pending {
@@ -216,4 +264,37 @@ func copyFrontendMessage(msg pgproto3.FrontendMessage) pgproto3.FrontendMessage 
 		return &pgproto3.Flush{}
 	}
 	return msg
+}
+
+// bindInBatch routes a Bind that arrives inside a batch already running on
+// att (pipelined statements before one Sync). The statement must run on
+// att's shard; otherwise the batch is failed on the backend itself so that
+// PostgreSQL skips the rest of it, as it would after any error.
+func (c *clientConn) bindInBatch(ctx context.Context, att *attachment, b *pgproto3.Bind) stateFn {
+	ps := c.sess.stmts[b.PreparedStatement]
+	if ps == nil {
+		return nil
+	}
+	st, err := c.classifyPrepared(ps)
+	if err != nil {
+		return nil
+	}
+	if c.transient(att) {
+		return nil
+	}
+	p, err := c.decide(ctx, st, b, ps)
+	if err == nil && !p.local && !p.pinned && (len(p.targets) != 1 || p.targets[0].shard != att.shard || (p.targets[0].primary && !att.primary)) {
+		err = newClientError(codeFeatureNotSupported, "a pipelined batch (statements before one Sync) cannot span shards or move from a standby to the primary; send Sync between such statements")
+	}
+	if err == nil && p.local {
+		err = newClientError(codeFeatureNotSupported, st.Command+" inside a pipelined batch is not supported by dbproxy; send Sync first")
+	}
+	if err != nil {
+		if ferr := c.failOnBackend(att, err); ferr != nil {
+			return c.backendFailed(att, ferr)
+		}
+		return nil
+	}
+	c.noteStatement(att, st)
+	return nil
 }

@@ -1,40 +1,52 @@
 package proxy
 
 import (
-	"context"
-	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
-	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
-	"github.com/dbproxy/dbproxy/shard"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
 )
+
+// localResult is a statement result the proxy produces itself: a local
+// router decision (deferred BEGIN, SET dbproxy.*, ...), SHOW dbproxy.*,
+// or the merged result of a multi-shard statement.
+type localResult struct {
+	fields    []pgproto3.FieldDescription // nil: no rows (NoData)
+	paramOIDs []uint32                    // for Describe of the statement
+	rows      [][][]byte                  // in the client's result formats
+	tag       string
+	notices   []*pgproto3.NoticeResponse
+}
+
+func (r *localResult) rowDescription() pgproto3.BackendMessage {
+	if r.fields == nil {
+		return &pgproto3.NoData{}
+	}
+	return &pgproto3.RowDescription{Fields: r.fields}
+}
+
+// messages returns the result as sent for a Query or an Execute.
+func (r *localResult) messages(withRowDesc bool) []pgproto3.BackendMessage {
+	out := make([]pgproto3.BackendMessage, 0, len(r.rows)+3)
+	for _, n := range r.notices {
+		out = append(out, n)
+	}
+	if withRowDesc && r.fields != nil {
+		out = append(out, &pgproto3.RowDescription{Fields: r.fields})
+	}
+	for _, row := range r.rows {
+		out = append(out, &pgproto3.DataRow{Values: row})
+	}
+	return append(out, &pgproto3.CommandComplete{CommandTag: []byte(r.tag)})
+}
 
 // The proxy's own settings, answered without a backend.
 const (
 	paramCausalToken  = "dbproxy.causal_token"
 	paramMaxStaleness = "dbproxy.max_staleness"
 )
-
-// isLocal reports whether st is answered by the proxy itself: SET/RESET
-// of dbproxy.* parameters and SHOW dbproxy.*.
-func isLocal(st *router.Statement) bool {
-	if _, ok := showName(st.SQL); ok {
-		return true
-	}
-	if st.Kind != router.KindSession || len(st.Sets) == 0 {
-		return false
-	}
-	for _, s := range st.Sets {
-		if !s.Intercepted() {
-			return false
-		}
-	}
-	return true
-}
 
 // showName recognizes "SHOW dbproxy.<name>".
 func showName(sql string) (string, bool) {
@@ -51,149 +63,64 @@ func showName(sql string) (string, bool) {
 	return name, true
 }
 
-// execLocal applies st and returns the messages describing its result
-// (RowDescription+DataRow for SHOW, then CommandComplete).
-func (c *clientConn) execLocal(st *router.Statement, withRowDesc bool) ([]pgproto3.BackendMessage, error) {
-	if name, ok := showName(st.SQL); ok {
-		var v string
-		switch name {
-		case paramCausalToken:
-			v = c.sess.tokenText()
-		case paramMaxStaleness:
-			v = c.sess.maxStaleness.String()
-		default:
-			return nil, newClientError("42704", fmt.Sprintf("unrecognized configuration parameter %q", name))
-		}
-		var out []pgproto3.BackendMessage
-		if withRowDesc {
-			out = append(out, showRowDescription(name))
-		}
-		return append(out, &pgproto3.DataRow{Values: [][]byte{[]byte(v)}}, &pgproto3.CommandComplete{CommandTag: []byte("SHOW")}), nil
-	}
-	var out []pgproto3.BackendMessage
-	for _, si := range st.Sets {
-		if err := c.applyLocalSet(si); err != nil {
-			return nil, err
-		}
-		tag := "SET"
-		if si.Op == router.SetReset || si.Op == router.SetResetAll {
-			tag = "RESET"
-		}
-		out = append(out, &pgproto3.CommandComplete{CommandTag: []byte(tag)})
-	}
-	return out, nil
-}
-
-func showRowDescription(name string) *pgproto3.RowDescription {
-	return &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte(name), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}}}
-}
-
-func (c *clientConn) applyLocalSet(si router.SetInfo) error {
-	reset := si.Op == router.SetReset || si.Op == router.SetDefault
-	switch si.Name {
+// showResult answers SHOW dbproxy.<name>.
+func (c *clientConn) showResult(name string) (*localResult, error) {
+	c.mu.Lock()
+	var v string
+	switch name {
 	case paramCausalToken:
-		if reset {
-			c.mu.Lock()
-			clear(c.sess.causal)
-			c.mu.Unlock()
-			return nil
-		}
-		tok, err := parseToken(si.Value)
-		if err != nil {
-			return err
-		}
-		c.mu.Lock()
-		for id, lsn := range tok {
-			c.sess.observeCommit(id, lsn)
-		}
-		c.mu.Unlock()
+		v = c.sess.tokenText()
 	case paramMaxStaleness:
-		d := c.srv.live.Load().maxStaleness
-		if !reset {
-			v, err := parseStaleness(si.Value)
-			if err != nil {
-				return err
-			}
-			d = v
+		d, ok := c.sess.rs.MaxStaleness()
+		if !ok {
+			d = c.srv.live.Load().maxStaleness
 		}
-		c.mu.Lock()
-		c.sess.maxStaleness = d
-		c.mu.Unlock()
+		v = d.String()
 	default:
-		return newClientError("42704", fmt.Sprintf("unrecognized configuration parameter %q", si.Name))
+		c.mu.Unlock()
+		return nil, newClientError("42704", "unrecognized configuration parameter \""+name+"\"")
 	}
-	return nil
+	c.mu.Unlock()
+	return &localResult{
+		fields: []pgproto3.FieldDescription{{Name: []byte(name), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}},
+		rows:   [][][]byte{{[]byte(v)}},
+		tag:    "SHOW",
+	}, nil
 }
 
-// parseStaleness accepts Go durations ("200ms", "1s") and bare integers
-// (milliseconds), as PostgreSQL time settings do.
-func parseStaleness(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if n, err := strconv.Atoi(s); err == nil && n >= 0 {
-		return time.Duration(n) * time.Millisecond, nil
+// localDecision carries out a router decision that sends nothing.
+func (c *clientConn) localDecision(p plan) (*localResult, error) {
+	if st := p.stmt; st != nil {
+		if st.DeallocAll {
+			clear(c.sess.stmts)
+		} else if st.DeallocName != "" {
+			delete(c.sess.stmts, st.DeallocName)
+		}
 	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, newClientError(codeInvalidParameter, fmt.Sprintf("invalid value for parameter %q: %q (want a duration such as 200ms)", paramMaxStaleness, s))
-	}
-	return d, nil
+	c.observeDetached(nil)
+	return &localResult{tag: p.tag}, nil
 }
 
-// parseToken parses a causal token: "s<shard>:<lsn>" items separated by
-// commas ("s0:0/16B3748,s1:0/3000060"); an empty string is no token.
-func parseToken(s string) (map[shard.ID]replica.LSN, error) {
-	out := map[shard.ID]replica.LSN{}
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return out, nil
-	}
-	for _, item := range strings.Split(s, ",") {
-		item = strings.TrimSpace(item)
-		id, lsn, ok := strings.Cut(item, ":")
-		if !ok || len(id) < 2 || (id[0] != 's' && id[0] != 'S') {
-			return nil, badToken(s)
-		}
-		n, err := strconv.Atoi(id[1:])
-		if err != nil || n < 0 {
-			return nil, badToken(s)
-		}
-		l, err := replica.ParseLSN(lsn)
-		if err != nil {
-			return nil, badToken(s)
-		}
-		if l > out[shard.ID(n)] {
-			out[shard.ID(n)] = l
-		}
-	}
-	return out, nil
-}
-
-func badToken(s string) error {
-	return &clientError{code: codeInvalidParameter, message: fmt.Sprintf("invalid value for parameter %q: %q", paramCausalToken, s),
-		hint: `a causal token looks like "s0:0/16B3748,s1:0/3000060", as reported in ParameterStatus dbproxy.causal_token`}
-}
-
-// answerLocal answers a simple Query handled by the proxy.
-func (c *clientConn) answerLocal(ctx context.Context, st *router.Statement, _ bool, tx byte) stateFn {
-	msgs, err := c.execLocal(st, true)
+// answerLocal answers a simple Query with a local result (or error).
+func (c *clientConn) answerLocal(res *localResult, err error) stateFn {
+	var msgs []pgproto3.BackendMessage
 	if err != nil {
 		msgs = []pgproto3.BackendMessage{errorResponse(err, "")}
+	} else {
+		msgs = res.messages(true)
 	}
-	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: tx})
+	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: c.txStatus()})
 	if err := c.send(msgs...); err != nil {
 		return c.stateClosing
 	}
 	return c.idleOrAttached()
 }
 
-// answerLocalBatch answers an extended-protocol batch whose statement is
-// handled by the proxy; later messages of the batch are answered by
-// answerLocalMessage until Sync.
-func (c *clientConn) answerLocalBatch(ctx context.Context, st *router.Statement) stateFn {
-	if c.current(true) != nil && c.lastTxStatus() == 'I' {
-		// session pooling: nothing else in flight, answer in order
-	}
-	c.localBatch = st
+// startLocalBatch answers the buffered messages of an extended-protocol
+// batch whose result the proxy holds; the rest of the batch is answered
+// by answerLocalMessage until Sync.
+func (c *clientConn) startLocalBatch(res *localResult) stateFn {
+	c.localBatch = res
 	pending := c.pending
 	c.pending = nil
 	for _, m := range pending {
@@ -207,34 +134,29 @@ func (c *clientConn) answerLocalBatch(ctx context.Context, st *router.Statement)
 // answerLocalMessage answers one message of a local batch. It returns a
 // non-nil state only when the connection must end.
 func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
-	st := c.localBatch
-	_, isShow := showName(st.SQL)
+	res := c.localBatch
 	var out []pgproto3.BackendMessage
 	flush := false
 	switch m := m.(type) {
 	case *pgproto3.Parse:
-		c.sess.stmts[m.Name] = &preparedStmt{name: m.Name, query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: stmtHash(m.Query, m.ParameterOIDs), stmt: st}
+		c.sess.stmts[m.Name] = &preparedStmt{name: m.Name, query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: stmtHash(m.Query, m.ParameterOIDs)}
 		out = append(out, &pgproto3.ParseComplete{})
 	case *pgproto3.Bind:
 		out = append(out, &pgproto3.BindComplete{})
 	case *pgproto3.Describe:
 		if m.ObjectType == 'S' {
-			out = append(out, &pgproto3.ParameterDescription{})
+			oids := res.paramOIDs
+			if ps := c.sess.stmts[m.Name]; oids == nil && ps != nil {
+				oids = ps.paramOIDs
+			}
+			out = append(out, &pgproto3.ParameterDescription{ParameterOIDs: oids})
 		}
-		if isShow {
-			name, _ := showName(st.SQL)
-			out = append(out, showRowDescription(name))
-		} else {
-			out = append(out, &pgproto3.NoData{})
-		}
+		out = append(out, res.rowDescription())
 	case *pgproto3.Execute:
-		res, err := c.execLocal(st, false)
-		if err != nil {
-			c.localBatch = nil
-			c.skipToSync = true
-			out = append(out, errorResponse(err, ""))
-		} else {
-			out = append(out, res...)
+		out = append(out, res.messages(false)...)
+		res.rows, res.notices = nil, nil // a second Execute of the portal returns nothing more
+		if res.fields != nil {
+			res.tag = "SELECT 0"
 		}
 	case *pgproto3.Close:
 		if m.ObjectType == 'S' {
@@ -243,7 +165,7 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 		out = append(out, &pgproto3.CloseComplete{})
 	case *pgproto3.Sync:
 		c.localBatch = nil
-		out = append(out, &pgproto3.ReadyForQuery{TxStatus: c.lastTxStatus()})
+		out = append(out, &pgproto3.ReadyForQuery{TxStatus: c.txStatus()})
 		flush = true
 	case *pgproto3.Flush:
 		flush = true
@@ -259,3 +181,43 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 	}
 	return nil
 }
+
+// applyResultFormats converts a text-format result to the formats a Bind
+// asked for (0 text, 1 binary; one code for all columns or one per column).
+func applyResultFormats(res *localResult, formats []int16) error {
+	if res.fields == nil || len(formats) == 0 {
+		return nil
+	}
+	codeOf := func(i int) int16 {
+		if len(formats) == 1 {
+			return formats[0]
+		}
+		if i < len(formats) {
+			return formats[i]
+		}
+		return 0
+	}
+	var tm *pgtype.Map
+	for i := range res.fields {
+		if codeOf(i) != 1 {
+			continue
+		}
+		res.fields[i].Format = 1
+		if tm == nil {
+			tm = pgtype.NewMap() // not safe for concurrent use: one per result
+		}
+		for _, row := range res.rows {
+			if row[i] == nil {
+				continue
+			}
+			b, err := textToBinary(tm, res.fields[i].DataTypeOID, row[i])
+			if err != nil {
+				return newClientError(codeFeatureNotSupported, "cannot send column "+strconv.Quote(string(res.fields[i].Name))+" of a multi-shard result in binary: "+err.Error())
+			}
+			row[i] = b
+		}
+	}
+	return nil
+}
+
+var _ = router.KindRead

@@ -12,19 +12,42 @@ import (
 func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn {
 	st, err := c.classify(m.String)
 	if err != nil {
+		c.current(true)
 		return c.localError(err, false)
 	}
-	if isLocal(st) {
-		if att := c.current(true); att != nil {
-			// Answer in order: nothing is in flight now, and the backend
-			// (in a transaction, or session pooling) stays attached.
-			return c.answerLocal(ctx, st, false, c.lastTxStatus())
-		}
-		return c.answerLocal(ctx, st, false, 'I')
+	att := c.current(true) // requests are routed in order: let earlier ones finish
+	if name, ok := showName(st.SQL); ok {
+		return c.answerLocal(c.showResult(name))
 	}
-	att, next := c.segmentTarget(ctx, st, nil, nil)
-	if next != nil {
-		return next
+	if st.NumStatements == 0 && st.ParseError == nil {
+		// An empty query (or only comments): PostgreSQL answers
+		// EmptyQueryResponse; so do we, without a backend.
+		if err := c.send(&pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
+			return c.stateClosing
+		}
+		return c.idleOrAttached()
+	}
+	p, err := c.decide(ctx, st, nil, nil)
+	if err != nil {
+		return c.localError(err, false)
+	}
+	switch {
+	case p.local:
+		return c.answerLocal(c.localDecision(p))
+	case len(p.targets) > 1:
+		if att != nil && !p.pinned {
+			c.releaseIdle(att)
+		}
+		res, err := c.runMulti(ctx, p, st.SQL, nil, nil)
+		c.observeDetached(err)
+		if err != nil {
+			return c.localError(err, false)
+		}
+		return c.answerLocal(res, nil)
+	}
+	att, err = c.use(ctx, att, p)
+	if err != nil {
+		return c.localError(err, false)
 	}
 	c.noteStatement(att, st)
 	if err := c.forward(att, m); err != nil {
@@ -33,45 +56,36 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	return c.stateAttached
 }
 
-// handleFunctionCall forwards a FunctionCall to the primary of the
-// default shard (or the attached backend).
+// handleFunctionCall forwards a FunctionCall to the attached backend, or
+// the primary of the default shard.
 func (c *clientConn) handleFunctionCall(ctx context.Context, m *pgproto3.FunctionCall) stateFn {
-	att, next := c.segmentTarget(ctx, &router.Statement{Kind: router.KindWrite, MustPrimary: true}, nil, nil)
-	if next != nil {
-		return next
+	att := c.current(true)
+	if att == nil {
+		t := target{shard: c.srv.defaultShard(), primary: true}
+		var err error
+		if att, err = c.attach(ctx, t, nil, true); err != nil {
+			return c.localError(err, false)
+		}
 	}
-	att.wrote = att.primary
+	c.mu.Lock()
+	att.wrote = att.wrote || att.primary
+	c.mu.Unlock()
 	if err := c.forward(att, m); err != nil {
 		return c.backendFailed(att, err)
 	}
 	return c.stateAttached
 }
 
-// segmentTarget returns the backend that runs a new request (a Query, or
-// the first routable message of an extended-protocol batch): the attached
-// backend when a transaction is open on it, else the one the router picks
-// (attaching it). When it returns a non-nil stateFn the request was
-// answered (an error) and the caller returns that state.
-func (c *clientConn) segmentTarget(ctx context.Context, st *router.Statement, bind *pgproto3.Bind, ps *preparedStmt) (*attachment, stateFn) {
-	att := c.current(true)
-	if att != nil {
-		if c.lastTxStatus() != 'I' {
-			if err := c.checkInTransaction(att, st, bind, ps); err != nil {
-				return nil, c.localError(err, bind != nil || ps != nil)
-			}
-			return att, nil
+// use returns the backend that runs a single-shard plan: the
+// transaction's backend when pinned, the attached one when it fits
+// (session pooling), else a newly leased one.
+func (c *clientConn) use(ctx context.Context, att *attachment, p plan) (*attachment, error) {
+	if p.pinned {
+		if att == nil {
+			c.observeDetached(errNoBackend)
+			return nil, errNoBackend
 		}
-		// Session pooling, idle: keep the backend if the route agrees.
-	}
-	p, err := c.decide(ctx, st, bind, ps)
-	if err != nil {
-		return nil, c.localError(err, bind != nil || ps != nil)
-	}
-	if len(p.targets) != 1 {
-		if att != nil {
-			c.releaseIdle(att)
-		}
-		return nil, c.scatter(ctx, st, p, bind, ps)
+		return att, nil
 	}
 	t := p.targets[0]
 	if att != nil {
@@ -80,11 +94,34 @@ func (c *clientConn) segmentTarget(ctx context.Context, st *router.Statement, bi
 		}
 		c.releaseIdle(att)
 	}
-	att, err = c.attach(ctx, t)
+	att, err := c.attach(ctx, t, p.preamble, false)
 	if err != nil {
-		return nil, c.localError(err, bind != nil || ps != nil)
+		c.observeDetached(err)
+		return nil, err
 	}
 	return att, nil
+}
+
+var errNoBackend = &clientError{code: "25P02", message: "current transaction is aborted: its backend connection was lost", hint: "ROLLBACK and retry the transaction"}
+
+// observeDetached tells the router session how a request that never
+// reached a backend ended: as an error (err != nil) inside or outside a
+// transaction, or successfully.
+func (c *clientConn) observeDetached(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		if c.sess.rs.TxStatus() == 'I' {
+			c.sess.rs.Observe('I')
+		}
+		return
+	}
+	c.sess.rs.ObserveError()
+	if c.sess.rs.TxStatus() == 'I' {
+		c.sess.rs.Observe('I')
+	} else {
+		c.sess.rs.Observe('E')
+	}
 }
 
 // releaseIdle gives back a backend kept across transactions (session
@@ -101,34 +138,29 @@ func (c *clientConn) releaseIdle(att *attachment) {
 	att.lease.Discard(nil) // the pump was interrupted mid-read: state unknown
 }
 
-func (c *clientConn) lastTxStatus() byte {
+// txStatus is the transaction status reported to the client for answers
+// the proxy makes itself.
+func (c *clientConn) txStatus() byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lastTx
+	return c.sess.rs.TxStatus()
 }
 
 // noteStatement records what the pump needs to know about a statement
-// about to be sent: whether it writes (causal token at commit) and which
-// SET/RESET it carries (session replay).
+// about to be sent: whether it writes (causal token at commit).
 func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if att.primary && writes(st) {
 		att.wrote = true
 	}
-	for _, si := range st.Sets {
-		if si.Intercepted() {
-			continue
-		}
-		att.sets = append(att.sets, pendingSet{seg: att.sentSeg, info: si})
-	}
 }
 
 func writes(st *router.Statement) bool {
 	switch st.Kind {
-	case router.KindRead, router.KindSession:
-		return st.MustPrimary && st.Kind == router.KindRead
-	case router.KindTxControl:
+	case router.KindRead:
+		return st.MustPrimary
+	case router.KindSession, router.KindTxControl:
 		return false
 	}
 	return true
@@ -144,9 +176,9 @@ func (c *clientConn) localError(err error, extended bool) stateFn {
 		if e := c.sendNoFlush(errorResponse(err, "")); e != nil {
 			return c.stateClosing
 		}
-		return c.stateIdle
+		return c.idleOrAttached()
 	}
-	if e := c.send(errorResponse(err, ""), &pgproto3.ReadyForQuery{TxStatus: c.lastTxStatus()}); e != nil {
+	if e := c.send(errorResponse(err, ""), &pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); e != nil {
 		return c.stateClosing
 	}
 	return c.idleOrAttached()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/dbproxy/dbproxy/replica"
@@ -21,20 +20,27 @@ type target struct {
 	pick    replica.PickRequest
 }
 
-// plan is how to run one request: on one target, or on several with
-// their rows merged.
+// plan is the proxy's reading of a router.Decision.
 type plan struct {
-	targets []target
+	local    bool   // answer with CommandComplete(tag), send nothing
+	tag      string //
+	pinned   bool   // run on the transaction's backend
+	targets  []target
+	preamble []string // run first on a newly leased backend (deferred BEGIN, ...)
+	sql      string   // multi-shard rewrite ("" = as received)
+	merge    *router.MergePlan
+	stmt     *router.Statement
 }
 
-func (s *Server) newSession(c *clientConn) (*session, error) {
-	sess := &session{
-		settings:     map[string]string{},
-		stmts:        map[string]*preparedStmt{},
-		maxStaleness: s.live.Load().maxStaleness,
-		causal:       map[shard.ID]replica.LSN{},
+func (s *Server) newSession(ctx context.Context, c *clientConn) (*session, error) {
+	sess := &session{rs: s.router.NewSession(), stmts: map[string]*preparedStmt{}}
+	if d := s.live.Load().maxStaleness; d > 0 {
+		if err := s.routeSet(ctx, sess, "dbproxy.max_staleness", d.String()); err != nil {
+			return nil, err
+		}
 	}
-	// Startup parameters are session settings like any SET.
+	// Startup parameters are session settings like any SET, replayed on
+	// every backend the session uses.
 	names := make([]string, 0, len(c.startupParams))
 	for k := range c.startupParams {
 		names = append(names, k)
@@ -48,13 +54,37 @@ func (s *Server) newSession(c *clientConn) (*session, error) {
 				return nil, err
 			}
 			for _, kv := range opts {
-				sess.applySet(router.SetInfo{Op: router.SetValue, Name: strings.ToLower(kv[0]), Value: kv[1], SQL: "SET " + quoteIdent(strings.ToLower(kv[0])) + " = " + quoteLiteral(kv[1])})
+				if err := s.routeSet(ctx, sess, kv[0], kv[1]); err != nil {
+					return nil, err
+				}
 			}
 			continue
 		}
-		sess.applySet(router.SetInfo{Op: router.SetValue, Name: strings.ToLower(k), Value: v, SQL: "SET " + quoteIdent(strings.ToLower(k)) + " = " + quoteLiteral(v)})
+		if err := s.routeSet(ctx, sess, k, v); err != nil {
+			return nil, err
+		}
 	}
 	return sess, nil
+}
+
+// routeSet records "SET name = 'value'" in the router session as if the
+// client had run it successfully.
+func (s *Server) routeSet(ctx context.Context, sess *session, name, value string) error {
+	sql := "SET " + quoteIdent(strings.ToLower(name)) + " = " + quoteLiteral(value)
+	st, err := router.Classify(sql)
+	if err != nil {
+		return newClientError(codeProtocolViolation, fmt.Sprintf("invalid startup parameter %q: %v", name, err))
+	}
+	if st.Kind != router.KindSession || len(st.Sets) != 1 {
+		return newClientError(codeProtocolViolation, fmt.Sprintf("invalid startup parameter %q", name))
+	}
+	if _, err := s.router.Route(ctx, sess.rs, st, nil); err != nil {
+		return err
+	}
+	if !st.Sets[0].Intercepted() {
+		sess.rs.Observe('I')
+	}
+	return nil
 }
 
 // parseOptions parses the startup "options" parameter: "-c name=value"
@@ -106,46 +136,53 @@ func parseOptions(s string) ([][2]string, error) {
 	return out, nil
 }
 
-func (s *Server) defaultShard() shard.ID {
-	first := true
-	var id shard.ID
-	for k := range s.shards {
-		if first || k < id {
-			id, first = k, false
-		}
-	}
-	return id
-}
-
-// classify is the router's classification of sql.
+// classify is the router's classification of sql (cached by text).
 func (c *clientConn) classify(sql string) (*router.Statement, error) {
-	return &router.Statement{SQL: sql, Kind: router.KindUnknown, MustPrimary: true}, nil
+	return router.Classify(sql)
 }
 
-// decide asks the router where a request goes.
+// decide asks the router where a request goes. bind and ps are set for
+// extended-protocol requests. It is called with no request in flight.
 func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgproto3.Bind, ps *preparedStmt) (plan, error) {
-	return plan{targets: []target{{shard: c.srv.defaultShard(), primary: true}}}, nil
-}
-
-// checkInTransaction verifies that a statement inside an open
-// transaction belongs on the transaction's backend.
-func (c *clientConn) checkInTransaction(att *attachment, st *router.Statement, bind *pgproto3.Bind, ps *preparedStmt) error {
-	return nil
-}
-
-// formatToken renders per-shard commit positions as a causal token.
-func formatToken(m map[shard.ID]replica.LSN) string {
-	ids := make([]int, 0, len(m))
-	for id := range m {
-		ids = append(ids, int(id))
-	}
-	sort.Ints(ids)
-	var b strings.Builder
-	for i, id := range ids {
-		if i > 0 {
-			b.WriteByte(',')
+	var params []router.Param
+	if bind != nil {
+		params = make([]router.Param, len(bind.Parameters))
+		for i, v := range bind.Parameters {
+			p := router.Param{Value: v}
+			switch {
+			case len(bind.ParameterFormatCodes) == 1:
+				p.Format = bind.ParameterFormatCodes[0]
+			case i < len(bind.ParameterFormatCodes):
+				p.Format = bind.ParameterFormatCodes[i]
+			}
+			if ps != nil && i < len(ps.paramOIDs) {
+				p.OID = ps.paramOIDs[i]
+			}
+			params[i] = p
 		}
-		b.WriteString("s" + strconv.Itoa(id) + ":" + m[shard.ID(id)].String())
 	}
-	return b.String()
+	c.mu.Lock()
+	d, err := c.srv.router.Route(ctx, c.sess.rs, st, params)
+	c.mu.Unlock()
+	if err != nil {
+		return plan{}, err
+	}
+	return c.srv.toPlan(d, st), nil
 }
+
+func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
+	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge}
+	if d.Action == router.ActionLocal {
+		p.local = true
+		return p
+	}
+	for _, sh := range d.Shards {
+		t := target{shard: sh.ID, primary: d.Target == router.TargetPrimary}
+		if !t.primary {
+			t.pick = replica.PickRequest{MinLSN: sh.MinLSN, MaxStaleness: d.MaxStaleness}
+		}
+		p.targets = append(p.targets, t)
+	}
+	return p
+}
+

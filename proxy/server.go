@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,6 +56,8 @@ type Server struct {
 	baseCtx    context.Context // parent of every connection ctx
 	baseCancel context.CancelFunc
 
+	tlsLeaf *x509.Certificate // the one configured certificate, for SCRAM channel binding
+
 	paramsMu     sync.Mutex
 	serverParams map[string]string // ParameterStatus values learned from backends
 }
@@ -99,6 +102,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "TimeZone": "UTC", "integer_datetimes": "on",
 			"standard_conforming_strings": "on", "is_superuser": "off",
 		},
+	}
+	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 1 && cfg.TLS.GetCertificate == nil && len(cfg.TLS.Certificates[0].Certificate) > 0 {
+		if leaf, err := x509.ParseCertificate(cfg.TLS.Certificates[0].Certificate[0]); err == nil {
+			s.tlsLeaf = leaf
+		}
 	}
 	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
 	if err := s.Reload(cfg.Reloadable()); err != nil {

@@ -2,26 +2,25 @@ package proxy
 
 import (
 	"hash/maphash"
-	"sort"
 	"strings"
-	"time"
 
-	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
-	"github.com/dbproxy/dbproxy/shard"
 )
 
-// session is the client-side state that outlives a backend lease: SET
-// parameters and prepared statements to replay, the staleness bound and
-// the causal position. It is owned by the connection's reader goroutine;
-// the pump touches it only under clientConn.mu.
+// session is the client-side state that outlives a backend lease. The
+// router's Session holds transaction state, SET parameters to replay and
+// causal positions; the proxy adds the protocol-level prepared statements
+// (text and parameter types, to re-prepare them on any backend). It is
+// owned by the connection's reader goroutine; the pump touches it only
+// under clientConn.mu, and every router.Session call is made under
+// clientConn.mu.
 type session struct {
-	settings     map[string]string // parameter name -> statement that sets it (replayable SQL)
-	order        []string          // names in first-set order (replay order)
-	fingerprint  uint64            // of settings; 0 = no settings
-	stmts        map[string]*preparedStmt
-	maxStaleness time.Duration
-	causal       map[shard.ID]replica.LSN // highest commit position seen per shard
+	rs    *router.Session
+	stmts map[string]*preparedStmt
+
+	replayVersion uint64 // rs.ReplayVersion() when fingerprint was computed
+	fingerprint   uint64 // of rs.Replay(); 0 = nothing to replay
+	replaySQL     string
 }
 
 // preparedStmt is a statement the client prepared with Parse (name may
@@ -61,80 +60,38 @@ type backendState struct {
 
 const backendStateKey = "dbproxy.proxy.backend"
 
-func (s *session) applySet(si router.SetInfo) {
-	switch si.Op {
-	case router.SetValue, router.SetFromCurrent, router.SetSessionCharacteristics:
-		name := si.Name
-		if si.Op == router.SetSessionCharacteristics {
-			name = "\x00session_characteristics"
-		}
-		if _, ok := s.settings[name]; !ok {
-			s.order = append(s.order, name)
-		}
-		s.settings[name] = si.SQL
-	case router.SetDefault, router.SetReset:
-		s.delete(si.Name)
-	case router.SetResetAll, router.SetDiscardAll:
-		s.settings = map[string]string{}
-		s.order = nil
-	}
-	s.fingerprint = s.computeFingerprint()
-}
-
-func (s *session) delete(name string) {
-	if _, ok := s.settings[name]; !ok {
-		return
-	}
-	delete(s.settings, name)
-	for i, n := range s.order {
-		if n == name {
-			s.order = append(s.order[:i:i], s.order[i+1:]...)
-			break
+// replay returns the fingerprint of the session's settings and the SQL
+// that brings a backend to them (RESET ALL, then every tracked SET and
+// SQL-level PREPARE). Called with clientConn.mu held.
+func (s *session) replay() (uint64, string) {
+	if v := s.rs.ReplayVersion(); v != s.replayVersion || (v == 0 && s.replaySQL == "") {
+		stmts := s.rs.Replay()
+		s.replayVersion = v
+		if len(stmts) == 0 {
+			s.fingerprint, s.replaySQL = 0, "RESET ALL"
+		} else {
+			var h maphash.Hash
+			h.SetSeed(hashSeed)
+			for _, st := range stmts {
+				h.WriteString(st)
+				h.WriteByte(0)
+			}
+			s.fingerprint = h.Sum64() | 1
+			prefix := "RESET ALL;\n"
+			for _, st := range stmts {
+				if len(st) >= 7 && strings.EqualFold(strings.TrimSpace(st)[:7], "PREPARE") {
+					// SQL-level PREPAREs are replayed: drop the backend's first.
+					prefix = "RESET ALL;\nDEALLOCATE ALL;\n"
+					break
+				}
+			}
+			s.replaySQL = prefix + strings.Join(stmts, ";\n")
 		}
 	}
+	return s.fingerprint, s.replaySQL
 }
 
-func (s *session) computeFingerprint() uint64 {
-	if len(s.settings) == 0 {
-		return 0
-	}
-	names := make([]string, 0, len(s.settings))
-	for n := range s.settings {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var h maphash.Hash
-	h.SetSeed(hashSeed)
-	for _, n := range names {
-		h.WriteString(n)
-		h.WriteByte(0)
-		h.WriteString(s.settings[n])
-		h.WriteByte(0)
-	}
-	return h.Sum64() | 1
-}
-
-// replaySQL returns the statements that bring a backend to this session's
-// settings: RESET ALL, then every tracked SET in order.
-func (s *session) replaySQL() string {
-	var b strings.Builder
-	b.WriteString("RESET ALL")
-	for _, n := range s.order {
-		b.WriteString(";\n")
-		b.WriteString(s.settings[n])
-	}
-	return b.String()
-}
-
-func (s *session) observeCommit(id shard.ID, lsn replica.LSN) {
-	if lsn > s.causal[id] {
-		s.causal[id] = lsn
-	}
-}
-
-func (s *session) tokenText() string {
-	return formatToken(s.causal)
-}
+func (s *session) tokenText() string { return s.rs.CausalToken().String() }
 
 // quoteLiteral quotes v as a SQL string literal.
 func quoteLiteral(v string) string {

@@ -59,9 +59,9 @@
 // fails, an existing unprivileged user such as nobody is used. The switch
 // uses syscall.SysProcAttr.Credential (no sudo). Cluster directories are
 // chowned to that user and every ancestor directory is made traversable
-// (o+x is added where missing, and logged). Do not put Options.Dir under
-// testing.T.TempDir(): it is private to root (pgcluster would have to open it
-// up). When not root, everything runs as the current user.
+// (o+x is added where missing, and logged). Options.Dir under testing.T.TempDir()
+// works, but that directory is private to root and gets opened up (o+x);
+// prefer os.MkdirTemp("", ...) or the default temporary directory. When not root, everything runs as the current user.
 //
 // # Blocking, errors, concurrency
 //

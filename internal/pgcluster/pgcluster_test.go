@@ -363,3 +363,18 @@ func TestOrphanedTempClusterIsSwept(t *testing.T) {
 		t.Fatalf("sweep removed a dir without owner file: %v", err)
 	}
 }
+
+// A caller-given dir under t.TempDir() (0700, root's when we are root) still
+// works: its ancestors are made traversable for the server user.
+func TestStartInTestTempDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nested", "cluster")
+	c := startSmall(t, Options{Name: "tmpdir", Dir: dir})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.Primary().LSNs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.Dir() != dir || !strings.HasPrefix(c.Primary().Dir, dir) {
+		t.Fatalf("cluster dir %s, primary data %s; want under %s", c.Dir(), c.Primary().Dir, dir)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,8 +51,10 @@ var imagePackages = []string{
 	"ca-certificates", //
 }
 
-// imageDpkgOpts keep documentation out of the image.
+// imageDpkgOpts keep documentation out of the image and skip dpkg's
+// fsyncs (the tar is written once the build is over).
 var imageDpkgOpts = []string{
+	"force-unsafe-io",
 	"path-exclude=/usr/share/man/*",
 	"path-exclude=/usr/share/doc/*",
 	"path-exclude=/usr/share/locale/*",
@@ -165,8 +168,28 @@ func Image(ctx context.Context, logf func(string, ...any)) (string, error) {
 	}
 	logf("testbed: built image %s in %s (mmdebstrap %s, import %s)", ref,
 		time.Since(start).Round(time.Millisecond), built.Round(time.Millisecond), (time.Since(start) - built).Round(time.Millisecond))
+	pruneImages(ctx, cli, ref, logf)
 	imageRef = ref
 	return ref, nil
+}
+
+// pruneImages removes node images built from other inputs (an older
+// recipe). Images a container still uses are kept (no force).
+func pruneImages(ctx context.Context, cli *testcontainers.DockerClient, keep string, logf func(string, ...any)) {
+	res, err := cli.ImageList(ctx, client.ImageListOptions{Filters: client.Filters{}.Add("reference", imageRepo)})
+	if err != nil {
+		return
+	}
+	for _, img := range res.Items {
+		for _, tag := range img.RepoTags {
+			if tag == keep || !strings.HasPrefix(tag, imageRepo+":") {
+				continue
+			}
+			if _, err := cli.ImageRemove(ctx, tag, client.ImageRemoveOptions{PruneChildren: true}); err == nil {
+				logf("testbed: removed outdated image %s", tag)
+			}
+		}
+	}
 }
 
 // findBuilder locates mmdebstrap and reads its version.

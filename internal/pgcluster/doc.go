@@ -25,6 +25,16 @@
 // standbys than recorded adds them; fewer is an ErrLayout error). Settings
 // are rewritten into "pgcluster.conf" in each data directory on every start.
 //
+// Every node listens on 127.0.0.1 only, on a free loopback port (found by
+// listening on port 0; a bind clash at first start moves the node to another
+// port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
+// pg_hba.conf trusts user postgres and replication connections from
+// 127.0.0.1; every other user authenticates with scram-sha-256. Every node
+// gets DefaultSettings (sized for a small shared machine: shared_buffers
+// 128MB, max_connections 200, wal_level logical, hot_standby_feedback on,
+// wal_receiver_status_interval 1s, logging to postgres.log at warning) plus
+// Options.Settings.
+//
 // A temporary cluster records its owning process in an "owner" file; the
 // first Start in a process stops and removes temporary clusters whose owner
 // has died without calling Stop (for example a test binary killed by
@@ -36,7 +46,13 @@
 // system identifier. If the template cannot be built or copied, plain initdb
 // is used.
 //
-// # Roles after a failover
+// # Crashes and failover
+//
+// Node.Kill simulates a crash of the node: SIGKILL to the postmaster and to
+// every server process it started (so no orphaned backend keeps the port or
+// shared memory), then it waits for them to exit. Node.Start then runs crash
+// recovery. Start on a node (or a reused cluster) whose server is already
+// running leaves it alone.
 //
 // Primary() is always the node created as primary. Node.Promote makes a
 // standby the cluster's Leader(); Node.Follow repoints a standby at another
@@ -44,12 +60,6 @@
 // CreateDatabase follow these changes within one Cluster value; the layout
 // file does not record them, so reusing a directory after a failover is not
 // supported.
-//
-// Every node listens on 127.0.0.1 only, on a free loopback port (found by
-// listening on port 0; a bind clash at first start moves the node to another
-// port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
-// pg_hba.conf trusts user postgres and replication connections from
-// 127.0.0.1; every other user authenticates with scram-sha-256.
 //
 // # Users
 //
@@ -59,9 +69,10 @@
 // fails, an existing unprivileged user such as nobody is used. The switch
 // uses syscall.SysProcAttr.Credential (no sudo). Cluster directories are
 // chowned to that user and every ancestor directory is made traversable
-// (o+x is added where missing, and logged). Options.Dir under testing.T.TempDir()
-// works, but that directory is private to root and gets opened up (o+x);
-// prefer os.MkdirTemp("", ...) or the default temporary directory. When not root, everything runs as the current user.
+// (o+x is added where missing, and logged). Options.Dir under
+// testing.T.TempDir() works, but that directory is private to root and gets
+// opened up (o+x); prefer os.MkdirTemp("", ...) or the default temporary
+// directory. When not root, everything runs as the current user.
 //
 // # Blocking, errors, concurrency
 //

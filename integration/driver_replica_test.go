@@ -223,4 +223,3 @@ func fallbacks(e *driverEnv) uint64 {
 	}
 	return n
 }
-

@@ -2,15 +2,75 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/dbproxy/dbproxy/bench"
 )
 
-// runBench is replaced by the benchmark harness's command.
+// runBench runs the benchmark harness (package bench): dbproxy against
+// direct connections, PgBouncer and Pgpool-II in interleaved rounds.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("bench [--quick] --out DIR", "Benchmarks dbproxy against direct connections, PgBouncer and Pgpool-II.", stderr)
+	fs := newFlagSet("bench [--quick] --out DIR", `Benchmarks dbproxy against direct connections, PgBouncer and Pgpool-II on
+this machine: starts two local PostgreSQL clusters (1 primary + 2 standbys,
+and a second shard), PgBouncer, two Pgpool-II instances (the second with its
+query cache) and this binary as 'dbproxy serve' in a separate process; runs
+every workload through every target in interleaved rounds; writes
+report.md, tps_ratio.png, latency_p99.png and results.jsonl into DIR; stops
+everything it started, also on Ctrl-C. Installs the Debian packages
+pgbouncer and pgpool2 with apt-get when they are missing (root only).
+--quick is a smoke run (under 5 minutes): one short round, fewer workloads.`, stderr)
+	out := fs.String("out", "", "output directory (required)")
+	quick := fs.Bool("quick", false, "smoke run: one round of short runs over fewer workloads, every target once")
+	rounds := fs.Int("rounds", 0, "interleaved rounds (0 = mode default: 3, quick 1)")
+	duration := fs.Duration("duration", 0, "length of each run (0 = mode default: 20s, quick 3s)")
+	scale := fs.Int("scale", 0, "pgbench scale factor (0 = mode default: 20, quick 1)")
+	targets := fs.String("targets", "", "comma-separated subset of "+strings.Join(bench.Targets, ",")+" (default all)")
+	noInstall := fs.Bool("no-install", false, "never apt-get install missing pgbouncer/pgpool2")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	return errors.New("the benchmark harness is not built into this binary yet")
+	if *out == "" {
+		fmt.Fprintln(stderr, "--out is required")
+		fs.Usage()
+		return errUsage
+	}
+	cfg := bench.DefaultConfig()
+	if *quick {
+		cfg = bench.QuickConfig()
+	}
+	cfg.Out = *out
+	if *rounds != 0 {
+		cfg.Rounds = *rounds
+	}
+	if *duration != 0 {
+		cfg.Duration = *duration
+	}
+	if *scale != 0 {
+		cfg.Scale = *scale
+	}
+	if *targets != "" {
+		cfg.Targets = strings.Split(*targets, ",")
+	}
+	cfg.Install = !*noInstall
+	cfg.Progress = stdout
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("locating this binary for 'dbproxy serve': %w", err)
+	}
+	cfg.DbproxyBin = bin
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	sum, err := bench.Run(ctx, cfg)
+	if sum != nil {
+		for _, f := range sum.Files {
+			fmt.Fprintf(stdout, "wrote %s\n", f)
+		}
+		fmt.Fprintf(stdout, "dbproxy bench: done in %s\n", sum.Elapsed.Round(time.Second))
+	}
+	return err
 }

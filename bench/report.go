@@ -1,0 +1,292 @@
+package bench
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// stat is a median with its min and max over rounds.
+type stat struct {
+	med, lo, hi float64
+	n           int
+}
+
+func statOf(vs []float64) stat {
+	m, lo, hi := median(vs)
+	return stat{m, lo, hi, len(vs)}
+}
+
+// cell is the aggregate of one (workload, target) over the rounds.
+type cell struct {
+	workload Workload
+	target   string
+	status   string // ok, failed (in every round), partial (failed in some), unsupported
+	reasons  []string
+	okRounds int
+	rounds   int
+
+	tps, ratioDirect, ratioBouncer, latAvg, p50, p99, proxyCPU, dbCPU stat
+	peakRSSKB                                                         int64
+	errors, reads, stale, misrouted                                   int64
+}
+
+// aggregation is every cell, by workload in plan order, targets in run order.
+type aggregation struct {
+	workloads []Workload
+	targets   []string
+	cells     map[string]map[string]*cell // workload name -> target -> cell
+}
+
+func (a *aggregation) get(w, t string) *cell {
+	if m := a.cells[w]; m != nil {
+		return m[t]
+	}
+	return nil
+}
+
+func aggregate(results []Result, cfg Config) *aggregation {
+	a := &aggregation{workloads: cfg.Workloads, targets: cfg.orderedTargets(), cells: map[string]map[string]*cell{}}
+	vals := map[*cell]map[string][]float64{}
+	for _, r := range results {
+		m := a.cells[r.Workload]
+		if m == nil {
+			m = map[string]*cell{}
+			a.cells[r.Workload] = m
+		}
+		c := m[r.Target]
+		if c == nil {
+			c = &cell{workload: Workload{Kind: r.Kind, Mode: r.Mode, Clients: r.Clients}, target: r.Target}
+			m[r.Target] = c
+			vals[c] = map[string][]float64{}
+		}
+		if r.Status == StatusUnsupported {
+			c.status = StatusUnsupported
+			c.reasons = []string{r.Reason}
+			continue
+		}
+		c.rounds++
+		c.errors += r.Errors
+		c.reads += r.Reads
+		c.stale += r.StaleReads
+		c.misrouted += r.Misrouted
+		c.peakRSSKB = max(c.peakRSSKB, r.ProxyPeakRSSKB)
+		if r.Reason != "" && !contains(c.reasons, r.Reason) {
+			c.reasons = append(c.reasons, r.Reason)
+		}
+		if r.Status != StatusOK {
+			continue
+		}
+		c.okRounds++
+		v := vals[c]
+		add := func(k string, x float64) { v[k] = append(v[k], x) }
+		add("tps", r.TPS)
+		add("lat", r.LatAvgMs)
+		add("p50", r.LatP50Ms)
+		add("p99", r.LatP99Ms)
+		if r.RatioDirect != nil {
+			add("rd", *r.RatioDirect)
+		}
+		if r.RatioPgBouncer != nil {
+			add("rb", *r.RatioPgBouncer)
+		}
+		if r.ProxyCPUus != nil {
+			add("pcpu", *r.ProxyCPUus)
+		}
+		if r.DBCPUus != nil {
+			add("dcpu", *r.DBCPUus)
+		}
+	}
+	for c, v := range vals {
+		if c.status == StatusUnsupported {
+			continue
+		}
+		switch {
+		case c.okRounds == c.rounds:
+			c.status = StatusOK
+		case c.okRounds == 0:
+			c.status = StatusFailed
+		default:
+			c.status = "partial"
+		}
+		c.tps, c.latAvg, c.p50, c.p99 = statOf(v["tps"]), statOf(v["lat"]), statOf(v["p50"]), statOf(v["p99"])
+		c.ratioDirect, c.ratioBouncer = statOf(v["rd"]), statOf(v["rb"])
+		c.proxyCPU, c.dbCPU = statOf(v["pcpu"]), statOf(v["dcpu"])
+	}
+	return a
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// fmtStat renders a median with its range ("1.23 (1.10–1.30)"), or "—".
+func fmtStat(s stat, prec int) string {
+	if s.n == 0 {
+		return "—"
+	}
+	f := "%." + fmt.Sprint(prec) + "f"
+	if s.n == 1 || s.lo == s.hi {
+		return fmt.Sprintf(f, s.med)
+	}
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", s.med, s.lo, s.hi)
+}
+
+func fmtMed(s stat, prec int) string {
+	if s.n == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%."+fmt.Sprint(prec)+"f", s.med)
+}
+
+// renderReport writes report.md.
+func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mode := "full"
+	if cfg.Quick {
+		mode = "quick (smoke run: short runs, one round; figures are not comparable to a full run)"
+	}
+	p("# dbproxy benchmark: direct, dbproxy, PgBouncer, Pgpool-II side by side\n\n")
+	p("Generated %s by `dbproxy bench` in %s. Mode: %s.\n\n", time.Now().UTC().Format(time.RFC3339), elapsed.Round(time.Second), mode)
+	p("%d interleaved round(s) (in each round every workload runs through every target back to back: %s), %s per run, pgbench scale %d, ",
+		cfg.Rounds, strings.Join(a.targets, ", "), cfg.Duration, cfg.Scale)
+	p("connection storm of %d connections. Figures are medians over rounds with min–max in parentheses; ", cfg.StormConnections)
+	p("ratios compare TPS with the direct (×direct) and PgBouncer (×PgBouncer) runs of the same workload in the same round.\n\n")
+
+	p("## Machine and versions\n\n| | |\n|---|---|\n")
+	for _, k := range sortedKeys(e.machine) {
+		p("| %s | %s |\n", k, e.machine[k])
+	}
+	for _, k := range sortedKeys(e.versions) {
+		p("| %s | %s |\n", k, e.versions[k])
+	}
+	p("\nClusters: `bmain` = 1 primary + 2 streaming standbys (PostgreSQL settings: %s); `bshard` = 1 primary, second shard of the sharded writes. ",
+		settingsText())
+	p("dbproxy: `dbproxy serve` as a separate process, shards s0 = bmain (reads of unsharded tables go to its standbys), s1 = bshard, table %s sharded by id, pool 20 per node. ", shardedTable)
+	p("PgBouncer: transaction pooling, pool 20, to the bmain primary. Pgpool-II: streaming-replication mode, load balancing over the 3 bmain nodes (weight 1 each), %d children; pgpool_cache adds the shmem query cache (256 MB).\n\n", cfg.PgpoolChildren)
+
+	p("## TPS ratio to direct (median)\n\n")
+	p("| workload |")
+	for _, t := range a.targets {
+		p(" %s |", t)
+	}
+	p("\n|---|")
+	for range a.targets {
+		p("---:|")
+	}
+	p("\n")
+	for _, w := range a.workloads {
+		p("| %s |", w.Name())
+		for _, t := range a.targets {
+			c := a.get(w.Name(), t)
+			switch {
+			case c == nil:
+				p(" |")
+			case c.status == StatusUnsupported:
+				p(" n/s |")
+			case c.status == StatusFailed:
+				p(" failed |")
+			case t == TargetDirect:
+				p(" 1 (%s tps) |", fmtMed(c.tps, 0))
+			default:
+				s := fmtMed(c.ratioDirect, 2)
+				if c.status == "partial" {
+					s += " (partial)"
+				}
+				p(" %s |", s)
+			}
+		}
+		p("\n")
+	}
+	p("\nn/s = not supported by that target, failed = ran and failed; both explained below.\n\n")
+
+	p("## Every run, aggregated\n\n")
+	p("| workload | target | status | TPS | ×direct | ×PgBouncer | lat avg ms | p50 ms | p99 ms | proxy CPU µs/tx | DB CPU µs/tx | proxy peak RSS MB | errors | stale reads |\n")
+	p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, w := range a.workloads {
+		for _, t := range a.targets {
+			c := a.get(w.Name(), t)
+			if c == nil {
+				continue
+			}
+			if c.status == StatusUnsupported {
+				p("| %s | %s | not supported | | | | | | | | | | | |\n", w.Name(), t)
+				continue
+			}
+			status := c.status
+			if c.status != StatusOK {
+				status = fmt.Sprintf("%s (%d/%d ok)", c.status, c.okRounds, c.rounds)
+			}
+			rss := "—"
+			if c.peakRSSKB > 0 {
+				rss = fmt.Sprintf("%.1f", float64(c.peakRSSKB)/1024)
+			}
+			stale := "—"
+			if c.reads > 0 {
+				stale = fmt.Sprintf("%d of %d", c.stale, c.reads)
+			}
+			p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", w.Name(), t, status,
+				fmtStat(c.tps, 0), fmtStat(c.ratioDirect, 2), fmtStat(c.ratioBouncer, 2),
+				fmtStat(c.latAvg, 3), fmtStat(c.p50, 3), fmtStat(c.p99, 3),
+				fmtStat(c.proxyCPU, 1), fmtStat(c.dbCPU, 1), rss, c.errors, stale)
+		}
+	}
+	p("\n")
+
+	p("## Not supported and failed\n\n")
+	any := false
+	for _, w := range a.workloads {
+		for _, t := range a.targets {
+			c := a.get(w.Name(), t)
+			if c == nil || len(c.reasons) == 0 {
+				continue
+			}
+			any = true
+			label := c.status
+			if c.status == StatusUnsupported {
+				label = "not supported"
+			}
+			p("- **%s → %s** (%s): %s\n", w.Name(), t, label, strings.Join(c.reasons, "; "))
+		}
+	}
+	if !any {
+		p("Nothing.\n")
+	}
+	p("\n## Charts\n\n![TPS ratio to direct](%s)\n\n![p99 latency](%s)\n\n", ChartRatio, ChartLat)
+
+	p("## Workloads and measures\n\n")
+	p("- select-only: `pgbench -S`; tpcb: pgbench's built-in TPC-B-like script; hot-set: `pgbench -f` with `\\set aid random(1, 1000)` / `SELECT abalance FROM pgbench_accounts WHERE aid = :aid;`. ")
+	p("All `-n -j 2 -T <duration>` with `-M` as named and `-c` = the cN of the name; pgbench runs as a separate process; TPS and average latency are pgbench's, p50/p99 come from its per-transaction log (`-l`, sampling rate %.2g).\n", samplingRate)
+	p("- select-go: Go, database/sql (pgx's adapter with the simple protocol for wire targets; the `dbproxy` driver for the driver target), point select of a random account per operation.\n")
+	p("- read-after-write: Go, each client on one session updates one of its own keys of `raw_kv` to a new value and reads it back at once; a read that does not return the new value is stale. One operation = write + read.\n")
+	p("- shard-writes: Go, upserts of random ids into `%s`, sharded over s0/s1; direct computes the shard with package shard from the same topology and writes to that shard's primary. After each run every row is checked to be on the shard its id maps to.\n", shardedTable)
+	p("- conn-storm: Go, %d connections (cN = concurrent workers): connect with SCRAM authentication, `SELECT 1`, close; TPS = connections/s, latency = per connection.\n", cfg.StormConnections)
+	p("- proxy CPU µs/tx: CPU time (user+system, /proc/<pid>/stat, children included) of the proxy process during the run divided by the transactions; Pgpool-II sums its processes. DB CPU: the same over every PostgreSQL process of both clusters. ")
+	p("Proxy peak RSS: VmHWM (Pgpool-II: summed over its processes, so shared memory is counted once per process).\n")
+	return b.String()
+}
+
+func settingsText() string {
+	s := clusterSettings()
+	var parts []string
+	for _, k := range sortedKeys(s) {
+		parts = append(parts, k+"="+s[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

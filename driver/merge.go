@@ -55,6 +55,25 @@ func mergeResults(plan *router.MergePlan, parts []shardResult) (shardResult, err
 			return out, err
 		}
 		out.rows = rows
+		// avg(x) was sent as sum(x): restore its name and result type
+		out.columns, out.oids = slices.Clone(out.columns), slices.Clone(out.oids)
+		for _, a := range plan.Aggregates {
+			if a.Func != router.AggAvg {
+				continue
+			}
+			c, err := resolve(a.Column)
+			if err != nil {
+				return out, err
+			}
+			if out.columns[c] == "sum" {
+				out.columns[c] = "avg"
+			}
+			if out.oids[c] == pgtype.Float4OID || out.oids[c] == pgtype.Float8OID {
+				out.oids[c] = pgtype.Float8OID
+			} else {
+				out.oids[c] = pgtype.NumericOID
+			}
+		}
 	}
 	if len(plan.Sort) > 0 {
 		type key struct {

@@ -93,7 +93,7 @@ func (cn *conn) readShard(ctx context.Context, t router.ShardTarget, d router.De
 			}
 			return nil, err
 		}
-		res := b.pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil).Read()
+		res := readResult(b.pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil))
 		err = res.Err
 		release(b, err)
 		if err == nil {
@@ -162,3 +162,23 @@ func commandOf(tag pgconn.CommandTag) string {
 	return s
 }
 
+// readResult reads a whole result like ResultReader.Read, but keeps the
+// field descriptions of a result set without rows too.
+func readResult(rr *pgconn.ResultReader) *pgconn.Result {
+	res := &pgconn.Result{}
+	if fds := rr.FieldDescriptions(); fds != nil {
+		res.FieldDescriptions = append(make([]pgconn.FieldDescription, 0, len(fds)), fds...)
+	}
+	for rr.NextRow() {
+		values := rr.Values()
+		row := make([][]byte, len(values))
+		for i, v := range values {
+			if v != nil {
+				row[i] = append(make([]byte, 0, len(v)), v...)
+			}
+		}
+		res.Rows = append(res.Rows, row)
+	}
+	res.CommandTag, res.Err = rr.Close()
+	return res
+}

@@ -485,6 +485,11 @@ func (e *env) versionsOf(ctx context.Context) error {
 	}
 	e.versions["PostgreSQL"] = v
 	e.versions["Go"] = runtime.Version()
+	// The revision of the tree the harness runs in (the dbproxy binary is
+	// built from it unless Config.DbproxyBin says otherwise).
+	if out, err := runCmd(ctx, nil, "git", "describe", "--always", "--dirty", "--abbrev=12"); err == nil {
+		e.versions["dbproxy revision"] = strings.TrimSpace(out)
+	}
 	for name, argv := range map[string][]string{
 		"pgbench":   {e.pgbench, "--version"},
 		"PgBouncer": {"pgbouncer", "--version"},

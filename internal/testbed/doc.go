@@ -19,8 +19,9 @@
 // node's own address on the docker network (port 5432 for every node);
 // Kill and Start take a context (they call the engine); Kill kills the
 // whole container (KillServer kills only the postmaster); Promote makes the
-// node the cluster's Primary; Follow repoints a standby; Psql runs SQL
-// inside the container, which works while the node is partitioned.
+// node the cluster's Primary; Follow repoints a standby at a new primary;
+// WaitReplay waits for an LSN; Psql runs SQL inside the container, which
+// works while the node is partitioned; ServerLog returns the server log.
 //
 // Every Node and EtcdMember embeds a *Container, which carries the faults:
 //

@@ -68,6 +68,7 @@ func labels(role string) map[string]string {
 
 // processStart returns field 22 of /proc/<pid>/stat (start time in clock
 // ticks after boot); with the pid it identifies a process across pid reuse.
+// A zombie (exited, not yet reaped) counts as no process.
 func processStart(pid int) (string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -83,6 +84,9 @@ func processStart(pid int) (string, error) {
 	// f[0] is field 3 (state); field 22 is f[19].
 	if len(f) < 20 {
 		return "", errors.New("short stat")
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return "", errors.New("process exited")
 	}
 	return f[19], nil
 }

@@ -43,8 +43,8 @@
 //
 // Pick(ctx, PickRequest{MinLSN, MaxStaleness, HashKey}) returns a standby only
 // if it is healthy, its breaker admits traffic, it is observed in recovery,
-// its last lag measurement is younger than LagMaxAge (a failing lag probe
-// makes a standby not fresh), its lag time is <= MaxStaleness and its last
+// its last lag probe succeeded and is younger than LagMaxAge (a failing or
+// stuck lag probe makes a standby not fresh), its lag time is <= MaxStaleness and its last
 // known replay LSN is >= MinLSN. MaxStaleness 0 means Config.MaxStaleness;
 // a negative MaxStaleness means "primary only". If no standby qualifies but
 // at least one is merely behind, Pick kicks those standbys' lag probes and

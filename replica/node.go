@@ -43,6 +43,7 @@ type Node struct {
 	observed    atomic.Uint32 // Role
 	mismatch    atomic.Bool
 	lag         atomic.Pointer[lagSample]
+	lagFailed   atomic.Bool // the last lag probe failed: not fresh until one succeeds
 	lastErr     atomic.Pointer[string]
 	kick        chan struct{}
 	br          *breaker

@@ -120,10 +120,12 @@ func (n *Node) lagProbe(ctx context.Context, pc *probeConn) {
 		if s.life.Err() != nil {
 			return
 		}
+		n.lagFailed.Store(true)
 		n.setLastErr(fmt.Errorf("lag probe: %w", err))
 		n.recordProbe(err)
 		return
 	}
+	n.lagFailed.Store(false)
 	n.recordProbe(nil)
 }
 

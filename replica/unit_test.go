@@ -408,6 +408,15 @@ func TestPickFreshness(t *testing.T) {
 	// Stale measurement: the lag probe stopped answering.
 	s2.lag.Store(&lagSample{at: s.now() - s.lagMax - 1, inRecovery: true, lsn: 5000})
 	only(PickRequest{MinLSN: 950}, "s1")
+	// The lag probe's last attempt failed: not fresh at once, no waiting.
+	setLag(s, s2, 5000, 0)
+	s2.lagFailed.Store(true)
+	s.cfg.CatchUpWait = time.Hour
+	only(PickRequest{MinLSN: 950}, "s1")
+	s1.healthy.Store(false)
+	only(PickRequest{}, "p") // s1 down, s2's lag probe failing: fall back without waiting
+	s1.healthy.Store(true)
+	s.cfg.CatchUpWait = 0
 	// Role mismatch: s1 was promoted.
 	s1.observed.Store(uint32(RolePrimary))
 	only(PickRequest{}, "p")

@@ -64,6 +64,8 @@ type env struct {
 
 	endpoints map[string]endpoint // wire-protocol targets
 	procs     map[string]*process // proxies and poolers we started, by target
+	starters  map[string]func(context.Context) error
+	restarts  map[string]int // restarts after a failed sanity check, by target
 	driverErr error               // why the driver target is not available (nil = available)
 
 	versions map[string]string
@@ -84,7 +86,7 @@ func setup(ctx context.Context, cfg Config, say func(string, ...any)) (_ *env, e
 	if err := os.Chmod(work, 0o755); err != nil {
 		return nil, err
 	}
-	e := &env{cfg: cfg, work: work, say: say, endpoints: map[string]endpoint{}, procs: map[string]*process{},
+	e := &env{cfg: cfg, work: work, say: say, endpoints: map[string]endpoint{}, procs: map[string]*process{}, restarts: map[string]int{},
 		versions: map[string]string{}, machine: machineInfo()}
 	defer func() {
 		if err != nil {
@@ -116,22 +118,19 @@ func setup(ctx context.Context, cfg Config, say func(string, ...any)) (_ *env, e
 	if err := e.versionsOf(ctx); err != nil {
 		return nil, err
 	}
-	type starter struct {
-		target string
-		start  func(context.Context) error
+	e.starters = map[string]func(context.Context) error{
+		TargetDbproxy:     e.startDbproxy,
+		TargetPgBouncer:   e.startPgBouncer,
+		TargetPgpool:      func(ctx context.Context) error { return e.startPgpool(ctx, TargetPgpool, false) },
+		TargetPgpoolCache: func(ctx context.Context) error { return e.startPgpool(ctx, TargetPgpoolCache, true) },
 	}
-	for _, s := range []starter{
-		{TargetDbproxy, e.startDbproxy},
-		{TargetPgBouncer, e.startPgBouncer},
-		{TargetPgpool, func(ctx context.Context) error { return e.startPgpool(ctx, TargetPgpool, false) }},
-		{TargetPgpoolCache, func(ctx context.Context) error { return e.startPgpool(ctx, TargetPgpoolCache, true) }},
-	} {
-		if !cfg.wants(s.target) {
+	for _, t := range []string{TargetDbproxy, TargetPgBouncer, TargetPgpool, TargetPgpoolCache} {
+		if !cfg.wants(t) {
 			continue
 		}
-		say("starting %s", s.target)
-		if err := s.start(ctx); err != nil {
-			return nil, fmt.Errorf("starting %s: %w", s.target, err)
+		say("starting %s", t)
+		if err := e.starters[t](ctx); err != nil {
+			return nil, fmt.Errorf("starting %s: %w", t, err)
 		}
 	}
 	if cfg.wants(TargetDriver) {
@@ -409,6 +408,7 @@ func (e *env) startDbproxy(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("go build: %w\n%s", err, lastLines(out, 20))
 		}
+		e.cfg.DbproxyBin = bin // a restart reuses it
 	}
 	out, err := runCmd(ctx, nil, bin, "version")
 	if err != nil {
@@ -425,6 +425,71 @@ func (e *env) startDbproxy(ctx context.Context) error {
 		return err
 	}
 	e.endpoints[TargetDbproxy] = ep
+	return nil
+}
+
+// restart stops target t's process and starts it again (same config and
+// port where the program allows; the endpoint is updated).
+func (e *env) restart(ctx context.Context, t string) error {
+	if p := e.procs[t]; p != nil {
+		p.stop(15 * time.Second)
+		delete(e.procs, t)
+	}
+	delete(e.endpoints, t)
+	e.restarts[t]++
+	if t == TargetDbproxy {
+		// The old listener may linger a moment; take a new port.
+		if err := e.writeDbproxyConfig(); err != nil {
+			return err
+		}
+	}
+	return e.starters[t](ctx)
+}
+
+// sanityCheck asks target t, over fresh connections, for values only a
+// correct answer contains, and returns an error describing the first wrong
+// answer. A proxy whose pooled backends lost protocol sync (results of an
+// earlier statement delivered for a later one) fails it.
+func (e *env) sanityCheck(ctx context.Context, t string) error {
+	ep, ok := e.endpoints[t]
+	if !ok {
+		return fmt.Errorf("%s is not running", t)
+	}
+	for i := range 4 {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := func() error {
+			conn, err := pgx.Connect(cctx, ep.connString())
+			if err != nil {
+				return fmt.Errorf("connect: %w", err)
+			}
+			defer conn.Close(cctx)
+			nonce := time.Now().UnixNano() + int64(i)
+			rows, err := conn.Query(cctx, fmt.Sprintf("SELECT %d::bigint AS nonce, k FROM raw_kv WHERE k = %d", nonce, rawKeysPerClient))
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			var got, k int64
+			n := 0
+			for rows.Next() {
+				if err := rows.Scan(&got, &k); err != nil {
+					return fmt.Errorf("wrong result shape for SELECT <nonce> AS nonce, k: %w", err)
+				}
+				n++
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if fd := rows.FieldDescriptions(); n != 1 || got != nonce || k != rawKeysPerClient || len(fd) != 2 || fd[0].Name != "nonce" {
+				return fmt.Errorf("SELECT %d AS nonce, k ... returned %d row(s), nonce %d, k %d, %d column(s): wrong results", nonce, n, got, k, len(fd))
+			}
+			return nil
+		}()
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

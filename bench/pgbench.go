@@ -88,7 +88,18 @@ func (e *env) runPgbench(ctx context.Context, w Workload, ep endpoint, dur time.
 	parsePgbenchSummary(stdout.String(), out)
 	out.errLine = firstErrorLine(stderr.String())
 	if out.exitErr != nil && out.errLine == "" {
-		out.errLine = lastLines(stderr.String()+stdout.String(), 1)
+		// No error line (pgbench crashed, e.g. on a malformed result):
+		// say how it ended and what it printed, without its banner.
+		var msgs []string
+		for _, l := range strings.Split(stderr.String()+stdout.String(), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "pgbench (") && len(msgs) < 3 {
+				msgs = append(msgs, l)
+			}
+		}
+		out.errLine = out.exitErr.Error()
+		if len(msgs) > 0 {
+			out.errLine += ": " + strings.Join(msgs, " / ")
+		}
 	}
 	out.samples, err = readPgbenchLogs(dir)
 	if err != nil {

@@ -259,6 +259,15 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	if !any {
 		p("Nothing.\n")
 	}
+	if len(e.restarts) > 0 {
+		p("\nRestarted after failing the post-run sanity check:")
+		for _, t := range a.targets {
+			if n := e.restarts[t]; n > 0 {
+				p(" %s ×%d", t, n)
+			}
+		}
+		p(".\n")
+	}
 	p("\n## Charts\n\n![TPS ratio to direct](%s)\n\n![p99 latency](%s)\n\n", ChartRatio, ChartLat)
 
 	p("## Workloads and measures\n\n")
@@ -268,6 +277,7 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	p("- read-after-write: Go, each client on one session updates one of its own keys of `raw_kv` to a new value and reads it back at once; a read that does not return the new value is stale. One operation = write + read.\n")
 	p("- shard-writes: Go, upserts of random ids into `%s`, sharded over s0/s1; direct computes the shard with package shard from the same topology and writes to that shard's primary. After each run every row is checked to be on the shard its id maps to.\n", shardedTable)
 	p("- conn-storm: Go, %d connections (cN = concurrent workers): connect with SCRAM authentication, `SELECT 1`, close; TPS = connections/s, latency = per connection.\n", cfg.StormConnections)
+	p("- After every run through a proxy or pooler, a sanity check opens 4 fresh connections through it and runs `SELECT <nonce>::bigint AS nonce, k FROM raw_kv WHERE k = 100`; a wrong answer (e.g. results of an earlier statement, from a pooled backend that lost protocol sync) fails the run and the process is restarted before the next run.\n")
 	p("- proxy CPU µs/tx: CPU time (user+system, /proc/<pid>/stat, children included) of the proxy process during the run divided by the transactions; Pgpool-II sums its processes. DB CPU: the same over every PostgreSQL process of both clusters. ")
 	p("Proxy peak RSS: VmHWM (Pgpool-II: summed over its processes, so shared memory is counted once per process).\n")
 	return b.String()

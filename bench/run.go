@@ -23,6 +23,9 @@ type Summary struct {
 	Results []Result      // every run and every unsupported pair, ratios filled in
 	Files   []string      // paths written in Config.Out
 	Elapsed time.Duration // whole run, setup and teardown included
+	// PIDs of the proxy and pooler processes Run started (all stopped when
+	// Run returns), by target.
+	PIDs map[string]int
 }
 
 // Run starts the clusters and every selected target, runs every workload
@@ -58,7 +61,10 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	r := &runner{e: e, cfg: cfg, say: say, began: began}
 	runErr := r.all(ctx)
 	files, werr := r.write()
-	sum := &Summary{Results: r.results, Files: files, Elapsed: time.Since(began)}
+	sum := &Summary{Results: r.results, Files: files, Elapsed: time.Since(began), PIDs: map[string]int{}}
+	for t, p := range e.procs {
+		sum.PIDs[t] = p.pid()
+	}
 	if runErr != nil {
 		return sum, runErr
 	}
@@ -126,6 +132,9 @@ func (r *runner) all(ctx context.Context) error {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
+				if err := r.check(ctx, &res); err != nil {
+					return err
+				}
 				r.results = append(r.results, res)
 				r.done++
 				r.say("%s", r.progressLine(round, res))
@@ -134,6 +143,33 @@ func (r *runner) all(ctx context.Context) error {
 		if _, err := r.write(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// check runs the sanity check on the target of res after its run (wire
+// proxies and poolers only). A target that answers wrongly has its run
+// marked failed and is restarted, so the next workload measures a fresh
+// process rather than a broken one. It returns an error only when the
+// restart fails or ctx ends.
+func (r *runner) check(ctx context.Context, res *Result) error {
+	t := res.Target
+	if r.e.procs[t] == nil {
+		return nil
+	}
+	err := r.e.sanityCheck(ctx, t)
+	if err == nil || ctx.Err() != nil {
+		return ctx.Err()
+	}
+	why := fmt.Sprintf("after the run %s failed the sanity check (%v); restarted it", t, err)
+	if res.Status == StatusOK {
+		res.Status, res.Reason = StatusFailed, why
+	} else {
+		res.Reason += "; " + why
+	}
+	r.say("%s: %v; restarting it", t, err)
+	if rerr := r.e.restart(ctx, t); rerr != nil {
+		return fmt.Errorf("restarting %s: %w", t, rerr)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/big"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -370,16 +371,14 @@ func numericWeight(s string) (weight, first int) {
 		if pad := len(ip) % 4; pad != 0 {
 			ip = strings.Repeat("0", 4-pad) + ip
 		}
-		var d int
-		fmt.Sscan(ip[:4], &d)
+		d, _ := strconv.Atoi(ip[:4])
 		return len(ip)/4 - 1, d
 	}
 	if pad := len(fp) % 4; pad != 0 {
 		fp += strings.Repeat("0", 4-pad)
 	}
 	for i := 0; i+4 <= len(fp); i += 4 {
-		var d int
-		fmt.Sscan(strings.TrimLeft(fp[i:i+4], "0")+"", &d)
+		d, _ := strconv.Atoi(fp[i : i+4])
 		if d != 0 {
 			return -(i/4 + 1), d
 		}

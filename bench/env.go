@@ -66,7 +66,7 @@ type env struct {
 	procs     map[string]*process // proxies and poolers we started, by target
 	starters  map[string]func(context.Context) error
 	restarts  map[string]int // restarts after a failed sanity check, by target
-	driverErr error               // why the driver target is not available (nil = available)
+	driverErr error          // why the driver target is not available (nil = available)
 
 	versions map[string]string
 	machine  map[string]string

@@ -629,7 +629,7 @@ func testReplicaReadYourWrites(t *testing.T, ctx context.Context, c *pgcluster.C
 			select {
 			case <-chaosCtx.Done():
 				return
-			case <-time.After(time.Duration(30+rand.IntN(250)) * time.Millisecond):
+			case <-time.After(time.Duration(20+rand.IntN(100)) * time.Millisecond):
 			}
 			i := rand.IntN(len(sb))
 			var err error
@@ -708,7 +708,7 @@ func testReplicaReadYourWrites(t *testing.T, ctx context.Context, c *pgcluster.C
 	if stale.Load() != 0 {
 		t.Fatalf("%d reads observed the pre-write state", stale.Load())
 	}
-	if toggles.Load() < 4 {
+	if toggles.Load() < 10 {
 		t.Fatalf("chaos toggled replay only %d times", toggles.Load())
 	}
 	if share <= 0.20 {

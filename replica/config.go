@@ -47,8 +47,9 @@ type BreakerConfig struct {
 }
 
 // Hooks are optional callbacks for metrics and logs. They run synchronously
-// on the goroutine that observed the change (a probe or a request path): they
-// must be fast, must not block, and must not call Close.
+// on the goroutine that observed the change (a probe or a request path),
+// possibly concurrently with each other: they must be safe for concurrent
+// use, fast, must not block, and must not call Close.
 type Hooks struct {
 	// OnHealthChange is called when a node's health flips. err is the probe
 	// failure that made it unhealthy (nil when it became healthy).

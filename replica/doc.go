@@ -83,7 +83,11 @@
 // close it, one failure opens it again. Failures are connection-level only
 // (see IsConnFailure): network errors, timeouts, SQLSTATE classes 08 and 53
 // and 57P01-57P03; other server errors are successes. Outcomes come from
-// Release/Discard, failed connects and the probes. An open standby gets no
+// Release/Discard, failed connects and the probes. Any connection-level
+// failure also closes the node's idle connections and, on a standby,
+// suspends its reads until its lag probe (asked to run at once) succeeds
+// again, so a dead standby stops getting reads within one probe round trip
+// rather than after ConsecutiveFailures errors. An open standby gets no
 // new traffic (Acquire fails with ErrNodeUnavailable, SQLSTATE 08006). The
 // primary's breaker is informational: the primary is never removed from
 // reads or writes, but its failures and state show in Stats and Hooks.

@@ -358,9 +358,32 @@ func (n *Node) recordOutcome(err error) {
 	}
 	if failure {
 		n.failures.Add(1)
+		n.suspect(true)
 	}
 	tr := n.br.record(n.set.now(), failure)
 	n.set.breakerChanged(n, tr)
+}
+
+// suspect reacts to a connection-level failure: the node gets no reads until
+// its lag probe, asked to run at once, succeeds again, and its idle
+// connections (likely broken the same way) are closed.
+func (n *Node) suspect(kick bool) {
+	if n.cfg.Role == RoleStandby {
+		n.lagFailed.Store(true)
+		if kick {
+			select {
+			case n.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+	n.mu.Lock()
+	idle := n.idle
+	n.idle = nil
+	n.mu.Unlock()
+	for _, ic := range idle {
+		n.destroy(ic.conn)
+	}
 }
 
 // CurrentLSN returns pg_current_wal_lsn() read now on the node over a

@@ -91,7 +91,7 @@ func (n *Node) healthProbe(ctx context.Context) {
 		return // shutting down: not the node's fault
 	}
 	n.setHealth(err)
-	n.recordProbe(err)
+	n.recordProbe(err, false)
 }
 
 // lagProbe measures LSNs and lag on the kept-open probe connection pc,
@@ -122,20 +122,22 @@ func (n *Node) lagProbe(ctx context.Context, pc *probeConn) {
 		}
 		n.lagFailed.Store(true)
 		n.setLastErr(fmt.Errorf("lag probe: %w", err))
-		n.recordProbe(err)
+		n.recordProbe(err, true)
 		return
 	}
 	n.lagFailed.Store(false)
-	n.recordProbe(nil)
+	n.recordProbe(nil, true)
 }
 
 // recordProbe feeds a probe outcome to the breaker. Unlike request
 // outcomes, any probe error counts as a failure (the probe query cannot
 // fail for SQL reasons).
-func (n *Node) recordProbe(err error) {
+func (n *Node) recordProbe(err error, fromLag bool) {
 	failure := err != nil
 	if failure {
 		n.failures.Add(1)
+		// The lag probe must not kick itself: it would retry in a tight loop.
+		n.suspect(!fromLag)
 	}
 	tr := n.br.record(n.set.now(), failure)
 	n.set.breakerChanged(n, tr)

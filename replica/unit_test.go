@@ -645,3 +645,26 @@ func BenchmarkPick(b *testing.B) {
 		})
 	})
 }
+
+func TestConnFailureSuspendsStandby(t *testing.T) {
+	s := newSyntheticSet(t, RoundRobin, 1, 1)
+	s.cfg.CatchUpWait = 0
+	s1 := s.standbys[0]
+	s1.recordOutcome(&pgconn.PgError{Code: "23505"}) // SQL error: the node is fine
+	if got := pickN(t, s, 10, PickRequest{}); got["s1"] != 5 {
+		t.Fatalf("SQL error suspended the node: %v", got)
+	}
+	s1.recordOutcome(io.ErrUnexpectedEOF) // connection died
+	select {
+	case <-s1.kick:
+	default:
+		t.Fatal("lag probe not asked to re-check the node")
+	}
+	if got := pickN(t, s, 10, PickRequest{}); got["s1"] != 0 || s1.Breaker() != BreakerClosed {
+		t.Fatalf("suspect node still picked: %v", got)
+	}
+	s1.lagFailed.Store(false) // what the next successful lag probe does
+	if got := pickN(t, s, 10, PickRequest{}); got["s1"] != 5 {
+		t.Fatalf("node not back after a good probe: %v", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/dbproxy/dbproxy/replica"
@@ -63,8 +64,74 @@ type backend struct {
 }
 
 // backendState is what the driver knows about one pooled backend
-// connection (kept in pgconn's CustomData): the session settings it has.
-type backendState struct{ replayKey string }
+// connection (kept in pgconn's CustomData): the session settings it has
+// and the statements the driver prepared on it.
+type backendState struct {
+	replayKey string
+	stmts     map[string]*pgconn.StatementDescription // by SQL text and parameter OIDs
+	next      int                                     // sequence for statement names
+}
+
+// maxPrepared bounds the statements prepared per backend connection;
+// beyond it statements run unprepared (Parse every time).
+const maxPrepared = 256
+
+func stateOf(pc *pgconn.PgConn) *backendState {
+	bs, _ := pc.CustomData()[backendStateKey].(*backendState)
+	if bs == nil {
+		bs = &backendState{stmts: map[string]*pgconn.StatementDescription{}}
+		pc.CustomData()[backendStateKey] = bs
+	}
+	return bs
+}
+
+// extended starts sqlText with args in the extended protocol: through a
+// statement prepared once per backend (kept in its backendState), or
+// unprepared when the cache is full. A failed Parse is returned as the
+// statement's error.
+func extended(ctx context.Context, pc *pgconn.PgConn, sqlText string, args *encodedArgs) (*pgconn.ResultReader, string, error) {
+	bs := stateOf(pc)
+	key := stmtKey(sqlText, args.oids)
+	sd := bs.stmts[key]
+	if sd == nil && len(bs.stmts) < maxPrepared {
+		bs.next++
+		var err error
+		sd, err = pc.Prepare(ctx, "dbproxy_"+strconv.Itoa(bs.next), sqlText, args.oids)
+		if err != nil {
+			return nil, "", err
+		}
+		bs.stmts[key] = sd
+	}
+	if sd == nil {
+		return pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil), "", nil
+	}
+	return pc.ExecStatement(ctx, sd, args.values, args.formats, nil), key, nil
+}
+
+func stmtKey(sqlText string, oids []uint32) string {
+	if len(oids) == 0 {
+		return sqlText
+	}
+	b := make([]byte, 0, len(sqlText)+1+4*len(oids))
+	b = append(b, sqlText...)
+	b = append(b, 0)
+	for _, o := range oids {
+		b = append(b, byte(o>>24), byte(o>>16), byte(o>>8), byte(o))
+	}
+	return string(b)
+}
+
+// forgetStatement drops a cached statement the server no longer accepts
+// (deallocated behind the driver's back, or its result type changed).
+func forgetStatement(pc *pgconn.PgConn, key string, err error) {
+	var pe *pgconn.PgError
+	if key == "" || !errors.As(err, &pe) {
+		return
+	}
+	if pe.Code == "26000" || pe.Code == "0A000" && strings.Contains(pe.Message, "cached plan") {
+		delete(stateOf(pc).stmts, key)
+	}
+}
 
 const backendStateKey = "dbproxy.driver.backend"
 
@@ -228,11 +295,7 @@ func (cn *conn) sessionKey() string {
 // syncBackend brings a freshly leased backend to the session's settings
 // (SET ..., SQL PREPARE) if it does not have them already.
 func (cn *conn) syncBackend(ctx context.Context, b *backend, key string) error {
-	bs, _ := b.pc.CustomData()[backendStateKey].(*backendState)
-	if bs == nil {
-		bs = &backendState{}
-		b.pc.CustomData()[backendStateKey] = bs
-	}
+	bs := stateOf(b.pc)
 	if bs.replayKey == key {
 		return nil
 	}
@@ -244,6 +307,9 @@ func (cn *conn) syncBackend(ctx context.Context, b *backend, key string) error {
 		}
 	}
 	bs.replayKey = "\x00unknown" // until the replay succeeds
+	if bs.replayKey != "" {
+		clear(bs.stmts) // DEALLOCATE ALL
+	}
 	if _, err := b.pc.Exec(ctx, q).ReadAll(); err != nil {
 		return fmt.Errorf("dbproxy driver: restoring session settings on %s: %w", b.lease.Node().Name(), err)
 	}
@@ -499,8 +565,13 @@ func (cn *conn) exec(ctx context.Context, b *backend, st *router.Statement, sqlT
 		}
 		return tag, err
 	}
-	rr := b.pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil)
-	return rr.Close()
+	rr, key, err := extended(ctx, b.pc, sqlText, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := rr.Close()
+	forgetStatement(b.pc, key, err)
+	return tag, err
 }
 
 // query starts a statement and returns rows streaming from b; the
@@ -528,11 +599,20 @@ func (cn *conn) query(ctx context.Context, b *backend, st *router.Statement, sql
 		}
 		return out, nil
 	}
-	rr := b.pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil)
+	rr, key, err := extended(ctx, b.pc, sqlText, args)
+	if err != nil {
+		if retryable(err, false) {
+			release(b, err) // nothing reached the server: the caller may retry
+			return nil, err
+		}
+		cn.afterStatement(ctx, b, st, "", err, o)
+		return nil, cn.failed(err, true)
+	}
 	fds := rr.FieldDescriptions()
 	if fds == nil {
 		// no result set (or an error before it): finish now
 		tag, err := rr.Close()
+		forgetStatement(b.pc, key, err)
 		if err != nil && !isServerError(err) && retryable(err, false) {
 			// nothing reached the server: the caller may retry
 			release(b, err)
@@ -544,7 +624,7 @@ func (cn *conn) query(ctx context.Context, b *backend, st *router.Statement, sql
 		}
 		return &bufRows{}, nil
 	}
-	r := &streamRows{cn: cn, ctx: ctx, b: b, st: st, rr: rr, o: o}
+	r := &streamRows{cn: cn, ctx: ctx, b: b, st: st, rr: rr, o: o, key: key}
 	r.init(fds)
 	return r, nil
 }

@@ -93,7 +93,17 @@ func (cn *conn) readShard(ctx context.Context, t router.ShardTarget, d router.De
 			}
 			return nil, err
 		}
-		res := readResult(b.pc.ExecParams(ctx, sqlText, args.values, args.oids, args.formats, nil))
+		rr, key, perr := extended(ctx, b.pc, sqlText, args)
+		if perr != nil {
+			release(b, perr)
+			err = perr
+			if !retryable(err, true) || ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		res := readResult(rr)
+		forgetStatement(b.pc, key, res.Err)
 		err = res.Err
 		release(b, err)
 		if err == nil {

@@ -23,6 +23,7 @@ type streamRows struct {
 	b    *backend
 	st   *router.Statement
 	rr   *pgconn.ResultReader
+	key  string // cached statement (forgotten if the server rejects it)
 	o    callOptions
 	cols []string
 	oids []uint32
@@ -85,6 +86,7 @@ func (r *streamRows) Close() error {
 func (r *streamRows) finish() error {
 	r.done = true
 	tag, err := r.rr.Close()
+	forgetStatement(r.b.pc, r.key, err)
 	r.cn.afterStatement(r.ctx, r.b, r.st, tag.String(), err, r.o)
 	if err != nil {
 		r.err = err

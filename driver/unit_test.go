@@ -43,7 +43,7 @@ func TestCheckNamedValue(t *testing.T) {
 		{when, when},
 		{valuer{"v"}, "v"},
 		{nv, nil},
-		{[]int64{1, 2}, []int64{1, 2}},                                     // kept: pgx encodes it as int8[]
+		{[]int64{1, 2}, []int64{1, 2}}, // kept: pgx encodes it as int8[]
 		{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.1")}, // kept: inet
 	}
 	for _, c := range cases {

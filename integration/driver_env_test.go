@@ -26,7 +26,7 @@ type driverEnv struct {
 
 // startDriverClusters starts shards clusters of one primary and standbys
 // standbys each, streaming, with database app owned by app/app.
-func startDriverClusters(t *testing.T, ctx context.Context, name string, shards, standbys int) []*pgcluster.Cluster {
+func startDriverClusters(t testing.TB, ctx context.Context, name string, shards, standbys int) []*pgcluster.Cluster {
 	t.Helper()
 	out := make([]*pgcluster.Cluster, shards)
 	errs := make(chan error, shards)
@@ -68,7 +68,7 @@ func startDriverClusters(t *testing.T, ctx context.Context, name string, shards,
 // driverConfig is the dbproxy configuration of clusters: shard s<i> per
 // cluster, user app/app, database app, and the given sharded tables
 // ("users(id:int)").
-func driverConfig(t *testing.T, clusters []*pgcluster.Cluster, tables string, mut func(*config.Config)) *config.Config {
+func driverConfig(t testing.TB, clusters []*pgcluster.Cluster, tables string, mut func(*config.Config)) *config.Config {
 	t.Helper()
 	var shards []string
 	for i, c := range clusters {
@@ -100,7 +100,7 @@ func driverConfig(t *testing.T, clusters []*pgcluster.Cluster, tables string, mu
 }
 
 // openDriverEnv opens a *sql.DB over cfg through driver.NewConnector.
-func openDriverEnv(t *testing.T, clusters []*pgcluster.Cluster, cfg *config.Config) *driverEnv {
+func openDriverEnv(t testing.TB, clusters []*pgcluster.Cluster, cfg *config.Config) *driverEnv {
 	t.Helper()
 	c, err := driver.NewConnector(cfg)
 	if err != nil {
@@ -130,7 +130,7 @@ func (e *driverEnv) picks() (standby, primary uint64) {
 }
 
 // directDB opens pgx's stdlib straight to a node as app/app.
-func directDB(t *testing.T, n *pgcluster.Node) *sql.DB {
+func directDB(t testing.TB, n *pgcluster.Node) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("pgx", fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", n.Host, n.Port))
 	if err != nil {

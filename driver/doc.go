@@ -1,31 +1,113 @@
 // Package driver is a database/sql driver that routes in-process with the
-// same core as the proxy: statement classification, shard keys taken from the
-// query's arguments, read/write split, freshness bounds, fallback, breakers,
-// balancing and bounded pools. No routing logic lives here; it calls router.
+// same core as the proxy: router.Classify and router.Route decide (statement
+// classification, shard keys taken from the query's arguments, read/write
+// split, freshness bounds, causal positions, transactions, multi-shard merge
+// plans); replica.Set executes (balancing, fallback to the primary, breakers,
+// bounded per-node pools). The driver holds no routing logic of its own: it
+// executes Decisions.
 //
-// # Status
+// # Opening
 //
-// This package holds the contract only; the implementation has not landed.
+// Importing the package registers the driver name "dbproxy":
 //
-// # Contract
+//	import _ "github.com/dbproxy/dbproxy/driver"
+//	db, err := sql.Open("dbproxy", "file=/etc/dbproxy.toml;user=app;database=app")
+//	db, err := sql.Open("dbproxy", "shards=s0:127.0.0.1:5432|127.0.0.1:5433,s1:127.0.0.1:5442;user=app;password=app;database=app;tables=users(id:int)")
 //
-// Importing the package registers the driver name "dbproxy". sql.Open takes
-// a DSN naming a config file (file=/path/dbproxy.toml) or listing shards and
-// nodes inline; NewConnector(cfg) serves sql.OpenDB. The connector implements
-// io.Closer, so DB.Close stops probes and pools.
+// See DSN for both forms (config file, or shards, nodes and sharded tables
+// inline) and every key; ParseDSN/DSN.String round-trip. For a
+// *config.Config built in code use NewConnector(cfg, opts...) with
+// sql.OpenDB; WithUser and WithDatabase choose the [[users]] entry and the
+// database (default: the first of each).
 //
-// Causal consistency travels in context.Context: CausalToken(ctx) after a
-// write, WithCausalToken(ctx, tok) before a read, WithMaxStaleness(ctx, d)
-// and WithPrimary(ctx). A token's text form is the proxy's
-// dbproxy.causal_token, so tokens move between driver and proxy.
+// # Architecture
+//
+// A Connector is the shared runtime of one configuration: the router and one
+// replica.Set per shard, built by the first Connect and stopped by Close
+// (DB.Close calls it: probes stop, idle backends close). Prefer one *sql.DB
+// per configuration and process.
+//
+// Each driver connection is a router.Session plus backend leases: outside a
+// transaction a statement leases a backend for its own duration only
+// (transaction pooling in-process); a transaction keeps the backend of its
+// first statement until the backend reports ReadyForQuery 'I'. BEGIN is
+// deferred by the router to that first statement, which fixes the shard;
+// a statement of the transaction needing another shard fails with
+// router.ErrCrossShardTransaction. Read-only transactions
+// (sql.TxOptions{ReadOnly: true}) may run on a fresh standby, except
+// SERIALIZABLE ones, which PostgreSQL refuses on standbys.
+//
+// Statements run with pgconn in the extended protocol with text-format
+// parameters encoded by pgx's codecs (pgtype), through statements prepared
+// once per backend connection; results are decoded as pgx's stdlib does
+// (int64, float64, bool, string, []byte, time.Time). A statement without
+// arguments given to Exec runs in the simple protocol, so multi-statement
+// strings work. Session settings (SET, SQL PREPARE) are replayed on each
+// backend a session lands on, and reset on a backend when the next session
+// using it has different ones.
+//
+// Prepared statements (db.Prepare) hold the SQL text and its classification
+// and are routed at every execution, never pinned to a node.
+//
+// Multi-shard reads run on every shard concurrently and are merged in the
+// driver by the router's MergePlan: union, ORDER BY (text in byte order,
+// PostgreSQL's "C" collation), LIMIT/OFFSET, count/sum/min/max and avg (with
+// PostgreSQL's numeric division scale). DDL and other broadcast statements
+// run on each shard's primary in turn.
+//
+// # Causal consistency
+//
+// After a write commits on a shard (an autocommit write, or the COMMIT of a
+// transaction that wrote), the driver reads pg_current_wal_lsn() on the same
+// backend and advances the session's position for that shard, so the
+// connection reads its own writes. Across connections, goroutines, processes
+// and the proxy, positions travel as tokens in the context:
+//
+//	ctx, tr := driver.WithCausalTracking(ctx) // before the write (BeginTx's ctx for a transaction)
+//	db.ExecContext(ctx, "UPDATE ...")
+//	tok := tr.Token()                         // also driver.CausalToken(ctx)
+//	db.QueryRowContext(driver.WithCausalToken(ctx2, tok), "SELECT ...")
+//
+// A token's text form is router.CausalToken's ("s0:0/16B3748,s1:0/1A2B3C"),
+// the same as the proxy's ParameterStatus dbproxy.causal_token and SET
+// dbproxy.causal_token, so tokens move between driver and proxy clients in
+// both directions. WithMaxStaleness(ctx, d) bounds the lag of standbys a
+// read may use; WithPrimary(ctx) sends statements to primaries.
 //
 // # Errors
 //
-// Errors from PostgreSQL are *pgconn.PgError. driver.ErrBadConn is returned
-// only when nothing reached a server.
+// Errors from PostgreSQL are *pgconn.PgError. Errors of the routing core
+// carry SQLState() (router: 0A000 for a missing shard key, an unsupported
+// multi-shard statement or a cross-shard transaction, 22023 for a bad causal
+// token; replica: 53300 pool exhausted, 08006 node unavailable, 57P01
+// closed); branch with errors.Is on their sentinels. ErrBadDSN wraps DSN
+// problems, ErrNamedArgs rejects sql.Named arguments, ErrTxRolledBack is
+// Commit's answer for a failed transaction, ErrClosed follows Connector.Close.
+// driver.ErrBadConn (joined with the cause) is returned only when nothing
+// reached a server (pgconn.SafeToRetry) and the connection holds no session
+// state or transaction, so database/sql may retry safely. Reads outside a
+// transaction that fail on a broken standby connection are retried on
+// another node inside the driver (up to 3 attempts).
+//
+// # Concurrency and blocking
+//
+// Connector and Tracker are safe for concurrent use. Driver connections
+// follow database/sql's contract (one goroutine at a time). Every statement
+// blocks on its context: leasing (at most the pool's acquire timeout), a
+// standby's catch-up wait (catch_up_wait), and the query; cancelling the
+// context sends a PostgreSQL CancelRequest for the running query. The only
+// goroutines the package starts are the replica sets' probes (owned by the
+// Connector, stopped by Close) and one per shard during a multi-shard read
+// (waited for before the read returns).
+//
+// # Limits
+//
+// LastInsertId is unsupported (use RETURNING). Results of multi-shard reads
+// and multi-statement queries are buffered in memory. The read-result cache
+// (package cache) is not used by the driver yet.
 //
 // # Imports
 //
-// driver imports router and the layer-1 packages, never proxy or failover
+// driver imports router, replica, shard and config, never proxy or failover
 // (checked by internal/lint).
 package driver

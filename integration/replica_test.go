@@ -747,7 +747,13 @@ func testReplicaKill(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {
 	go func() {
 		defer readerWG.Done()
 		for readerCtx.Err() == nil {
-			n, _, err := rsRead(readerCtx, s, replica.PickRequest{}, "SELECT 1")
+			var n *replica.Node
+			l, err := s.AcquireRead(readerCtx, replica.PickRequest{})
+			if err == nil {
+				n = l.Node()
+				_, err = rsQuery(readerCtx, l, "SELECT 1")
+				l.Release(err)
+			}
 			switch {
 			case err == nil:
 				readsOK.Add(1)

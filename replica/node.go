@@ -182,7 +182,11 @@ func (n *Node) InUse() int { return int(n.inUse.Load()) }
 //   - ErrClosed (57P01) after Set.Close.
 //
 // A cancelled ctx returns ctx.Err() (wrapped). The lease must be given back
-// with Release or Discard exactly once; Lease.Conn is valid until then.
+// with Release or Discard; Lease.Conn is valid until then.
+//
+// Acquire does not check health, lag or freshness: choose read nodes with
+// Set.Pick. The primary's breaker never blocks Acquire (the primary is the
+// source of truth; a dead one fails at connect).
 func (n *Node) Acquire(ctx context.Context) (*Lease, error) {
 	s := n.set
 	if s.closed.Load() {

@@ -333,3 +333,23 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 	s.primary.picks.Add(1)
 	return s.primary, nil
 }
+
+// AcquireRead picks a node for a read (see Pick) and leases a connection
+// from it. When the chosen standby turns out to be unavailable before
+// anything was sent (breaker opened meanwhile, or connecting failed, which
+// suspends the standby), it picks again, at most once per standby, ending
+// on the primary. Other errors (ErrPoolExhausted included: the bulkhead is
+// not bypassed) are returned as they are. Errors: those of Pick and
+// Node.Acquire.
+func (s *Set) AcquireRead(ctx context.Context, req PickRequest) (*Lease, error) {
+	for attempt := 0; ; attempt++ {
+		n, err := s.Pick(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		l, err := n.Acquire(ctx)
+		if err == nil || n == s.primary || attempt >= len(s.standbys) || !errors.Is(err, ErrNodeUnavailable) {
+			return l, err
+		}
+	}
+}

@@ -600,6 +600,9 @@ func TestNewSetUnreachable(t *testing.T) {
 	if !errors.Is(err, ErrNodeUnavailable) {
 		t.Fatalf("Acquire on dead primary: %v", err)
 	}
+	if l, err := s.AcquireRead(context.Background(), PickRequest{}); l != nil || !errors.Is(err, ErrNodeUnavailable) {
+		t.Fatalf("AcquireRead with every node down: %v", err)
+	}
 	st := s.Stats()
 	if st[0].Healthy || st[1].Healthy || st[1].LastError == "" || st[1].Failures < 5 || st[1].Fresh {
 		t.Fatalf("stats: %+v", st)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
 	"github.com/dbproxy/dbproxy/shard"
@@ -20,14 +21,16 @@ import (
 // transaction is open, the backend lease it is pinned to. database/sql
 // uses a conn from one goroutine at a time.
 type conn struct {
-	c    *Connector
-	sets []*replica.Set
-	sess *router.Session
-	tm   *pgtype.Map
-	args encodedArgs
+	c     *Connector
+	sets  []*replica.Set
+	cache *cache.Cache // nil: no read-result cache
+	sess  *router.Session
+	tm    *pgtype.Map
+	args  encodedArgs
 
 	pin      *backend   // leased backend while the session is in a transaction
 	txWrote  bool       // a statement of the open transaction wrote
+	txTables []string   // tables written by the open transaction (invalidated at commit)
 	trackers []*Tracker // trackers seen during the open transaction
 
 	tx        *tx   // the database/sql transaction in progress
@@ -51,8 +54,8 @@ var (
 	_ driver.NamedValueChecker  = (*conn)(nil)
 )
 
-func newConn(c *Connector, sets []*replica.Set) *conn {
-	return &conn{c: c, sets: sets, sess: c.router.NewSession(), tm: pgtype.NewMap()}
+func newConn(c *Connector, sets []*replica.Set, ch *cache.Cache) *conn {
+	return &conn{c: c, sets: sets, cache: ch, sess: c.router.NewSession(), tm: pgtype.NewMap()}
 }
 
 // backend is a leased backend connection and where it is.
@@ -475,6 +478,9 @@ func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Sta
 	if sqlText == "" {
 		sqlText = st.SQL
 	}
+	if wantRows && cn.useCache(&d, st, o) {
+		return cn.cachedQuery(ctx, d, st, sqlText, args)
+	}
 	target := d.Shards[0]
 	readOnly := !d.Pinned && len(d.Preamble) == 0 && !writes(st) && !cn.sess.InTransaction()
 	var lastErr error
@@ -643,6 +649,7 @@ func (cn *conn) afterStatement(ctx context.Context, b *backend, st *router.State
 	}
 	if err == nil && writes(st) {
 		cn.txWrote = true
+		cn.txTables = writtenTables(cn.txTables, st)
 	}
 	cn.sess.Observe(status)
 	if status != 'I' {
@@ -655,7 +662,7 @@ func (cn *conn) afterStatement(ctx context.Context, b *backend, st *router.State
 	cn.pin = nil
 	if broken {
 		b.lease.Discard(err)
-		cn.txWrote, cn.trackers = false, cn.trackers[:0]
+		cn.txWrote, cn.trackers, cn.txTables = false, cn.trackers[:0], cn.txTables[:0]
 		if cn.tx != nil {
 			cn.txBroken = err
 		}
@@ -667,15 +674,16 @@ func (cn *conn) afterStatement(ctx context.Context, b *backend, st *router.State
 		cn.txBroken = fmt.Errorf("dbproxy driver: the transaction ended early (%s)", describeEnd(tag, err))
 	}
 	if cn.txWrote && b.primary && !strings.HasPrefix(tag, "ROLLBACK") && err == nil {
+		cn.invalidate(cn.txTables) // the change stream will too; this is sooner
 		if lsn, lerr := b.lease.CurrentLSN(ctx); lerr == nil {
 			cn.recordCommit(b.shard, lsn, o.tracker)
 		} else if !isServerError(lerr) {
-			cn.txWrote, cn.trackers = false, cn.trackers[:0]
+			cn.txWrote, cn.trackers, cn.txTables = false, cn.trackers[:0], cn.txTables[:0]
 			b.lease.Discard(lerr)
 			return
 		}
 	}
-	cn.txWrote, cn.trackers = false, cn.trackers[:0]
+	cn.txWrote, cn.trackers, cn.txTables = false, cn.trackers[:0], cn.txTables[:0]
 	b.lease.Release(err)
 }
 

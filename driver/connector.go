@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
@@ -115,6 +116,7 @@ type Connector struct {
 
 	mu     sync.Mutex
 	sets   []*replica.Set // by shard.ID; nil until the first Connect
+	cache  *cache.Cache   // [cache] enabled: built by the first Connect
 	closed bool
 }
 
@@ -188,7 +190,10 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newConn(c, sets), nil
+	c.mu.Lock()
+	ch := c.cache
+	c.mu.Unlock()
+	return newConn(c, sets, ch), nil
 }
 
 // runtime returns the replica sets, building them on first use.
@@ -215,12 +220,23 @@ func (c *Connector) runtime(ctx context.Context) ([]*replica.Set, error) {
 			return nil, fmt.Errorf("dbproxy driver: shard %s: %w", name, err)
 		}
 	}
+	if c.cfg.Cache.Enabled {
+		ch, err := c.startCache(ctx)
+		if err != nil {
+			for _, s := range sets {
+				_ = s.Close(context.WithoutCancel(ctx))
+			}
+			return nil, err
+		}
+		c.cache = ch
+	}
 	c.sets = sets
 	return sets, nil
 }
 
-// Close stops every replica set's probes and closes its idle backend
-// connections, waiting up to 30 s. Connections still open fail their next
+// Close stops the read-result cache's change streams (when enabled) and
+// every replica set's probes and closes its idle backend connections,
+// waiting up to 30 s. Connections still open fail their next
 // statement with ErrClosed. A second Close returns nil.
 func (c *Connector) Close() error {
 	c.mu.Lock()
@@ -229,11 +245,16 @@ func (c *Connector) Close() error {
 		return nil
 	}
 	c.closed = true
-	sets := c.sets
+	sets, ch := c.sets, c.cache
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
+	if ch != nil {
+		if err := ch.Close(ctx); err != nil && !errors.Is(err, cache.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
 	for _, s := range sets {
 		if err := s.Close(ctx); err != nil && !errors.Is(err, replica.ErrClosed) {
 			errs = append(errs, err)

@@ -25,7 +25,8 @@ var ErrBadDSN = errors.New("dbproxy driver: invalid DSN")
 //	file=/etc/dbproxy.toml;user=app;database=app
 //
 // user names a [[users]] entry and database one of server.databases; both
-// default to the first entry of the file.
+// default to the first entry of the file. cache=on or cache=off overrides
+// the file's [cache] enabled.
 //
 // Inline (shards, nodes and sharded tables in the DSN itself):
 //
@@ -46,8 +47,10 @@ var ErrBadDSN = errors.New("dbproxy driver: invalid DSN")
 // the first), balance (round_robin, weighted_round_robin,
 // least_connections, weighted_least_connections, least_latency, hash),
 // max_staleness, catch_up_wait, acquire_timeout, health_interval,
-// lag_interval, probe_timeout (Go durations: "200ms"), pool_size (per node).
-// A key left out keeps the default of config.Default.
+// lag_interval, probe_timeout (Go durations: "200ms"), pool_size (per node),
+// cache (on or off: the read-result cache, invalidated through a change
+// stream from each primary; the user needs the REPLICATION attribute, see
+// package cache). A key left out keeps the default of config.Default.
 //
 // Values are percent-decoded and taken verbatim otherwise (white space
 // included), so a ';' or '%' inside a password is written %3B or %25. Keys
@@ -73,6 +76,9 @@ type DSN struct {
 	LagInterval    time.Duration        // 0 = default
 	ProbeTimeout   time.Duration        // 0 = default
 	PoolSize       int                  // 0 = default
+	// Cache is "on" or "off" to enable or disable the read-result cache
+	// ([cache] enabled), "" to keep the configuration's setting.
+	Cache string
 }
 
 // DSNShard is one shard of an inline DSN: Nodes[0] is the primary.
@@ -98,7 +104,7 @@ type DSNTable struct {
 
 var dsnKeys = []string{
 	"file", "user", "password", "database", "shards", "tables", "default_shard", "balance",
-	"max_staleness", "catch_up_wait", "acquire_timeout", "health_interval", "lag_interval", "probe_timeout", "pool_size",
+	"max_staleness", "catch_up_wait", "acquire_timeout", "health_interval", "lag_interval", "probe_timeout", "pool_size", "cache",
 }
 
 func dsnErr(format string, args ...any) error {
@@ -139,7 +145,7 @@ func ParseDSN(s string) (*DSN, error) {
 	}
 	if d.File != "" {
 		for _, k := range dsnKeys {
-			if seen[k] && k != "file" && k != "user" && k != "database" {
+			if seen[k] && k != "file" && k != "user" && k != "database" && k != "cache" {
 				return nil, dsnErr("key %q cannot be combined with file= (it comes from the config file)", k)
 			}
 		}
@@ -204,6 +210,12 @@ func (d *DSN) set(k, v string) error {
 			return dsnErr("pool_size=%q: want a non-negative integer", v)
 		}
 		d.PoolSize = n
+	case "cache":
+		on, err := parseCacheMode(v)
+		if err != nil {
+			return err
+		}
+		d.Cache = cacheModeString(on)
 	}
 	return nil
 }
@@ -393,6 +405,9 @@ func (d *DSN) String() string {
 	if d.PoolSize != 0 {
 		add("pool_size", strconv.Itoa(d.PoolSize))
 	}
+	if d.Cache != "" {
+		add("cache", d.Cache)
+	}
 	return strings.Join(parts, ";")
 }
 
@@ -416,7 +431,12 @@ func escapeDSN(v string) string {
 // config.Validate). Errors wrap ErrBadDSN or come from config.
 func (d *DSN) Config() (*config.Config, error) {
 	if d.File != "" {
-		return config.Load(d.File)
+		c, err := config.Load(d.File)
+		if err != nil || d.Cache == "" {
+			return c, err
+		}
+		c.Cache.Enabled = d.Cache == "on"
+		return c, nil
 	}
 	if d.User == "" {
 		return nil, dsnErr("user is required in the inline form")
@@ -465,6 +485,7 @@ func (d *DSN) Config() (*config.Config, error) {
 	if d.PoolSize != 0 {
 		c.Pool.Size = d.PoolSize
 	}
+	c.Cache.Enabled = d.Cache == "on"
 	c.ApplyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadDSN, err)

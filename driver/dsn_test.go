@@ -13,13 +13,15 @@ import (
 var testDSNs = []string{
 	"file=/etc/dbproxy.toml",
 	"file=/etc/dbproxy.toml;user=app;database=app",
+	"file=/etc/dbproxy.toml;user=app;database=app;cache=on",
 	"shards=s0:127.0.0.1:5432;user=app;password=app;database=app",
 	"shards=s0:127.0.0.1:5432|127.0.0.1:5433,s1:p1@10.0.0.2:5432|r1@10.0.0.3:5432*3;user=app;password=p%3Bw%25d;database=app;tables=users(id:int),orders(tenant:text,id:uuid)",
 	"shards=s0:[::1]:5432|[::1]:5433;user=u;password=x;database=d;default_shard=s0;balance=least_latency;max_staleness=250ms;catch_up_wait=10ms;acquire_timeout=2s;health_interval=1s;lag_interval=50ms;probe_timeout=900ms;pool_size=7",
+	"shards=s0:127.0.0.1:5432;user=app;password=app;database=app;cache=off",
 }
 
 func TestParseDSNInline(t *testing.T) {
-	d, err := ParseDSN(testDSNs[3])
+	d, err := ParseDSN(testDSNs[4])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func TestParseDSNInline(t *testing.T) {
 }
 
 func TestParseDSNOptions(t *testing.T) {
-	d, err := ParseDSN(testDSNs[4])
+	d, err := ParseDSN(testDSNs[5])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +100,7 @@ func TestParseDSNErrors(t *testing.T) {
 		"shards=s0:h:1;max_staleness=-1s",
 		"shards=s0:h:1;pool_size=-2",
 		"shards=s0:h:1;balance=random",
+		"shards=s0:h:1;cache=maybe",
 		"shards=s0:h:1;user=%zz",
 		"novalue",
 	} {

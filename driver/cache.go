@@ -79,12 +79,23 @@ func (cn *conn) cachedQuery(ctx context.Context, d router.Decision, st *router.S
 	if eff == nil {
 		eff = st
 	}
-	tables := cacheTables(eff)
+	m := &cn.memo
+	if m.st != eff {
+		m.st, m.tables = eff, cacheTables(eff)
+	}
+	tables := m.tables
 	skey := cn.sessionKey()
+	if m.ns == "" || m.skey != skey {
+		m.skey, m.ns = skey, cacheNamespace+skey
+	}
+	keySQL := sqlText
+	if slices.ContainsFunc(args.oids, func(o uint32) bool { return o != 0 }) {
+		keySQL = stmtKey(sqlText, args.oids) // parameter types change results too (SQL text never holds a NUL)
+	}
 	key := cache.NewKey(cache.KeyParts{
 		Shard:        target.Name,
-		Namespace:    cacheNamespace + skey,
-		SQL:          stmtKey(sqlText, args.oids), // parameter types change results too
+		Namespace:    m.ns,
+		SQL:          keySQL,
 		Params:       args.values,
 		ParamFormats: args.formats,
 	})
@@ -127,7 +138,71 @@ func (cn *conn) cachedQuery(ctx context.Context, d router.Decision, st *router.S
 		return nil, cn.failed(err, !pgconn.SafeToRetry(err))
 	}
 	cn.sess.Observe('I')
-	return decodeResult(cn.tm, v)
+	return m.decode(cn.tm, v)
+}
+
+// cacheMemo keeps, per connection, what the cached-read path derives from
+// the statement and the result shape, so that a hit allocates little: the
+// tables of the last statement, the key namespace of the session settings,
+// and the column decoders of the last result header. A conn is used by one
+// goroutine at a time, and the decoders hold no state between calls, so
+// rows open at once on one conn may share them.
+type cacheMemo struct {
+	st     *router.Statement
+	tables []string
+	skey   string
+	ns     string
+	head   []byte // encoded header (version through column formats)
+	hdr    resultHeader
+}
+
+// resultHeader is the decoded column part of an encoded result.
+type resultHeader struct {
+	cols []string
+	oids []uint32
+	fns  []valueFunc
+	raw  [][]byte // scratch for one row's values
+}
+
+// decode is decodeResult reusing the column decoders when v has the same
+// header as the last result decoded on this connection.
+func (m *cacheMemo) decode(tm *pgtype.Map, v []byte) (*cachedRows, error) {
+	n, err := headerLen(v)
+	if err != nil {
+		return nil, err
+	}
+	if m.head == nil || string(m.head) != string(v[:n]) {
+		r, err := decodeResult(tm, v)
+		if err != nil {
+			return nil, err
+		}
+		m.head, m.hdr = append(m.head[:0], v[:n]...), r.resultHeader
+		r.shared = true
+		return r, nil
+	}
+	r := &cachedRows{tm: tm, resultHeader: m.hdr, shared: true}
+	if err := r.body(v[n:]); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// headerLen returns the length of the column part of an encoded result.
+func headerLen(v []byte) (int, error) {
+	if len(v) == 0 || v[0] != resultVersion {
+		return 0, errCorruptResult
+	}
+	r := resultReader{b: v[1:]}
+	ncols := r.uvarint()
+	for i := uint64(0); i < ncols && r.err == nil; i++ {
+		r.bytes(r.uvarint())
+		r.uvarint()
+		r.uvarint()
+	}
+	if r.err != nil {
+		return 0, r.err
+	}
+	return len(v) - len(r.b), nil
 }
 
 // fillResult runs sqlText on b and encodes its complete result.
@@ -267,28 +342,41 @@ func decodeResult(tm *pgtype.Map, v []byte) (*cachedRows, error) {
 		fds[i] = pgconn.FieldDescription{Name: cols[i], DataTypeOID: uint32(oid), Format: int16(format)}
 		oids[i] = uint32(oid)
 	}
-	tag := string(r.bytes(r.uvarint()))
-	nrows := r.uvarint()
 	if r.err != nil {
 		return nil, r.err
 	}
-	if ncols > 0 && nrows > uint64(len(r.b)) { // each row takes at least one byte per column
-		return nil, errCorruptResult
+	out := &cachedRows{tm: tm, resultHeader: resultHeader{cols: cols, oids: oids, fns: valueFuncs(tm, fds), raw: make([][]byte, ncols)}}
+	if err := out.body(r.b); err != nil {
+		return nil, err
 	}
-	return &cachedRows{tm: tm, cols: cols, oids: oids, fns: valueFuncs(tm, fds), tag: tag, left: nrows, r: r}, nil
+	return out, nil
+}
+
+// body reads the command tag and row count that follow the header in b.
+func (cr *cachedRows) body(b []byte) error {
+	r := resultReader{b: b}
+	tagLen := r.uvarint()
+	tag := r.bytes(tagLen)
+	nrows := r.uvarint()
+	if r.err != nil {
+		return r.err
+	}
+	if len(cr.cols) > 0 && nrows > uint64(len(r.b)) { // each row takes at least one byte per column
+		return errCorruptResult
+	}
+	cr.tagBytes, cr.left, cr.r = tag, nrows, r
+	return nil
 }
 
 // cachedRows are rows decoded one by one from a cached (or just filled)
 // result; no backend is involved.
 type cachedRows struct {
-	tm   *pgtype.Map
-	cols []string
-	oids []uint32
-	fns  []valueFunc
-	tag  string
-	left uint64
-	r    resultReader
-	raw  [][]byte
+	resultHeader
+	tm       *pgtype.Map
+	shared   bool   // resultHeader is the connection's memo: Columns copies
+	tagBytes []byte // command tag (shared bytes)
+	left     uint64
+	r        resultReader
 }
 
 var (
@@ -297,8 +385,14 @@ var (
 	_ driver.RowsColumnTypeScanType         = (*cachedRows)(nil)
 )
 
-// Columns implements driver.Rows.
-func (r *cachedRows) Columns() []string { return r.cols }
+// Columns implements driver.Rows. database/sql hands the slice to the
+// caller, so a memoized one is copied.
+func (r *cachedRows) Columns() []string {
+	if r.shared {
+		return slices.Clone(r.cols)
+	}
+	return r.cols
+}
 
 // ColumnTypeDatabaseTypeName: see streamRows.
 func (r *cachedRows) ColumnTypeDatabaseTypeName(i int) string { return typeName(r.tm, r.oids[i]) }
@@ -312,9 +406,6 @@ func (r *cachedRows) Next(dest []driver.Value) error {
 		return io.EOF
 	}
 	r.left--
-	if r.raw == nil {
-		r.raw = make([][]byte, len(r.cols))
-	}
 	for i := range r.raw {
 		n := r.r.uvarint()
 		if n == 0 {

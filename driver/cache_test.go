@@ -38,8 +38,8 @@ func TestCachedResultRoundTrip(t *testing.T) {
 	if got := r.Columns(); !reflect.DeepEqual(got, []string{"id", "name", "blob", ""}) {
 		t.Fatalf("columns %q", got)
 	}
-	if r.tag != "SELECT 3" || r.ColumnTypeDatabaseTypeName(0) != "INT8" || r.ColumnTypeScanType(3) != reflect.TypeFor[bool]() {
-		t.Fatalf("tag %q type %s", r.tag, r.ColumnTypeDatabaseTypeName(0))
+	if string(r.tagBytes) != "SELECT 3" || r.ColumnTypeDatabaseTypeName(0) != "INT8" || r.ColumnTypeScanType(3) != reflect.TypeFor[bool]() {
+		t.Fatalf("tag %q type %s", r.tagBytes, r.ColumnTypeDatabaseTypeName(0))
 	}
 	want := [][]driver.Value{
 		{int64(1), "alpha", []byte{1, 2}, true},
@@ -74,6 +74,48 @@ func TestCachedResultRoundTrip(t *testing.T) {
 	}
 }
 
+// TestCacheMemo: a connection reuses the column decoders of an identical
+// header, never hands out its memoized column names, and decodes results
+// of another shape afresh.
+func TestCacheMemo(t *testing.T) {
+	m := pgtype.NewMap()
+	enc := func(name string, oid uint32, vals ...string) []byte {
+		var e resultEncoder
+		e.columns([]pgconn.FieldDescription{{Name: name, DataTypeOID: oid}})
+		for _, v := range vals {
+			e.row([][]byte{[]byte(v)})
+		}
+		return e.finish("SELECT")
+	}
+	var memo cacheMemo
+	read := func(b []byte) ([]string, []driver.Value) {
+		t.Helper()
+		r, err := memo.decode(m, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []driver.Value
+		dest := make([]driver.Value, 1)
+		for r.Next(dest) == nil {
+			out = append(out, dest[0])
+		}
+		return r.Columns(), out
+	}
+	cols, vals := read(enc("n", pgtype.Int4OID, "1", "2"))
+	cols[0] = "clobbered"
+	cols2, vals2 := read(enc("n", pgtype.Int4OID, "3"))
+	if !reflect.DeepEqual(cols2, []string{"n"}) || !reflect.DeepEqual(vals, []driver.Value{int64(1), int64(2)}) || !reflect.DeepEqual(vals2, []driver.Value{int64(3)}) {
+		t.Fatalf("memoized: %q %v %v", cols2, vals, vals2)
+	}
+	cols3, vals3 := read(enc("n", pgtype.TextOID, "3"))
+	if !reflect.DeepEqual(cols3, []string{"n"}) || !reflect.DeepEqual(vals3, []driver.Value{"3"}) {
+		t.Fatalf("new header: %q %v", cols3, vals3)
+	}
+	if _, err := memo.decode(m, []byte{1, 5}); !errors.Is(err, errCorruptResult) {
+		t.Fatalf("corrupt header: %v", err)
+	}
+}
+
 func TestCachedResultCorrupt(t *testing.T) {
 	m := pgtype.NewMap()
 	var e resultEncoder
@@ -83,8 +125,16 @@ func TestCachedResultCorrupt(t *testing.T) {
 	enc := e.finish("SELECT 2")
 	// Every truncation either fails to decode or fails at Next: never a
 	// panic, never a wrong row count read past the end.
+	var memo cacheMemo
+	if _, err := memo.decode(m, enc); err != nil {
+		t.Fatal(err)
+	}
 	for n := 0; n < len(enc); n++ {
-		r, err := decodeResult(m, enc[:n])
+		decode := decodeResult
+		if n%2 == 1 {
+			decode = memo.decode // same header (when long enough): the memo path
+		}
+		r, err := decode(m, enc[:n])
 		if err != nil {
 			if !errors.Is(err, errCorruptResult) {
 				t.Fatalf("len %d: %v", n, err)
@@ -113,12 +163,16 @@ func FuzzDecodeCachedResult(f *testing.F) {
 	f.Add(e.finish("SELECT 1"))
 	f.Add([]byte{1, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := decodeResult(pgtype.NewMap(), b)
-		if err != nil {
-			return
-		}
-		dest := make([]driver.Value, len(r.Columns()))
-		for i := 0; i < 1000 && r.Next(dest) == nil; i++ {
+		var memo cacheMemo
+		m := pgtype.NewMap()
+		for range 2 { // the second decode takes the memo path
+			r, err := memo.decode(m, b)
+			if err != nil {
+				return
+			}
+			dest := make([]driver.Value, len(r.Columns()))
+			for i := 0; i < 1000 && r.Next(dest) == nil; i++ {
+			}
 		}
 	})
 }

@@ -27,6 +27,7 @@ type conn struct {
 	sess  *router.Session
 	tm    *pgtype.Map
 	args  encodedArgs
+	memo  cacheMemo // cached-read path (see cache.go)
 
 	pin      *backend   // leased backend while the session is in a transaction
 	txWrote  bool       // a statement of the open transaction wrote

@@ -55,6 +55,31 @@
 // PostgreSQL's numeric division scale). DDL and other broadcast statements
 // run on each shard's primary in turn.
 //
+// # Result cache
+//
+// With [cache] enabled = true in the config (or cache=on in the DSN) the
+// Connector's first Connect builds a cache.Cache from the [cache] table and
+// starts one logical-decoding change stream per shard primary, logged in as
+// the connector's user, which needs the REPLICATION attribute; the FOR ALL
+// TABLES publication dbproxy_cache must exist or the user must be allowed
+// to create it (dbproxy up creates it). A read the router marks cacheable
+// (Decision.Cacheable: a deterministic single read outside a read-write
+// transaction, without a nocache hint) that runs on one shard through
+// QueryContext, without WithPrimary, is looked up under a key of the shard,
+// the session's replayed settings (search_path, TimeZone, ...), the SQL
+// text, the parameter values and types. A hit is decoded from the cached
+// bytes without leasing a backend; a miss runs the read on a backend picked
+// with MinLSN = max(the session's causal position, cache.FillMinLSN), so a
+// fill never reads older than what the change stream has invalidated, and
+// stores the complete result (columns, type OIDs, values, command tag).
+// Causal tokens apply: an entry is served only when the stream has applied
+// the token's position for the shard. Every committed write through the
+// driver also calls Cache.Invalidate for the tables it wrote; writes made
+// anywhere else are invalidated by the stream (see package cache for the
+// invalidation lag and what the stream cannot see). While a shard's stream
+// is down its reads go to the backends. Connector.CacheStats reports the
+// counters and Connector.Cache returns the cache (WaitUp, Invalidate).
+//
 // # Causal consistency
 //
 // After a write commits on a shard (an autocommit write, or the COMMIT of a
@@ -96,15 +121,20 @@
 // blocks on its context: leasing (at most the pool's acquire timeout), a
 // standby's catch-up wait (catch_up_wait), and the query; cancelling the
 // context sends a PostgreSQL CancelRequest for the running query. The only
-// goroutines the package starts are the replica sets' probes (owned by the
-// Connector, stopped by Close) and one per shard during a multi-shard read
-// (waited for before the read returns).
+// goroutines the package starts are the replica sets' probes and, with the
+// cache on, the cache's change streams and ristretto's workers (all owned
+// by the Connector, stopped by Close), one per shard during a multi-shard
+// read (waited for before the read returns), and the cache's shared fill of
+// a missed read (waited for before the read returns).
 //
 // # Limits
 //
 // LastInsertId is unsupported (use RETURNING). Results of multi-shard reads
-// and multi-statement queries are buffered in memory. The read-result cache
-// (package cache) is not used by the driver yet.
+// and multi-statement queries are buffered in memory, and so are results of
+// cacheable reads when the cache is on (a result over cache.max_entry_bytes
+// is returned but not stored). Reads of a prepared statement run with SQL
+// EXECUTE are cached under the EXECUTE text, and SQL EXECUTE of a write does
+// not invalidate its tables early (the change stream does).
 //
 // # Imports
 //

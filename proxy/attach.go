@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/shard"
@@ -16,8 +17,13 @@ import (
 // flight on it. Fields after "under c.mu" are shared by the reader and
 // the pump and guarded by clientConn.mu.
 type attachment struct {
-	lease    *replica.Lease
-	conn     *pgconn.PgConn
+	lease *replica.Lease
+	conn  *pgconn.PgConn
+	// wmu is held by the reader while it writes to the backend
+	// (Frontend.Send/Flush). The pump takes it before giving the backend
+	// back: a ReadyForQuery can arrive while the reader's Flush, whose
+	// bytes caused it, is still resetting the Frontend's buffer.
+	wmu      sync.Mutex
 	bst      *backendState
 	nodeName string
 	shard    shard.ID
@@ -49,7 +55,6 @@ type expectation struct {
 	name    string // statement name for Parse (to forget it on failure)
 	hash    uint64
 }
-
 
 // stateIdle waits for the next client message with no backend leased.
 func (c *clientConn) stateIdle(ctx context.Context) stateFn {
@@ -169,6 +174,8 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 // pump must expect. Parse/Bind/Describe/Close are rewritten with injected
 // re-prepares where the backend lacks the client's statement.
 func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) error {
+	att.wmu.Lock()
+	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	flush := false
 	c.mu.Lock()
@@ -457,6 +464,11 @@ func (c *clientConn) observeCommand(att *attachment, tag []byte) {
 func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.ReadyForQuery) {
 	tx := rfq.TxStatus
 	msgs := make([]pgproto3.BackendMessage, 0, 2)
+	// The reader may still be inside Frontend.Flush for the bytes that
+	// caused this ReadyForQuery (resetting the Frontend's buffer): wait
+	// for it before using the connection or giving it back.
+	att.wmu.Lock()
+	defer att.wmu.Unlock()
 	if att.wrote && att.primary {
 		if lsn, err := att.lease.CurrentLSN(ctx); err == nil {
 			c.mu.Lock()
@@ -501,7 +513,6 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 	c.wmu.Unlock()
 	_ = c.netConn.Close()
 }
-
 
 // prepareBackend brings a freshly leased backend to the session's
 // settings (replaying them only when its applied fingerprint differs) and
@@ -558,6 +569,8 @@ func (c *clientConn) failOnBackend(att *attachment, err error) error {
 	resp := errorResponse(err, "")
 	msg := strings.ReplaceAll(resp.Message, "$", "")
 	sql := "DO $dbproxy$BEGIN RAISE EXCEPTION USING ERRCODE = " + quoteLiteral(resp.Code) + ", MESSAGE = " + quoteLiteral(msg) + "; END$dbproxy$"
+	att.wmu.Lock()
+	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	c.mu.Lock()
 	att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: "dbproxy_fail"}, expectation{kind: '3', swallow: true})

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -143,6 +144,10 @@ type Config struct {
 	ServerVersion string
 	// Logger receives connection-level events; nil discards.
 	Logger *slog.Logger
+	// Trace, when non-nil, receives a trace of every client-side protocol
+	// message (pgproto3's tracer). For debugging only: it is slow and
+	// shows data.
+	Trace io.Writer
 }
 
 // DefaultConfig returns a Config with transaction pooling, SCRAM, 16 MiB

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -75,6 +76,23 @@ func (c *clientConn) setTransport(nc net.Conn) {
 	c.bw = bufio.NewWriterSize(nc, 32<<10)
 	c.fe = pgproto3.NewBackend(nc, c.bw)
 	c.fe.SetMaxBodyLen(c.srv.cfg.MaxMessageBytes)
+	if w := c.srv.cfg.Trace; w != nil {
+		c.fe.Trace(&syncWriter{w: w, mu: &c.srv.traceMu, c: c}, pgproto3.TracerOptions{})
+	}
+}
+
+// syncWriter serializes trace output of all connections.
+type syncWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+	c  *clientConn
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.w, "[%d] ", s.c.pid)
+	return s.w.Write(b)
 }
 
 // serve runs the state machine until the connection ends, then cleans up:

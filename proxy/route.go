@@ -185,4 +185,3 @@ func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
 	}
 	return p
 }
-

@@ -58,6 +58,8 @@ type Server struct {
 
 	tlsLeaf *x509.Certificate // the one configured certificate, for SCRAM channel binding
 
+	traceMu sync.Mutex
+
 	paramsMu     sync.Mutex
 	serverParams map[string]string // ParameterStatus values learned from backends
 }

@@ -704,14 +704,22 @@ conn = psycopg2.connect(host=%q, port=%s, user="app", password="app", dbname="ap
 cur = conn.cursor()
 cur.execute("select name from users where id = %%s", (17,))
 assert cur.fetchone()[0] == "u17"
+conn.commit()  # psycopg2 opened a transaction on u17's shard
 cur.execute("insert into things values (%%s, %%s)", (30000, "py"))
+cur.execute("select count(*) from things where id = %%s", (30000,))
+assert cur.fetchone()[0] == 1
 conn.commit()
 cur.execute("select v from things where id = %%s", (30000,))
 assert cur.fetchone()[0] == "py"
 conn.rollback()
+conn.autocommit = True
 cur.execute("select count(*) from users")
 assert cur.fetchone()[0] == 101
-conn.autocommit = True
+try:
+    cur.execute("update users set score = 0")
+    raise SystemExit("keyless update accepted")
+except psycopg2.errors.FeatureNotSupported:
+    pass
 cur.execute("set application_name = 'py'")
 cur.execute("show application_name")
 assert cur.fetchone()[0] == "py"

@@ -40,6 +40,7 @@ type attachment struct {
 	expect      []expectation
 	wrote       bool // a write was sent in the current transaction (causal token at commit)
 	transient   bool // leased without a routing decision (prepare/describe): the router session is not told
+	swallowSeg  int  // recvSeg value after the injected preamble's ReadyForQuery (-1: none)
 	copying     bool
 	released    bool
 	copyBytes   int // CopyData bytes sent since the last flush to the backend
@@ -159,7 +160,7 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 	pctx, cancel := context.WithCancel(c.ctx)
 	att := &attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
-		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient,
+		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient, swallowSeg: -1,
 	}
 	c.mu.Lock()
 	c.att = att
@@ -368,6 +369,11 @@ func (c *clientConn) pump(ctx context.Context, att *attachment) {
 // c.mu held. It reports whether to forward it, whether to flush the
 // client afterwards, and whether the backend is to be released now.
 func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forward, flush, release bool) {
+	if att.swallowSeg == att.recvSeg+1 {
+		if _, ok := msg.(*pgproto3.ReadyForQuery); !ok {
+			return false, false, false // results of an injected preamble
+		}
+	}
 	switch m := msg.(type) {
 	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
 		if len(att.expect) > 0 {
@@ -414,7 +420,13 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		att.recvSeg++
 		att.copying = false
 		att.flushWanted = false
-		c.lastTx = m.TxStatus
+		backendTx := m.TxStatus
+		c.lastTx = backendTx
+		if att.swallowSeg == att.recvSeg {
+			// The end of an injected preamble: the client never asked.
+			att.swallowSeg = -1
+			return false, false, false
+		}
 		if att.transient {
 			// The client's view (a deferred BEGIN is 'T') wins.
 			m.TxStatus = c.sess.rs.TxStatus()
@@ -429,7 +441,7 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		if att.outstanding <= 0 && !att.unsynced {
 			att.outstanding = 0
 			c.cond.Broadcast()
-			if m.TxStatus == 'I' && c.srv.cfg.PoolMode == PoolTransaction {
+			if backendTx == 'I' && c.srv.cfg.PoolMode == PoolTransaction {
 				c.att = nil
 				att.released = true
 				return false, false, true
@@ -470,6 +482,7 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	att.wmu.Lock()
 	defer att.wmu.Unlock()
 	if att.wrote && att.primary {
+		delete(att.bst.stmts, "")
 		if lsn, err := att.lease.CurrentLSN(ctx); err == nil {
 			c.mu.Lock()
 			c.sess.rs.AdvanceCausal(att.shard, replica.LSN(lsn))
@@ -536,6 +549,7 @@ func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, b
 	if sql == "" {
 		return nil
 	}
+	delete(bst.stmts, "") // a simple query destroys the unnamed statement
 	_, err := conn.Exec(ctx, sql).ReadAll()
 	if err != nil {
 		var pgErr *pgconn.PgError
@@ -612,4 +626,23 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 		return nil, nil, err
 	}
 	return lease, bst, nil
+}
+
+// sendPreamble runs a decision's preamble (a deferred BEGIN) on a backend
+// that is already attached, as a Query whose results the pump drops.
+func (c *clientConn) sendPreamble(att *attachment, preamble []string) error {
+	att.wmu.Lock()
+	defer att.wmu.Unlock()
+	fr := att.conn.Frontend()
+	c.mu.Lock()
+	att.transient = false
+	if len(preamble) > 0 {
+		att.outstanding++
+		att.sentSeg++
+		att.swallowSeg = att.sentSeg
+		delete(att.bst.stmts, "")
+		fr.Send(&pgproto3.Query{String: strings.Join(preamble, ";\n")})
+	}
+	c.mu.Unlock()
+	return fr.Flush()
 }

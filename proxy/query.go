@@ -90,6 +90,9 @@ func (c *clientConn) use(ctx context.Context, att *attachment, p plan) (*attachm
 	t := p.targets[0]
 	if att != nil {
 		if att.shard == t.shard && (att.primary || !t.primary) {
+			if err := c.sendPreamble(att, p.preamble); err != nil {
+				return nil, err
+			}
 			return att, nil
 		}
 		c.releaseIdle(att)

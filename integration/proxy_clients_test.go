@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -751,3 +752,125 @@ func testProxyPgbench(t *testing.T, env *proxyEnv) {
 }
 
 var _ = proxy.DefaultConfig
+
+// TestProxyLifecycle covers TLS, Reload and graceful shutdown, each on
+// its own proxy over one pair of clusters.
+func TestProxyLifecycle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+
+	t.Run("TLS", func(t *testing.T) {
+		certPEM, keyPEM, err := proxy.GenerateSelfSignedCert([]string{"127.0.0.1", "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) {
+			c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+			c.RequireTLS = true
+		})
+		psql := pgBin(t, "psql")
+		cmd := exec.CommandContext(ctx, psql, "-X", "-At", "-c", "select ssl from pg_stat_ssl where pid = pg_backend_pid()", "-c", "select 41+1")
+		cmd.Env = append(clientEnv(env), "PGSSLMODE=require")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "42") {
+			t.Fatalf("psql over TLS: %v\n%s", err, out)
+		}
+		conn, err := pgx.Connect(ctx, strings.Replace(env.url(""), "sslmode=disable", "sslmode=require", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		var n int
+		if err := conn.QueryRow(ctx, "select $1::int", 7).Scan(&n); err != nil || n != 7 {
+			t.Fatalf("pgx over TLS: %d %v", n, err)
+		}
+		// Plain connections are refused with a clear error.
+		_, err = pgconn.Connect(ctx, env.dsn(""))
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+			t.Fatalf("plain connection to TLS-only proxy: %v", err)
+		}
+	})
+
+	t.Run("Reload", func(t *testing.T) {
+		env := startProxyEnv(t, ctx, clusters, nil)
+		c1 := pxConnect(t, env, "")
+		r := env.cfg.Reloadable()
+		r.Users = []proxy.User{{Name: "app", Password: "changed"}}
+		if err := env.srv.Reload(r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pgconn.Connect(ctx, env.dsn("")); err == nil || !strings.Contains(err.Error(), "28P01") {
+			t.Fatalf("old password after reload: %v", err)
+		}
+		host, port, _ := net.SplitHostPort(env.addr)
+		c2, err := pgconn.Connect(ctx, "host="+host+" port="+port+" user=app password=changed dbname=app sslmode=disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c2.Close(ctx)
+		// Existing sessions are unaffected.
+		pxExec(t, c1, "select 1")
+	})
+
+	t.Run("Shutdown", func(t *testing.T) {
+		env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.ShutdownTimeout = 20 * time.Second })
+		setup := pxConnect(t, env, "")
+		pxExec(t, setup, "create table if not exists drained (id int primary key)")
+		inTx := pxConnect(t, env, "")
+		idle := pxConnect(t, env, "")
+		tx, err := inTx.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "insert into drained values (1)"); err != nil {
+			t.Fatal(err)
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- env.srv.Close(ctx) }()
+		// The idle session is ended with 57P01.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			_, err := idle.Exec(ctx, "select 1")
+			if err != nil {
+				if !strings.Contains(err.Error(), "57P01") && !idle.IsClosed() {
+					t.Fatalf("idle session during shutdown: %v", err)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("idle session still served during shutdown")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// The open transaction may finish.
+		if _, err := tx.Exec(ctx, "insert into drained values (2)"); err != nil {
+			t.Fatalf("statement in draining transaction: %v", err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatalf("commit while draining: %v", err)
+		}
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("Close did not return after the last transaction ended")
+		}
+		pc, err := clusters[0].Primary().Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close(ctx)
+		var n int
+		if err := pc.QueryRow(ctx, "select count(*) from drained").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("drained transaction committed %d rows, %v", n, err)
+		}
+	})
+}

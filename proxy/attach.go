@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/shard"
@@ -498,6 +499,10 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	c.setState(stateIdle)
 	if err := c.send(msgs...); err != nil {
 		_ = c.netConn.Close()
+	}
+	if c.shutdown.Load() {
+		// Draining: the transaction is over, end the session now.
+		_ = c.netConn.SetReadDeadline(time.Now())
 	}
 }
 

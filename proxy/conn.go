@@ -122,7 +122,9 @@ func (c *clientConn) notifyShutdown() {
 	if !attached {
 		_ = c.netConn.SetReadDeadline(time.Now())
 	}
+	c.srv.helpers.Add(1)
 	go func() {
+		defer c.srv.helpers.Done()
 		// After the drain deadline even attached connections end.
 		select {
 		case <-c.srv.kill:

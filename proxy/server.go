@@ -51,6 +51,7 @@ type Server struct {
 	closing   chan struct{} // closed when Close starts: stop accepting, drain
 	kill      chan struct{} // closed when the drain deadline passes: end sessions now
 	conns     sync.WaitGroup
+	helpers   sync.WaitGroup // shutdown watchers (one per connection during Close)
 	serving   sync.WaitGroup
 
 	baseCtx    context.Context // parent of every connection ctx
@@ -210,6 +211,7 @@ func (s *Server) Close(ctx context.Context) error {
 	if s.closed {
 		s.mu.Unlock()
 		s.conns.Wait()
+		s.helpers.Wait()
 		return nil
 	}
 	s.closed = true
@@ -241,6 +243,7 @@ func (s *Server) Close(ctx context.Context) error {
 	close(s.kill)
 	s.baseCancel()
 	<-done
+	s.helpers.Wait()
 	return err
 }
 

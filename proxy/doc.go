@@ -1,0 +1,113 @@
+// Package proxy is dbproxy's PostgreSQL wire-protocol server: clients
+// (psql, pgbench, pgx, lib/pq, psycopg2, JDBC, ...) connect to it as to
+// PostgreSQL, and it runs their statements on the shards and replicas the
+// router chooses, over pooled backend connections leased from replica.
+//
+// # Overview
+//
+// The client side speaks pgproto3 (protocol 3.0; a 3.2 request is
+// negotiated down): SSLRequest (TLS when Config.TLS is set, else 'N'),
+// GSSENCRequest (always 'N'), CancelRequest, StartupMessage, then
+// SCRAM-SHA-256 (with SCRAM-SHA-256-PLUS channel binding over TLS) or md5
+// authentication against Config.Users. After AuthenticationOk the client
+// gets ParameterStatus values of the real servers, a BackendKeyData with a
+// pid and secret issued by the proxy, and ReadyForQuery.
+//
+// Every request (a simple Query, or an extended-protocol batch up to its
+// Sync) is classified by router.Classify and routed by
+// (*router.Router).Route with the client's router.Session:
+//
+//   - local decisions (a deferred BEGIN, SET/RESET/SHOW dbproxy.*,
+//     DEALLOCATE, COMMIT of an empty transaction, an empty query) are
+//     answered by the proxy without a backend;
+//   - single-shard decisions lease a backend (the shard's primary, or a
+//     standby picked by replica.Set.Pick with the session's causal
+//     position and staleness bound) and stream the messages both ways;
+//   - multi-shard decisions run on every shard (one short lease each) and
+//     the rows are merged as the router's MergePlan says (union, ORDER BY,
+//     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the
+//     first shard's command tag.
+//
+// # Pooling and session state
+//
+// With PoolTransaction (the default) a backend is leased for one
+// transaction and given back when it reports ReadyForQuery 'I' with no
+// Sync outstanding; with PoolSession it stays with the client while the
+// statements keep routing to it. A backend given back in any other state,
+// or whose protocol state is unknown (client gone mid-request, pump
+// interrupted), is discarded, never pooled: a client that disconnects
+// mid-transaction has its transaction rolled back by PostgreSQL.
+//
+// State lives with the client and is replayed on whatever backend it
+// lands on: the SET parameters (and startup parameters) tracked by the
+// router session are replayed with RESET ALL + SET ... only when the
+// backend's applied fingerprint (kept in the backend connection's
+// pgconn.CustomData) differs; named and unnamed prepared statements are
+// re-prepared transparently (a Parse, and a Close of a different statement
+// of the same name, are injected before a Bind or Describe and their
+// replies dropped), keyed by name and a hash of query and parameter types.
+// Messages of one extended-protocol batch (up to Sync) stay on one
+// backend. A pipelined batch whose later Bind needs another shard is
+// failed on the backend itself (0A000) so PostgreSQL skips the rest of it.
+//
+// # Read-your-writes
+//
+// After a transaction that wrote on a primary commits, the proxy reads
+// pg_current_wal_lsn() on the same backend (a safe upper bound of the
+// commit position), records it in the router session and sends the
+// client ParameterStatus dbproxy.causal_token (router.CausalToken text
+// form, e.g. "s0:0/16B3748"). SET dbproxy.causal_token = '...' or a
+// /* dbproxy:causal_token=... */ comment makes later reads of any session,
+// on any proxy, wait for or avoid standbys that have not replayed it;
+// SET dbproxy.max_staleness = '200ms' bounds lag per session.
+// SHOW dbproxy.causal_token and SHOW dbproxy.max_staleness work.
+//
+// # Cancellation
+//
+// A CancelRequest carrying a (pid, secret) the proxy issued is turned into
+// pgconn's CancelRequest on the backend currently leased by that client:
+// the running query is cancelled, the client connection stays usable.
+// Unknown keys are ignored, as PostgreSQL does.
+//
+// # Connection states
+//
+// Each connection moves through startup, auth, idle, attached, copy and
+// closing (see connState); the reader goroutine runs one small state
+// function per state, and while a backend is attached a second goroutine
+// (the pump) streams backend messages to the client. States are counted
+// in a registry: Stats is a cheap snapshot.
+//
+// # Errors
+//
+// Errors sent to clients carry a SQLSTATE: PostgreSQL's own errors pass
+// through unchanged; errors implementing SQLState() (router, replica,
+// proxy) keep their code; one function (errorResponse) builds every
+// ErrorResponse. Codes the proxy itself uses: 08P01 malformed or
+// unexpected message (the connection is closed), 54000 message larger
+// than Config.MaxMessageBytes (closed), 28P01 bad password or unknown
+// user, 28000 TLS required, 3D000 database not allowed, 53300 too many
+// clients, 57P01 shutdown, 57014 cancelled, 08006 backend lost, 0A000
+// unsupported (e.g. cross-shard transactions, via the router). Malformed
+// input never panics and never leaves a goroutine behind (fuzzed:
+// FuzzStartup, FuzzMessages).
+//
+// # Concurrency and lifecycle
+//
+// New starts nothing. Serve accepts until Close (or its ctx ends) and
+// owns one goroutine per connection plus one pump per attached backend.
+// Close stops accepting, ends idle sessions at once with FATAL 57P01,
+// lets open transactions finish until Config.ShutdownTimeout or ctx's
+// deadline, then ends the rest and waits for every goroutine; it is
+// idempotent. Reload swaps users, databases, the default staleness bound
+// and the client limit. The Deps (router, replica sets) belong to the
+// caller and are not closed. All exported methods are safe for
+// concurrent use.
+//
+// # Limits
+//
+// SQL-level PREPARE statements are replayed through the router session
+// but their names share one namespace per backend. COPY and
+// FunctionCall run on one backend. Multi-shard results are buffered in
+// memory and sent in text or, converted with pgtype, in binary format;
+// Execute's row limit (portal suspension) is not honoured for them.
+package proxy

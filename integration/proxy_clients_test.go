@@ -797,6 +797,29 @@ func TestProxyLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("SessionPooling", func(t *testing.T) {
+		env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession })
+		conn := pxConnect(t, env, "")
+		pxExec(t, conn, "create table if not exists users (id int primary key, name text, score int)")
+		pxExec(t, conn, "set application_name = 'sess'")
+		for i := 0; i < 20; i++ {
+			pxExec(t, conn, "insert into users (id, name, score) values ($1, 'x', 0) on conflict (id) do nothing", 500+i)
+			var app string
+			if err := conn.QueryRow(ctx, "select current_setting('application_name') where $1::int > 0", 500+i).Scan(&app); err != nil || app != "sess" {
+				t.Fatalf("session pooling: %q %v", app, err)
+			}
+		}
+		var n int
+		if err := conn.QueryRow(ctx, "select count(*) from users where id >= 500 and id < 520").Scan(&n); err != nil || n != 20 {
+			t.Fatalf("session pooling count: %d %v", n, err)
+		}
+		// The session keeps a backend between transactions.
+		st := env.srv.Stats()
+		if len(st.Conns) != 1 || st.Conns[0].PoolMode != "session" {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+
 	t.Run("Reload", func(t *testing.T) {
 		env := startProxyEnv(t, ctx, clusters, nil)
 		c1 := pxConnect(t, env, "")

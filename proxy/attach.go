@@ -41,7 +41,9 @@ type attachment struct {
 	expect      []expectation
 	wrote       bool // a write was sent in the current transaction (causal token at commit)
 	transient   bool // leased without a routing decision (prepare/describe): the router session is not told
-	swallowSeg  int  // recvSeg value after the injected preamble's ReadyForQuery (-1: none)
+	parked      bool // session pooling: idle, kept, no pump running
+	ctx         context.Context
+	swallowSeg  int // recvSeg value after the injected preamble's ReadyForQuery (-1: none)
 	copying     bool
 	released    bool
 	copyBytes   int // CopyData bytes sent since the last flush to the backend
@@ -161,7 +163,7 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 	pctx, cancel := context.WithCancel(c.ctx)
 	att := &attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
-		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient, swallowSeg: -1,
+		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient, swallowSeg: -1, ctx: pctx,
 	}
 	c.mu.Lock()
 	c.att = att
@@ -181,6 +183,7 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 	fr := att.conn.Frontend()
 	flush := false
 	c.mu.Lock()
+	c.unpark(att)
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
 		h := stmtHash(m.Query, m.ParameterOIDs)
@@ -341,7 +344,7 @@ func (c *clientConn) pump(ctx context.Context, att *attachment) {
 		forward, flush, release := c.observe(att, msg)
 		c.mu.Unlock()
 		if release {
-			c.detach(ctx, att, msg.(*pgproto3.ReadyForQuery))
+			c.detach(ctx, att, msg.(*pgproto3.ReadyForQuery), !att.parked)
 			return
 		}
 		if !forward {
@@ -447,6 +450,12 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 				att.released = true
 				return false, false, true
 			}
+			if backendTx == 'I' {
+				// Session pooling: keep the backend but stop reading it
+				// (parked); the next forward restarts the pump.
+				att.parked = true
+				return false, false, true
+			}
 			c.srv.reg.transition(c, stateAttached)
 		}
 	}
@@ -474,7 +483,7 @@ func (c *clientConn) observeCommand(att *attachment, tag []byte) {
 // detach ends an attachment at ReadyForQuery 'I': it reads the commit
 // position when the transaction wrote (and tells the client its causal
 // token), forwards the ReadyForQuery, and returns the backend to its pool.
-func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.ReadyForQuery) {
+func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.ReadyForQuery, release bool) {
 	tx := rfq.TxStatus
 	msgs := make([]pgproto3.BackendMessage, 0, 2)
 	// The reader may still be inside Frontend.Flush for the bytes that
@@ -495,8 +504,13 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 		}
 	}
 	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: tx})
-	att.lease.Release(nil)
-	c.setState(stateIdle)
+	c.mu.Lock()
+	att.wrote = false
+	c.mu.Unlock()
+	if release {
+		att.lease.Release(nil)
+		c.setState(stateIdle)
+	}
 	if err := c.send(msgs...); err != nil {
 		_ = c.netConn.Close()
 	}
@@ -592,6 +606,7 @@ func (c *clientConn) failOnBackend(att *attachment, err error) error {
 	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	c.mu.Lock()
+	c.unpark(att)
 	att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: "dbproxy_fail"}, expectation{kind: '3', swallow: true})
 	att.inject(fr, &pgproto3.Parse{Name: "dbproxy_fail", Query: sql}, expectation{kind: '1', swallow: true, name: "\x00dbproxy_fail"})
 	att.inject(fr, &pgproto3.Bind{DestinationPortal: "dbproxy_fail", PreparedStatement: "dbproxy_fail"}, expectation{kind: '2', swallow: true})
@@ -640,6 +655,7 @@ func (c *clientConn) sendPreamble(att *attachment, preamble []string) error {
 	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	c.mu.Lock()
+	c.unpark(att)
 	att.transient = false
 	if len(preamble) > 0 {
 		att.outstanding++
@@ -650,4 +666,16 @@ func (c *clientConn) sendPreamble(att *attachment, preamble []string) error {
 	}
 	c.mu.Unlock()
 	return fr.Flush()
+}
+
+// unpark restarts the pump of a parked attachment before a request is
+// sent to it. Called with c.mu held, by the reader.
+func (c *clientConn) unpark(att *attachment) {
+	if !att.parked {
+		return
+	}
+	att.parked = false
+	att.done = make(chan struct{})
+	c.lastPump = att.done
+	go c.pump(att.ctx, att)
 }

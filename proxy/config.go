@@ -136,10 +136,6 @@ type Config struct {
 	// MaxStaleness is the default bound on standby lag for reads; a
 	// session changes it with SET dbproxy.max_staleness. Reloadable.
 	MaxStaleness time.Duration
-	// CausalWait bounds how long a read waits for a standby to replay a
-	// causal token before it goes to the primary. 0 = the replica set's
-	// own CatchUpWait.
-	CausalWait time.Duration
 	// ServerVersion is reported to clients until a backend has been seen.
 	ServerVersion string
 	// Logger receives connection-level events; nil discards.
@@ -181,7 +177,7 @@ func (c Config) Validate() error {
 	if c.MaxMessageBytes < 1024 {
 		return bad("MaxMessageBytes %d is below 1024", c.MaxMessageBytes)
 	}
-	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 || c.CausalWait < 0 {
+	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 {
 		return bad("negative limit or duration")
 	}
 	seen := map[string]bool{}

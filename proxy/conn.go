@@ -117,7 +117,7 @@ func (c *clientConn) setState(s connState) { c.srv.reg.transition(c, s) }
 func (c *clientConn) notifyShutdown() {
 	c.shutdown.Store(true)
 	c.mu.Lock()
-	attached := c.att != nil
+	attached := c.att != nil && !c.att.parked
 	c.mu.Unlock()
 	if !attached {
 		_ = c.netConn.SetReadDeadline(time.Now())
@@ -285,7 +285,9 @@ func (c *clientConn) stateAuth(ctx context.Context) stateFn {
 		c.srv.reg.rejected.Add(1)
 		return c.fail(err)
 	}
+	c.mu.Lock()
 	c.sess = sess
+	c.mu.Unlock()
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	params := c.srv.params()
 	for _, k := range []string{"application_name", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle", "extra_float_digits"} {

@@ -91,11 +91,13 @@ func (c *clientConn) showResult(name string) (*localResult, error) {
 // localDecision carries out a router decision that sends nothing.
 func (c *clientConn) localDecision(p plan) (*localResult, error) {
 	if st := p.stmt; st != nil {
+		c.mu.Lock()
 		if st.DeallocAll {
 			clear(c.sess.stmts)
 		} else if st.DeallocName != "" {
 			delete(c.sess.stmts, st.DeallocName)
 		}
+		c.mu.Unlock()
 	}
 	c.observeDetached(nil)
 	return &localResult{tag: p.tag}, nil
@@ -139,7 +141,9 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 	flush := false
 	switch m := m.(type) {
 	case *pgproto3.Parse:
+		c.mu.Lock()
 		c.sess.stmts[m.Name] = &preparedStmt{name: m.Name, query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: stmtHash(m.Query, m.ParameterOIDs)}
+		c.mu.Unlock()
 		out = append(out, &pgproto3.ParseComplete{})
 	case *pgproto3.Bind:
 		out = append(out, &pgproto3.BindComplete{})
@@ -160,7 +164,9 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 		}
 	case *pgproto3.Close:
 		if m.ObjectType == 'S' {
+			c.mu.Lock()
 			delete(c.sess.stmts, m.Name)
+			c.mu.Unlock()
 		}
 		out = append(out, &pgproto3.CloseComplete{})
 	case *pgproto3.Sync:

@@ -135,7 +135,14 @@ func (c *clientConn) releaseIdle(att *attachment) {
 		c.att = nil
 	}
 	att.released = true
+	parked := att.parked
 	c.mu.Unlock()
+	if parked {
+		<-att.done
+		att.cancel()
+		att.lease.Release(nil)
+		return
+	}
 	att.cancel()
 	<-att.done
 	att.lease.Discard(nil) // the pump was interrupted mid-read: state unknown

@@ -26,7 +26,7 @@ type proxyEnv struct {
 	ctx      context.Context
 }
 
-func startProxyClusters(t *testing.T, ctx context.Context) []*pgcluster.Cluster {
+func startProxyClusters(t testing.TB, ctx context.Context) []*pgcluster.Cluster {
 	t.Helper()
 	var out []*pgcluster.Cluster
 	for i := 0; i < 2; i++ {
@@ -48,7 +48,7 @@ func appConnString(n *pgcluster.Node) string {
 
 // startProxyEnv starts replica sets and a proxy over clusters. mut may
 // adjust the proxy config. Everything is stopped by t.Cleanup.
-func startProxyEnv(t *testing.T, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config)) *proxyEnv {
+func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config)) *proxyEnv {
 	t.Helper()
 	env := &proxyEnv{clusters: clusters, sets: map[shard.ID]*replica.Set{}, ctx: ctx}
 	for i, c := range clusters {
@@ -108,7 +108,7 @@ func (e *proxyEnv) url(extra string) string {
 // newProxyTestRouter routes over shards s0 and s1 (one per cluster).
 // Sharded tables: users(id int), events(user_id int), kv(k text).
 // Everything else (pgbench's tables included) lives on s0.
-func newProxyTestRouter(t *testing.T, clusters []*pgcluster.Cluster) *router.Router {
+func newProxyTestRouter(t testing.TB, clusters []*pgcluster.Cluster) *router.Router {
 	t.Helper()
 	spec := shard.TopologySpec{
 		Tables: []shard.TableSpec{

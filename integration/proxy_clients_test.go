@@ -319,10 +319,27 @@ func testProxySharding(t *testing.T, env *proxyEnv) {
 			other = id
 		}
 	}
-	tx.Rollback(ctx)
 	if other == 0 {
 		t.Fatal("all ids on one shard")
 	}
+	// As in PostgreSQL, the error aborted the transaction.
+	if _, err := tx.Exec(ctx, "select 1"); !errors.As(err, &pgErr) || pgErr.Code != "25P02" {
+		t.Fatalf("after a cross-shard error the transaction is not aborted: %v", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Same with the simple protocol.
+	pxExec(t, conn, "begin")
+	pxExec(t, conn, "update users set score = score where id = 1")
+	_, err = conn.Exec(ctx, fmt.Sprintf("update users set score = score where id = %d", other))
+	if !errors.As(err, &pgErr) || pgErr.Code != "0A000" {
+		t.Fatalf("cross-shard (simple): %v", err)
+	}
+	if _, err := conn.Exec(ctx, "select 1"); !errors.As(err, &pgErr) || pgErr.Code != "25P02" {
+		t.Fatalf("after a cross-shard error (simple) the transaction is not aborted: %v", err)
+	}
+	pxExec(t, conn, "rollback")
 }
 
 // valuesList renders the scores of users 1..n ((id % 10), 101 → 1) as a VALUES list.

@@ -122,6 +122,11 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 	}
 	p, err := c.decide(ctx, st, bind, ps)
 	if err != nil {
+		if att != nil && c.lastTxStatus() != 'I' {
+			pending := c.pending
+			c.pending = nil
+			return c.failInTransaction(att, err, pending...)
+		}
 		return c.localError(err, true)
 	}
 	switch {

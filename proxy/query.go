@@ -29,6 +29,11 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	}
 	p, err := c.decide(ctx, st, nil, nil)
 	if err != nil {
+		if att != nil && c.lastTxStatus() != 'I' {
+			// Inside a transaction an error aborts it, as in PostgreSQL:
+			// let the backend raise it.
+			return c.failInTransaction(att, err, &pgproto3.Sync{})
+		}
 		return c.localError(err, false)
 	}
 	switch {
@@ -222,3 +227,26 @@ func (c *clientConn) flushClient() error {
 }
 
 var _ = fmt.Sprint
+
+func (c *clientConn) lastTxStatus() byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastTx
+}
+
+// failInTransaction reports a routing error inside an open transaction
+// through the transaction's backend, which aborts the transaction ('E')
+// exactly as an error of its own would; then sends end (Sync for a
+// simple Query, or the rest of the extended batch) so the client gets its
+// ReadyForQuery from the backend.
+func (c *clientConn) failInTransaction(att *attachment, err error, rest ...pgproto3.FrontendMessage) stateFn {
+	if ferr := c.failOnBackend(att, err); ferr != nil {
+		return c.backendFailed(att, ferr)
+	}
+	for _, m := range rest {
+		if ferr := c.forward(att, m); ferr != nil {
+			return c.backendFailed(att, ferr)
+		}
+	}
+	return c.stateAttached
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	_ "github.com/lib/pq"
 
 	"github.com/dbproxy/dbproxy/proxy"
@@ -264,6 +265,17 @@ func testProxySharding(t *testing.T, env *proxyEnv) {
 	}
 	if avgText != want {
 		t.Errorf("avg across shards %q, PostgreSQL says %q", avgText, want)
+	}
+	// The same in binary (pgx asks for binary numeric in the extended protocol).
+	var avgNum, wantNum pgtype.Numeric
+	if err := conn.QueryRow(ctx, "select avg(score), count(score) from users").Scan(&avgNum, &cnt); err != nil || cnt != 101 {
+		t.Fatalf("binary avg: %v %d", err, cnt)
+	}
+	if err := conn.QueryRow(ctx, "select $1::numeric", want).Scan(&wantNum); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := avgNum.Float64Value(); a.Float64 != func() float64 { w, _ := wantNum.Float64Value(); return w.Float64 }() {
+		t.Errorf("binary avg %v, want %v", a.Float64, want)
 	}
 	rows, err := conn.Query(ctx, "select id, name from users order by id desc limit 5 offset 2")
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
+	"golang.org/x/sync/errgroup"
 )
 
 // defaultShard is where statements without tables go.
@@ -54,17 +55,42 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 	} else if ps != nil {
 		sql = ps.query
 	}
-	var results []shardResult
+	results := make([]shardResult, len(p.targets))
 	var paramOIDs []uint32
-	for i, t := range p.targets {
-		r, oids, err := c.runOnShard(ctx, t, sql, bind, ps, i == 0 && bind != nil)
-		if err != nil {
-			return nil, fmt.Errorf("shard %d: %w", t.shard, err)
+	read := p.merge != nil || (p.stmt != nil && p.stmt.Kind == router.KindRead)
+	if read {
+		// Reads run on all shards at once (each on its own lease); the
+		// goroutines are waited for here.
+		g, gctx := errgroup.WithContext(ctx)
+		for i, t := range p.targets {
+			g.Go(func() error {
+				r, oids, err := c.runOnShard(gctx, t, sql, bind, ps, i == 0 && bind != nil)
+				if err != nil {
+					return fmt.Errorf("shard %d: %w", t.shard, err)
+				}
+				results[i] = r
+				if i == 0 {
+					paramOIDs = oids
+				}
+				return nil
+			})
 		}
-		if i == 0 {
-			paramOIDs = oids
+		if err := g.Wait(); err != nil {
+			return nil, err
 		}
-		results = append(results, r)
+	} else {
+		// Broadcasts (DDL, ...) run shard by shard and stop at the first
+		// error, so a bad statement fails on one shard only.
+		for i, t := range p.targets {
+			r, oids, err := c.runOnShard(ctx, t, sql, bind, ps, i == 0 && bind != nil)
+			if err != nil {
+				return nil, fmt.Errorf("shard %d: %w", t.shard, err)
+			}
+			if i == 0 {
+				paramOIDs = oids
+			}
+			results[i] = r
+		}
 	}
 	res := &localResult{paramOIDs: paramOIDs}
 	first := results[0]
@@ -272,11 +298,13 @@ func aggregate(m *router.MergePlan, fields []pgproto3.FieldDescription, rows [][
 					return nil, err
 				}
 				if a.Func == router.AggAvg {
+					// Kept apart from an AggCount of the same column, which
+					// would otherwise be counted twice.
 					ci := col(a.CountColumn)
-					cc := sums[gi][ci]
+					cc := sums[gi][avgKey(ci)]
 					if cc == nil {
 						cc = &acc{}
-						sums[gi][ci] = cc
+						sums[gi][avgKey(ci)] = cc
 					}
 					if err := cc.add(fields[ci].DataTypeOID, r[ci]); err != nil {
 						return nil, err
@@ -312,7 +340,10 @@ func aggregate(m *router.MergePlan, fields []pgproto3.FieldDescription, rows [][
 			case router.AggCount, router.AggSum:
 				out[gi][i] = sums[gi][i].text(a.Func == router.AggCount)
 			case router.AggAvg:
-				out[gi][i] = sums[gi][i].avg(sums[gi][col(a.CountColumn)], isFloat(fields[i].DataTypeOID))
+				ci := col(a.CountColumn)
+				cnt := sums[gi][avgKey(ci)]
+				out[gi][i] = sums[gi][i].avg(cnt, isFloat(fields[i].DataTypeOID))
+				out[gi][ci] = cnt.text(true)
 			}
 		}
 	}
@@ -322,6 +353,9 @@ func aggregate(m *router.MergePlan, fields []pgproto3.FieldDescription, rows [][
 	}
 	return out, nil
 }
+
+// avgKey is where the count of an average is accumulated.
+func avgKey(countCol int) int { return -1 - countCol }
 
 // acc sums text values exactly (big.Rat) or as floats.
 type acc struct {

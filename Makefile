@@ -2,12 +2,14 @@
 GO ?= go
 # Debian packages the embedded default and the tests use: PostgreSQL 15
 # server and client (clusters, pgbench), psycopg2 (client test), mmdebstrap
-# (container images of internal/testbed).
-DEB_PKGS := postgresql-15 postgresql-client-15 python3-psycopg2 mmdebstrap iproute2
-# Packages whose tests need containers (Docker) or start many clusters run
-# without the race detector, one package at a time; the rest run with it.
-SLOW_PKGS := ./integration/... ./internal/testbed/...
-UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /integration -e /internal/testbed)
+# (container images of internal/testbed), PgBouncer and Pgpool-II (the
+# benchmark harness's comparison targets).
+DEB_PKGS := postgresql-15 postgresql-client-15 python3-psycopg2 mmdebstrap iproute2 pgbouncer pgpool2
+# Packages whose tests need containers (Docker), start many clusters or run
+# the benchmark harness's smoke mode run without the race detector, one
+# package at a time; the rest run with it.
+SLOW_PKGS := ./integration/... ./internal/testbed/... ./bench/...
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /integration -e /internal/testbed -e /bench)
 
 .PHONY: up test deps postgres vet fmt-check unit integration build
 

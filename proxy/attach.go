@@ -183,6 +183,15 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 	fr := att.conn.Frontend()
 	flush := false
 	c.mu.Lock()
+	if att.released {
+		// The pump gave the backend back meanwhile (only possible for a
+		// Flush sent between transactions): nothing is left to flush.
+		c.mu.Unlock()
+		if _, ok := msg.(*pgproto3.Flush); ok {
+			return c.flushClient()
+		}
+		return errNoBackend
+	}
 	c.unpark(att)
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
@@ -504,11 +513,13 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 		}
 	}
 	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: tx})
+	c.invalidateCacheWrites() // before the client may read again
 	c.mu.Lock()
 	att.wrote = false
 	c.mu.Unlock()
 	if release {
 		att.lease.Release(nil)
+		att.cancel() // drop the pump's context from the connection's
 		c.setState(stateIdle)
 	}
 	if err := c.send(msgs...); err != nil {
@@ -535,6 +546,7 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	att.lease.Discard(err)
+	att.cancel()
 	if ending {
 		return
 	}

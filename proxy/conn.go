@@ -52,6 +52,7 @@ type clientConn struct {
 	pending    []pgproto3.FrontendMessage // buffered extended-protocol messages (copies) awaiting a route
 	skipToSync bool                       // a local error was sent: drop messages until Sync
 	localBatch *localResult               // the current batch is answered by the proxy
+	cacheState cacheConnState             // result cache bookkeeping (cache.go)
 
 	mu          sync.Mutex
 	cond        *sync.Cond

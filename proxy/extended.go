@@ -20,6 +20,11 @@ const maxPending = 256
 // decide the shard), or Sync/Flush/Execute for batches without a Bind
 // (Parse+Describe, as drivers do to prepare).
 func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMessage) stateFn {
+	if c.cacheState.batch != nil {
+		if next, ok := c.answerCachedMessage(msg); ok {
+			return next
+		}
+	}
 	if c.localBatch != nil {
 		if next := c.answerLocalMessage(msg); next != nil {
 			return next
@@ -144,6 +149,9 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 			return c.localError(err, true)
 		}
 		return c.startLocalBatch(res)
+	}
+	if next, ok := c.cachedBatchStart(ctx, att, p, st, bind, ps); ok {
+		return next
 	}
 	att, err = c.use(ctx, att, p)
 	if err != nil {

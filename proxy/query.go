@@ -50,6 +50,9 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 		}
 		return c.answerLocal(res, nil)
 	}
+	if next, ok := c.cachedQuery(ctx, att, p, st, m.String); ok {
+		return next
+	}
 	att, err = c.use(ctx, att, p)
 	if err != nil {
 		return c.localError(err, false)
@@ -168,6 +171,7 @@ func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 	defer c.mu.Unlock()
 	if att.primary && writes(st) {
 		att.wrote = true
+		c.noteCacheWrite(st)
 	}
 }
 

@@ -18,6 +18,7 @@ type target struct {
 	shard   shard.ID
 	primary bool
 	pick    replica.PickRequest
+	name    string // the shard's name (cache keys)
 }
 
 // plan is the proxy's reading of a router.Decision.
@@ -30,6 +31,9 @@ type plan struct {
 	sql      string   // multi-shard rewrite ("" = as received)
 	merge    *router.MergePlan
 	stmt     *router.Statement
+
+	cacheable bool              // Decision.Cacheable (see cache.go)
+	eff       *router.Statement // Decision.Statement: the statement routed (for EXECUTE, the prepared one)
 }
 
 func (s *Server) newSession(ctx context.Context, c *clientConn) (*session, error) {
@@ -171,13 +175,13 @@ func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgp
 }
 
 func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
-	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge}
+	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge, cacheable: d.Cacheable, eff: d.Statement}
 	if d.Action == router.ActionLocal {
 		p.local = true
 		return p
 	}
 	for _, sh := range d.Shards {
-		t := target{shard: sh.ID, primary: d.Target == router.TargetPrimary}
+		t := target{shard: sh.ID, primary: d.Target == router.TargetPrimary, name: sh.Name}
 		if !t.primary {
 			t.pick = replica.PickRequest{MinLSN: sh.MinLSN, MaxStaleness: d.MaxStaleness}
 		}

@@ -27,7 +27,9 @@ type Deps struct {
 	Router *router.Router
 	// Shards holds one replica set per shard of the router's topology.
 	Shards map[shard.ID]*replica.Set
-	// Cache is accepted for future use and ignored today.
+	// Cache, when non-nil, serves cacheable reads and is told about the
+	// proxy's committed writes (see cache.go). Its change streams are the
+	// caller's to start.
 	Cache *cache.Cache
 	// Logger overrides Config.Logger when non-nil.
 	Logger *slog.Logger
@@ -40,6 +42,7 @@ type Server struct {
 	log    *slog.Logger
 	router *router.Router
 	shards map[shard.ID]*replica.Set
+	cache  *cache.Cache // nil: no result cache
 
 	live atomic.Pointer[liveConfig] // the reloadable part
 
@@ -96,6 +99,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:       log,
 		router:    deps.Router,
 		shards:    deps.Shards,
+		cache:     deps.Cache,
 		reg:       newRegistry(),
 		listeners: map[net.Listener]struct{}{},
 		closing:   make(chan struct{}),

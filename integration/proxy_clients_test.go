@@ -156,6 +156,46 @@ func testProxyPgxBasics(t *testing.T, env *proxyEnv) {
 
 func testProxySessionReplay(t *testing.T, env *proxyEnv) {
 	ctx := env.ctx
+	// Same statement name, different SQL, in two sessions sharing the
+	// backends (JDBC's S_1, S_2, ... collide like this): each session
+	// always runs its own statement.
+	a, err := pgconn.Connect(ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	b, err := pgconn.Connect(ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	if _, err := a.Prepare(ctx, "S_1", "select 'a' || $1::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prepare(ctx, "S_1", "select 'b' || $1::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		for _, c := range []struct {
+			conn *pgconn.PgConn
+			want string
+		}{{a, "a"}, {b, "b"}} {
+			r := c.conn.ExecPrepared(ctx, "S_1", [][]byte{[]byte(fmt.Sprint(i))}, nil, nil).Read()
+			if r.Err != nil || string(r.Rows[0][0]) != fmt.Sprint(c.want, i) {
+				t.Fatalf("statement S_1 of session %s: %v %v", c.want, r.Err, r.Rows)
+			}
+		}
+	}
+	// Deallocating and re-preparing under the same name works too.
+	if err := a.Deallocate(ctx, "S_1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Prepare(ctx, "S_1", "select 'c' || $1::text", nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.ExecPrepared(ctx, "S_1", [][]byte{[]byte("x")}, nil, nil).Read(); r.Err != nil || string(r.Rows[0][0]) != "cx" {
+		t.Fatalf("re-prepared S_1: %v %v", r.Err, r.Rows)
+	}
 	// Several sessions with different settings share the backends; each
 	// must always see its own settings, and its prepared statements.
 	var wg sync.WaitGroup

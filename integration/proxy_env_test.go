@@ -47,8 +47,9 @@ func appConnString(n *pgcluster.Node) string {
 }
 
 // startProxyEnv starts replica sets and a proxy over clusters. mut may
-// adjust the proxy config. Everything is stopped by t.Cleanup.
-func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config)) *proxyEnv {
+// adjust the proxy config, deps the proxy's Deps (a cache, for instance).
+// Everything is stopped by t.Cleanup.
+func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config), deps ...func(*proxy.Deps)) *proxyEnv {
 	t.Helper()
 	env := &proxyEnv{clusters: clusters, sets: map[shard.ID]*replica.Set{}, ctx: ctx}
 	for i, c := range clusters {
@@ -73,7 +74,11 @@ func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Clus
 		mut(&cfg)
 	}
 	env.cfg = cfg
-	srv, err := proxy.New(cfg, proxy.Deps{Router: newProxyTestRouter(t, clusters), Shards: env.sets})
+	d := proxy.Deps{Router: newProxyTestRouter(t, clusters), Shards: env.sets}
+	for _, f := range deps {
+		f(&d)
+	}
+	srv, err := proxy.New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}

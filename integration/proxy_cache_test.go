@@ -1,0 +1,546 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/cache"
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
+	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/jackc/pgx/v5"
+)
+
+// TestProxyCache runs the proxy with a result cache over two shards of
+// one primary and one streaming standby each: repeated reads are served
+// from memory in every query mode, writes made straight to PostgreSQL
+// reach readers within a bound, the proxy's own writes are read back by
+// their session, and pgbench hot-set reads are mostly hits.
+func TestProxyCache(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	enableCacheStreams(t, ctx, clusters)
+	cc := startProxyCache(t, ctx, clusters)
+	env := startProxyEnv(t, ctx, clusters, nil, func(d *proxy.Deps) { d.Cache = cc })
+
+	setup, err := pgx.Connect(ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer setup.Close(ctx)
+	for _, q := range []string{
+		`CREATE TABLE items (id int PRIMARY KEY, v bigint NOT NULL, name text, price numeric(10,2), at timestamptz, tags int[])`,
+		`INSERT INTO items SELECT g, g * 10, 'item ' || g, g + 0.25, '2024-01-02 03:04:05+00'::timestamptz + g * interval '1 day', ARRAY[g, g+1] FROM generate_series(1, 200) g`,
+	} {
+		if _, err := setup.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Run("Hit", func(t *testing.T) { testProxyCacheHit(t, ctx, env, cc, clusters) })
+	t.Run("DirectWriteDelay", func(t *testing.T) { testProxyCacheDelay(t, ctx, env, cc, clusters) })
+	t.Run("ProxyWrite", func(t *testing.T) { testProxyCacheProxyWrite(t, ctx, env, cc) })
+	t.Run("Pgbench", func(t *testing.T) { testProxyCachePgbench(t, ctx, env, cc) })
+}
+
+// startProxyCache creates a cache with a change stream on every primary
+// (shards s0, s1) and waits for the streams to be up.
+func startProxyCache(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster) *cache.Cache {
+	t.Helper()
+	cfg := cache.DefaultConfig()
+	cfg.TTL = 10 * time.Minute // invalidation, not expiry, must drop entries here
+	cc, err := cache.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := cc.Close(cctx); err != nil {
+			t.Errorf("cache Close: %v", err)
+		}
+	})
+	for i, c := range clusters {
+		sc := cache.DefaultStreamConfig()
+		sc.Shard = fmt.Sprintf("s%d", i)
+		sc.ConnString = appConnString(c.Primary())
+		sc.Publication = "dbproxy_cache"
+		if err := cc.Watch(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range clusters {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := cc.WaitUp(wctx, fmt.Sprintf("s%d", i))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cc
+}
+
+// picks is the number of replica picks over every shard.
+func (e *proxyEnv) picks() uint64 {
+	var n uint64
+	for _, s := range e.sets {
+		for _, ns := range s.Stats() {
+			n += ns.Picks
+		}
+	}
+	return n
+}
+
+type itemRow struct {
+	id    int32
+	v     int64
+	name  string
+	price string
+	at    time.Time
+	tags  []int32
+	oids  []uint32
+	names []string
+}
+
+const itemQuery = `SELECT id, v, name, price::text, at, tags FROM items WHERE id = $1`
+
+func readItem(ctx context.Context, conn *pgx.Conn, id int) (itemRow, error) {
+	var r itemRow
+	rows, err := conn.Query(ctx, itemQuery, id)
+	if err != nil {
+		return r, err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return r, err
+		}
+		return r, pgx.ErrNoRows
+	}
+	if err := rows.Scan(&r.id, &r.v, &r.name, &r.price, &r.at, &r.tags); err != nil {
+		return r, err
+	}
+	for _, f := range rows.FieldDescriptions() {
+		r.oids = append(r.oids, f.DataTypeOID)
+		r.names = append(r.names, f.Name)
+	}
+	if rows.Next() {
+		return r, fmt.Errorf("more than one row for id %d", id)
+	}
+	rows.Close()
+	return r, rows.Err()
+}
+
+func sameItem(a, b itemRow) bool {
+	return a.id == b.id && a.v == b.v && a.name == b.name && a.price == b.price && a.at.Equal(b.at) &&
+		slices.Equal(a.tags, b.tags) && slices.Equal(a.oids, b.oids) && slices.Equal(a.names, b.names)
+}
+
+// pollItem reads id until f accepts the row or the deadline passes.
+func pollItem(t testing.TB, ctx context.Context, conn *pgx.Conn, id int, within time.Duration, f func(itemRow) bool) (itemRow, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	var last itemRow
+	var lastErr error
+	for time.Since(start) < within {
+		r, err := readItem(ctx, conn, id)
+		if err == nil && f(r) {
+			return r, time.Since(start)
+		}
+		last, lastErr = r, err
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("item %d: condition not met within %v (last %+v, err %v)", id, within, last, lastErr)
+	return itemRow{}, 0
+}
+
+func testProxyCacheHit(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	direct, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	for i, mode := range []string{"simple_protocol", "exec", "describe_exec", "cache_describe", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			id := 10 + i
+			want, err := readItem(ctx, direct, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The first reads fill the cache (the standby may still be
+			// catching up with the inserts).
+			first, _ := pollItem(t, ctx, conn, id, 30*time.Second, func(r itemRow) bool { return r.id == int32(id) })
+			if !sameItem(first, want) {
+				t.Fatalf("through the proxy %+v, directly %+v", first, want)
+			}
+			// Ristretto admits a stored entry asynchronously: within a few
+			// reads the entry must be served.
+			hit := false
+			for try := 0; try < 50 && !hit; try++ {
+				s0, p0 := cc.Stats(), env.picks()
+				got, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s1, p1 := cc.Stats(), env.picks()
+				if !sameItem(got, want) {
+					t.Fatalf("read %d: %+v, want %+v", try, got, want)
+				}
+				hit = s1.Hits == s0.Hits+1 && p1 == p0
+				if !hit {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			if !hit {
+				t.Fatalf("no cache hit within 50 reads: %+v", cc.Stats())
+			}
+			// From then on every read is a hit and picks no replica.
+			s0, p0 := cc.Stats(), env.picks()
+			for n := 0; n < 20; n++ {
+				got, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !sameItem(got, want) {
+					t.Fatalf("hit %d: %+v, want %+v", n, got, want)
+				}
+			}
+			s1, p1 := cc.Stats(), env.picks()
+			if s1.Hits != s0.Hits+20 || p1 != p0 || s1.Fills != s0.Fills {
+				t.Fatalf("20 repeated reads: hits +%d, fills +%d, picks +%d; want 20 hits, no fill, no pick", s1.Hits-s0.Hits, s1.Fills-s0.Fills, p1-p0)
+			}
+			// A nocache hint bypasses the cache.
+			var v int64
+			if err := conn.QueryRow(ctx, `/* dbproxy: nocache */ SELECT v FROM items WHERE id = $1`, id).Scan(&v); err != nil || v != want.v {
+				t.Fatalf("nocache read: %d, %v", v, err)
+			}
+			if s2 := cc.Stats(); s2.Hits != s1.Hits || s2.Misses != s1.Misses {
+				t.Fatalf("nocache read went through the cache: %+v", s2)
+			}
+		})
+	}
+	// An Execute with a row limit is suspended and resumed from the cached
+	// result (pgconn portal with MaxRows through the extended protocol).
+	t.Run("MultiRowAndEmpty", func(t *testing.T) {
+		conn, err := pgx.Connect(ctx, env.dsn(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		q := `SELECT id, name FROM items WHERE id BETWEEN $1 AND $2 ORDER BY id`
+		for round := 0; round < 5; round++ {
+			rows, err := conn.Query(ctx, q, 50, 59)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ids []int32
+			for rows.Next() {
+				var id int32
+				var name string
+				if err := rows.Scan(&id, &name); err != nil {
+					t.Fatal(err)
+				}
+				if name != fmt.Sprintf("item %d", id) {
+					t.Fatalf("row %d: name %q", id, name)
+				}
+				ids = append(ids, id)
+			}
+			if rows.Err() != nil || len(ids) != 10 || ids[0] != 50 || ids[9] != 59 {
+				t.Fatalf("round %d: ids %v, err %v", round, ids, rows.Err())
+			}
+			var n int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM items WHERE id > $1`, 100000).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("count: %d %v", n, err)
+			}
+			rows, err = conn.Query(ctx, `SELECT id FROM items WHERE id = $1`, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rows.Next() {
+				t.Fatal("row for id -1")
+			}
+			rows.Close()
+			if rows.Err() != nil || rows.CommandTag().String() != "SELECT 0" {
+				t.Fatalf("empty result: tag %q, err %v", rows.CommandTag(), rows.Err())
+			}
+		}
+		// A read that fails on the server fails the same way (the fill's
+		// error is not cached; the request runs on a backend).
+		for round := 0; round < 2; round++ {
+			var x int
+			err := conn.QueryRow(ctx, `SELECT v / (id - id) FROM items WHERE id = $1`, 3).Scan(&x)
+			if err == nil || !strings.Contains(err.Error(), "22012") {
+				t.Fatalf("division by zero: %v", err)
+			}
+			if err := conn.QueryRow(ctx, `SELECT 1`).Scan(&x); err != nil || x != 1 {
+				t.Fatalf("after error: %v", err)
+			}
+		}
+	})
+}
+
+func testProxyCacheDelay(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	direct, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			const id = 7
+			const trials = 100
+			delays := make([]time.Duration, 0, trials)
+			hitsBefore := 0
+			for i := 0; i < trials; i++ {
+				cur, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Make sure the current value is cached before the write.
+				for try := 0; try < 50; try++ {
+					s0 := cc.Stats()
+					if _, err := readItem(ctx, conn, id); err != nil {
+						t.Fatal(err)
+					}
+					if cc.Stats().Hits > s0.Hits {
+						hitsBefore++
+						break
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				nv := cur.v + 1
+				if _, err := direct.Exec(ctx, `UPDATE items SET v = $1 WHERE id = $2`, nv, id); err != nil {
+					t.Fatal(err)
+				}
+				_, d := pollItem(t, ctx, conn, id, 10*time.Second, func(r itemRow) bool { return r.v == nv })
+				delays = append(delays, d)
+			}
+			slices.Sort(delays)
+			t.Logf("%s: write straight to the primary -> new value through the cached proxy, %d trials (%d with the old value cached): median %v, p90 %v, worst %v; invalidation lag %+v",
+				mode, trials, hitsBefore, delays[trials/2], delays[trials*9/10], delays[trials-1], cc.Stats().InvalidationLag)
+			if hitsBefore < trials/2 {
+				t.Fatalf("the old value was cached before only %d of %d writes", hitsBefore, trials)
+			}
+		})
+	}
+}
+
+func testProxyCacheProxyWrite(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			const id = 8
+			for i := 0; i < 30; i++ {
+				cur, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := readItem(ctx, conn, id); err != nil { // likely a hit
+					t.Fatal(err)
+				}
+				nv := cur.v + 1
+				if _, err := conn.Exec(ctx, `UPDATE items SET v = $1 WHERE id = $2`, nv, id); err != nil {
+					t.Fatal(err)
+				}
+				// Read-your-writes: the session's causal token keeps the
+				// old entry from being served.
+				got, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.v != nv {
+					t.Fatalf("trial %d: read %d after writing %d in the same session", i, got.v, nv)
+				}
+			}
+			if cc.Stats().Invalidations == 0 {
+				t.Fatal("no invalidations recorded")
+			}
+		})
+	}
+}
+
+var (
+	pgbenchTxRE     = regexp.MustCompile(`number of transactions actually processed: ([0-9]+)`)
+	pgbenchFailedRE = regexp.MustCompile(`number of failed transactions: ([0-9]+)`)
+)
+
+const hotSetScript = "\\set aid random(1, 1000)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
+
+func testProxyCachePgbench(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	pgbench := pgBin(t, "pgbench")
+	runClient(t, env, "", pgbench, "-i", "-s", "1", "-q")
+	script := filepath.Join(t.TempDir(), "hot.sql")
+	if err := os.WriteFile(script, []byte(hotSetScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"simple", "prepared", "extended"} {
+		s0 := cc.Stats()
+		out := runClient(t, env, "", pgbench, "-n", "-f", script, "-T", "5", "-c", "8", "-j", "2", "-M", mode)
+		s1 := cc.Stats()
+		m := pgbenchFailedRE.FindStringSubmatch(out)
+		if m == nil || m[1] != "0" {
+			t.Fatalf("pgbench -M %s:\n%s", mode, out)
+		}
+		hits, misses := s1.Hits-s0.Hits, s1.Misses-s0.Misses
+		ratio := float64(hits) / float64(max(hits+misses, 1))
+		tx := pgbenchTxRE.FindStringSubmatch(out)
+		t.Logf("pgbench hot set -M %s: %s transactions, cache hits %d, misses %d, hit ratio %.3f", mode, tx[1], hits, misses, ratio)
+		if ratio <= 0.9 {
+			t.Errorf("-M %s: hit ratio %.3f, want > 0.9", mode, ratio)
+		}
+	}
+}
+
+// BenchmarkProxyCacheHotSet compares pgbench hot-set reads (1000 accounts,
+// 16 clients, 10 s) through the proxy with the result cache and directly
+// against shard 0's primary, for -M simple and -M prepared, interleaved
+// in one run; it reports tps and the CPU time of the PostgreSQL
+// processes (primary and standby) per transaction. It asserts nothing
+// about speed.
+//
+//	go test ./integration/ -run XXX -bench ProxyCacheHotSet -benchtime 1x -v
+func BenchmarkProxyCacheHotSet(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(b, ctx)
+	enableCacheStreams(b, ctx, clusters)
+	cc := startProxyCache(b, ctx, clusters)
+	env := startProxyEnv(b, ctx, clusters, nil, func(d *proxy.Deps) { d.Cache = cc })
+	pgbench := "/usr/lib/postgresql/15/bin/pgbench"
+	script := filepath.Join(b.TempDir(), "hot.sql")
+	if err := os.WriteFile(script, []byte(hotSetScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	proxyEnv := clientEnv(env)
+	p := clusters[0].Primary()
+	directEnv := append(os.Environ(), "PGHOST="+p.Host, fmt.Sprintf("PGPORT=%d", p.Port), "PGUSER=app", "PGPASSWORD=app", "PGDATABASE=app", "PGSSLMODE=disable")
+	cmd := exec.CommandContext(ctx, pgbench, "-i", "-s", "1", "-q")
+	cmd.Env = proxyEnv
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	// run returns tps and PostgreSQL CPU seconds per transaction.
+	run := func(dsnEnv []string, mode string) (float64, float64) {
+		cpu0 := postgresCPU(b, clusters[0])
+		cmd := exec.CommandContext(ctx, pgbench, "-n", "-f", script, "-c", "16", "-j", "4", "-T", "10", "-M", mode)
+		cmd.Env = dsnEnv
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			b.Fatalf("pgbench -M %s: %v\n%s", mode, err, out)
+		}
+		cpu := postgresCPU(b, clusters[0]) - cpu0
+		m := tpsRE.FindSubmatch(out)
+		n := pgbenchTxRE.FindSubmatch(out)
+		if m == nil || n == nil {
+			b.Fatalf("no tps in:\n%s", out)
+		}
+		tps, _ := strconv.ParseFloat(string(m[1]), 64)
+		tx, _ := strconv.ParseFloat(string(n[1]), 64)
+		return tps, cpu / max(tx, 1)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, mode := range []string{"simple", "prepared"} {
+			var direct, proxied, directCPU, proxiedCPU float64
+			s0 := cc.Stats()
+			for round := 0; round < 2; round++ {
+				tps, cpu := run(directEnv, mode)
+				direct, directCPU = direct+tps, directCPU+cpu
+				tps, cpu = run(proxyEnv, mode)
+				proxied, proxiedCPU = proxied+tps, proxiedCPU+cpu
+			}
+			s1 := cc.Stats()
+			hits, misses := s1.Hits-s0.Hits, s1.Misses-s0.Misses
+			b.ReportMetric(direct/2, "tps-direct-"+mode)
+			b.ReportMetric(proxied/2, "tps-proxy-cache-"+mode)
+			b.Logf("%s: direct %.0f tps, proxy+cache %.0f tps (%.2fx); PostgreSQL CPU per transaction: direct %.1f µs, proxy+cache %.1f µs (%.1f%%); hit ratio %.4f",
+				mode, direct/2, proxied/2, proxied/direct, 1e6*directCPU/2, 1e6*proxiedCPU/2, 100*proxiedCPU/directCPU,
+				float64(hits)/float64(max(hits+misses, 1)))
+		}
+	}
+}
+
+// postgresCPU returns the CPU seconds (user + system) used so far by the
+// live processes of every node of c: each postmaster and its children.
+// Processes that exited between samples (none with pooled connections)
+// are not counted.
+func postgresCPU(t testing.TB, c *pgcluster.Cluster) float64 {
+	t.Helper()
+	roots := map[int]bool{}
+	for _, n := range c.Nodes() {
+		b, err := os.ReadFile(filepath.Join(n.Dir, "postmaster.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots[pid] = true
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticks uint64
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, ut, st, ok := procStat(pid)
+		if ok && (roots[pid] || roots[ppid]) {
+			ticks += ut + st
+		}
+	}
+	return float64(ticks) / 100 // USER_HZ
+}
+
+// procStat reads ppid, utime and stime from /proc/pid/stat.
+func procStat(pid int) (ppid int, utime, stime uint64, ok bool) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, 0, false
+	}
+	defer f.Close()
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil && line == "" {
+		return 0, 0, 0, false
+	}
+	i := strings.LastIndexByte(line, ')')
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	fields := strings.Fields(line[i+1:]) // fields[0] is state (field 3)
+	if len(fields) < 13 {
+		return 0, 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(fields[1])
+	utime, _ = strconv.ParseUint(fields[11], 10, 64)
+	stime, _ = strconv.ParseUint(fields[12], 10, 64)
+	return ppid, utime, stime, true
+}

@@ -18,6 +18,8 @@ import (
 	"github.com/dbproxy/dbproxy/internal/pgcluster"
 	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestProxyCache runs the proxy with a result cache over two shards of
@@ -47,6 +49,7 @@ func TestProxyCache(t *testing.T) {
 		}
 	}
 	t.Run("Hit", func(t *testing.T) { testProxyCacheHit(t, ctx, env, cc, clusters) })
+	t.Run("WireExact", func(t *testing.T) { testProxyCacheWire(t, ctx, env, cc, clusters) })
 	t.Run("DirectWriteDelay", func(t *testing.T) { testProxyCacheDelay(t, ctx, env, cc, clusters) })
 	t.Run("ProxyWrite", func(t *testing.T) { testProxyCacheProxyWrite(t, ctx, env, cc) })
 	t.Run("Pgbench", func(t *testing.T) { testProxyCachePgbench(t, ctx, env, cc) })
@@ -484,10 +487,10 @@ func BenchmarkProxyCacheHotSet(b *testing.B) {
 	}
 }
 
-// postgresCPU returns the CPU seconds (user + system) used so far by the
-// live processes of every node of c: each postmaster and its children.
-// Processes that exited between samples (none with pooled connections)
-// are not counted.
+// postgresCPU returns the CPU seconds (user + system) used so far by
+// every node of c: each postmaster, its live children, and the children
+// it has reaped (the postmaster's cutime and cstime), so backends of
+// connections that ended between two samples are counted.
 func postgresCPU(t testing.TB, c *pgcluster.Cluster) float64 {
 	t.Helper()
 	roots := map[int]bool{}
@@ -512,16 +515,20 @@ func postgresCPU(t testing.TB, c *pgcluster.Cluster) float64 {
 		if err != nil {
 			continue
 		}
-		ppid, ut, st, ok := procStat(pid)
-		if ok && (roots[pid] || roots[ppid]) {
-			ticks += ut + st
+		ppid, own, reaped, ok := procStat(pid)
+		if ok && roots[pid] {
+			ticks += own + reaped
+		} else if ok && roots[ppid] {
+			ticks += own
 		}
 	}
 	return float64(ticks) / 100 // USER_HZ
 }
 
-// procStat reads ppid, utime and stime from /proc/pid/stat.
-func procStat(pid int) (ppid int, utime, stime uint64, ok bool) {
+// procStat reads from /proc/pid/stat the parent pid, the process's own
+// CPU ticks (utime + stime) and those of its reaped children (cutime +
+// cstime).
+func procStat(pid int) (ppid int, own, reaped uint64, ok bool) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, 0, 0, false
@@ -536,11 +543,116 @@ func procStat(pid int) (ppid int, utime, stime uint64, ok bool) {
 		return 0, 0, 0, false
 	}
 	fields := strings.Fields(line[i+1:]) // fields[0] is state (field 3)
-	if len(fields) < 13 {
+	if len(fields) < 15 {
 		return 0, 0, 0, false
 	}
 	ppid, _ = strconv.Atoi(fields[1])
-	utime, _ = strconv.ParseUint(fields[11], 10, 64)
-	stime, _ = strconv.ParseUint(fields[12], 10, 64)
-	return ppid, utime, stime, true
+	var v [4]uint64
+	for i := range v {
+		v[i], _ = strconv.ParseUint(fields[11+i], 10, 64)
+	}
+	return ppid, v[0] + v[1], v[2] + v[3], true
+}
+
+// wireExchange sends msgs on a new connection made with connString and
+// returns every message received up to the ReadyForQuery of the last of
+// syncs Sync/Query messages, encoded.
+func wireExchange(t *testing.T, ctx context.Context, connString string, msgs []pgproto3.FrontendMessage, syncs int) [][]byte {
+	t.Helper()
+	pc, err := pgconn.Connect(ctx, connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hj, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hj.Conn.Close()
+	_ = hj.Conn.SetDeadline(time.Now().Add(30 * time.Second))
+	fe := hj.Frontend
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for syncs > 0 {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %d messages: %v", len(out), err)
+		}
+		switch m.(type) {
+		case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse:
+			continue
+		case *pgproto3.ReadyForQuery:
+			syncs--
+		}
+		b, err := m.Encode(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// testProxyCacheWire compares, message by message and byte by byte, what
+// PostgreSQL answers directly with what the proxy answers for the same
+// requests, on a fill and then on hits: simple Query, Parse/Bind/Describe
+// portal/Execute with row limits (portal suspension), binary results
+// without Describe, and a named prepared statement.
+func testProxyCacheWire(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	q := `SELECT id, name, price, tags FROM items WHERE id BETWEEN $1 AND $2 ORDER BY id`
+	bind := func(stmt string, from, to string, formats ...int16) *pgproto3.Bind {
+		return &pgproto3.Bind{PreparedStatement: stmt, Parameters: [][]byte{[]byte(from), []byte(to)}, ResultFormatCodes: formats}
+	}
+	cases := []struct {
+		name  string
+		msgs  []pgproto3.FrontendMessage
+		syncs int
+	}{
+		{"Query", []pgproto3.FrontendMessage{&pgproto3.Query{String: `SELECT id, name, price, at FROM items WHERE id BETWEEN 20 AND 24 ORDER BY id`}}, 1},
+		{"DescribeExecuteRowLimits", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: q}, bind("", "30", "34"), &pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{MaxRows: 2}, &pgproto3.Execute{MaxRows: 3}, &pgproto3.Execute{}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, 1},
+		{"ExecuteRemainder", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: q}, bind("", "40", "44"), &pgproto3.Execute{MaxRows: 4}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, 1},
+		{"BinaryNoDescribe", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: q}, bind("", "50", "52", 1), &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, 1},
+		{"Empty", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: q}, bind("", "900", "901"), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		}, 1},
+		{"NamedStatement", []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{},
+			bind("s1", "60", "63", 0, 1, 0, 1), &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Close{ObjectType: 'P'}, &pgproto3.Sync{},
+			bind("s1", "60", "63", 0, 1, 0, 1), &pgproto3.Execute{}, &pgproto3.Sync{},
+			&pgproto3.Close{ObjectType: 'S', Name: "s1"}, &pgproto3.Sync{},
+		}, 4},
+	}
+	direct := appConnString(clusters[0].Primary())
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := wireExchange(t, ctx, direct, tc.msgs, tc.syncs)
+			s0 := cc.Stats()
+			for run := 0; run < 5; run++ {
+				got := wireExchange(t, ctx, env.dsn(""), tc.msgs, tc.syncs)
+				if len(got) != len(want) {
+					t.Fatalf("run %d: %d messages through the proxy, %d directly\nproxy:  %q\ndirect: %q", run, len(got), len(want), got, want)
+				}
+				for i := range want {
+					if string(got[i]) != string(want[i]) {
+						t.Fatalf("run %d: message %d through the proxy %q, directly %q", run, i, got[i], want[i])
+					}
+				}
+				time.Sleep(20 * time.Millisecond) // let the store admit the fill
+			}
+			if s1 := cc.Stats(); s1.Hits < s0.Hits+3 {
+				t.Fatalf("5 identical requests: %d hits, want at least 3", s1.Hits-s0.Hits)
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+	"strconv"
 
 	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/replica"
@@ -80,10 +81,12 @@ type cacheConnState struct {
 
 // cachedBatch is an extended-protocol batch answered from a cached result.
 type cachedBatch struct {
-	portal string
-	head   []byte // RowDescription or NoData message
-	body   []byte // DataRow messages and the CommandComplete not yet sent
-	done   bool   // an Execute ran the portal to completion
+	portal  string
+	head    []byte // RowDescription or NoData message
+	rows    []byte // DataRow messages not yet sent
+	tag     []byte // the CommandComplete message
+	partial bool   // an Execute with a row limit was suspended
+	done    bool   // an Execute ran the portal to completion
 }
 
 // cacheTarget reports whether the single-shard plan p of st may go
@@ -301,23 +304,31 @@ func nextMessage(b []byte) (int, byte, bool) {
 	return n + 1, b[0], true
 }
 
-// takeRows splits body (DataRows then CommandComplete) after at most
-// maxRows DataRows (0: all). suspended reports that rows remain.
-func takeRows(body []byte, maxRows uint32) (out, rest []byte, suspended bool) {
-	if maxRows == 0 {
-		return body, nil, false
-	}
+// splitTag splits a body validated by splitResult into its DataRows and
+// the final CommandComplete.
+func splitTag(body []byte) (rows, tag []byte) {
 	off := 0
-	for rows := uint32(0); ; rows++ {
-		n, typ, ok := nextMessage(body[off:])
-		if !ok || typ != 'D' {
-			return body, nil, false // the CommandComplete (validated by splitResult)
-		}
-		if rows == maxRows {
-			return body[:off], body[off:], true
+	for {
+		n, typ, _ := nextMessage(body[off:])
+		if typ != 'D' {
+			return body[:off], body[off:]
 		}
 		off += n
 	}
+}
+
+// takeRows splits rows (DataRow messages) after at most maxRows of them
+// (0: all) and returns how many it took.
+func takeRows(rows []byte, maxRows uint32) (n uint32, out, rest []byte) {
+	off := 0
+	for ; maxRows == 0 || n < maxRows; n++ {
+		m, _, ok := nextMessage(rows[off:])
+		if !ok {
+			break
+		}
+		off += m
+	}
+	return n, rows[:off], rows[off:]
 }
 
 // writeClient writes msgs, then raw wire bytes, then tail to the client,
@@ -411,6 +422,7 @@ func (c *clientConn) cachedBatchStart(ctx context.Context, att *attachment, p pl
 		return nil, false
 	}
 	head, body, _ := splitResult(v)
+	rows, tag := splitTag(body)
 	c.waitLastPump()
 	c.observeDetached(nil)
 	pending := c.pending
@@ -427,7 +439,7 @@ func (c *clientConn) cachedBatchStart(ctx context.Context, att *attachment, p pl
 		}
 	}
 	c.mu.Unlock()
-	c.cacheState.batch = &cachedBatch{portal: bind.DestinationPortal, head: head, body: body}
+	c.cacheState.batch = &cachedBatch{portal: bind.DestinationPortal, head: head, rows: rows, tag: tag}
 	if err := c.writeClient(out, nil, nil, false); err != nil {
 		return c.stateClosing, true
 	}
@@ -468,16 +480,22 @@ func (c *clientConn) answerCachedMessage(msg pgproto3.FrontendMessage) (next sta
 			}
 			break
 		}
-		rows, rest, suspended := takeRows(b.body, m.MaxRows)
+		// As PostgreSQL: a row limit reached suspends the portal (even
+		// with no rows left); the Execute that completes a suspended
+		// portal reports the rows it sent itself.
+		n, rows, rest := takeRows(b.rows, m.MaxRows)
 		raw = append(raw, rows)
-		if suspended {
-			b.body = rest
-			if err := c.writeClient(nil, raw, []pgproto3.BackendMessage{&pgproto3.PortalSuspended{}}, false); err != nil {
-				return c.stateClosing, true
-			}
-			return c.idleOrAttached(), true
+		if m.MaxRows > 0 && n == m.MaxRows {
+			b.rows, b.partial = rest, true
+			out = append(out, &pgproto3.PortalSuspended{})
+			break
 		}
-		b.body, b.done = nil, true
+		if b.partial {
+			out = append(out, &pgproto3.CommandComplete{CommandTag: []byte("SELECT " + strconv.FormatUint(uint64(n), 10))})
+		} else {
+			raw = append(raw, b.tag)
+		}
+		b.rows, b.done = nil, true
 	case *pgproto3.Close:
 		if m.ObjectType == 'S' {
 			c.mu.Lock()

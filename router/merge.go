@@ -1,8 +1,10 @@
 package router
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/proto"
@@ -88,6 +90,44 @@ type scatterPlan struct {
 const parseVersion int32 = 170007
 
 func refuse(why string) *scatterPlan { return &scatterPlan{refuse: why} }
+
+// lazyScatter plans a single top-level SELECT for several shards on first
+// use: planning clones and deparses the tree, which most statements (routed
+// to one shard) never need. The text is parsed again then; Parse is
+// deterministic, so the plan is the one the classified tree would give.
+// Safe for concurrent use (Statements are shared through the cache).
+type lazyScatter struct {
+	sql  string
+	once sync.Once
+	plan *scatterPlan
+}
+
+func (l *lazyScatter) get() *scatterPlan {
+	l.once.Do(func() {
+		l.plan = planScatterSQL(l.sql)
+	})
+	return l.plan
+}
+
+// planScatterSQL parses sql (one SELECT statement) and plans it with
+// planScatter, turning a parser surprise or an internal panic into a
+// refusal rather than a crash.
+func planScatterSQL(sql string) (sp *scatterPlan) {
+	defer func() {
+		if r := recover(); r != nil {
+			sp = refuse(fmt.Sprintf("an internal planning error (%v)", r))
+		}
+	}()
+	tree, err := pg_query.Parse(sql)
+	if err != nil || len(tree.Stmts) != 1 {
+		return refuse("a statement that could not be planned again")
+	}
+	sel := tree.Stmts[0].Stmt.GetSelectStmt()
+	if sel == nil {
+		return refuse("a statement that could not be planned again")
+	}
+	return planScatter(sel)
+}
 
 var mergeableAggs = map[string]AggFunc{"count": AggCount, "sum": AggSum, "min": AggMin, "max": AggMax, "avg": AggAvg}
 

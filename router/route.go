@@ -483,7 +483,7 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 			if eff.explain {
 				ids = ids[:1] // one shard's plan is representative
 			} else {
-				merge = eff.scatter
+				merge = eff.scatter.get()
 				if st.ExecuteName != "" {
 					return Decision{}, errorf(ErrUnsupported, "EXECUTE %s would need several shards", st.ExecuteName)
 				}
@@ -989,9 +989,9 @@ func (r *Router) checkMultiShard(tv *topoView, st *Statement) error {
 		return errorf(ErrShardKeyRequired, "table %s is sharded by (%s) and this %s cannot run on several shards; fix the shard key",
 			name, cols, st.Command)
 	}
-	if st.scatter.refuse != "" {
+	if sp := st.scatter.get(); sp.refuse != "" {
 		return errorf(ErrShardKeyRequired, "table %s is sharded by (%s) and the statement needs several shards, but %s is not supported; fix the shard key",
-			name, cols, st.scatter.refuse)
+			name, cols, sp.refuse)
 	}
 	return nil
 }

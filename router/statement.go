@@ -334,7 +334,7 @@ type Statement struct {
 
 	// analysis used by Route (unexported, immutable after Classify)
 	scopes         []scopeInfo  // per Scope: alternatives with column equalities (co-location)
-	scatter        *scatterPlan // single top-level SELECT: how to run it on several shards (nil if none)
+	scatter        *lazyScatter // single top-level SELECT: how to run it on several shards, planned on first use (nil if none)
 	broadcast      bool         // DDL, TRUNCATE, VACUUM, CHECKPOINT: every shard
 	mixedBroadcast bool         // multi-statement string mixing a broadcast with row writes
 	explain        bool         // EXPLAIN: one shard is representative, never scattered

@@ -96,7 +96,7 @@ func classify(sql string) (*Statement, error) {
 	st.Keys = resolveKeys(st)
 	if len(tree.Stmts) == 1 && st.Kind == KindRead && !st.explain {
 		if sel := tree.Stmts[0].Stmt.GetSelectStmt(); sel != nil {
-			st.scatter = planScatter(sel)
+			st.scatter = &lazyScatter{sql: sql}
 		}
 	}
 	return st, nil

@@ -48,11 +48,75 @@ func TestProxyCache(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
+	// The setup's commits invalidate items when the change stream applies
+	// them; wait for that so entries filled from now on stay valid.
+	waitCacheApplied(t, ctx, cc, clusters)
 	t.Run("Hit", func(t *testing.T) { testProxyCacheHit(t, ctx, env, cc, clusters) })
 	t.Run("WireExact", func(t *testing.T) { testProxyCacheWire(t, ctx, env, cc, clusters) })
 	t.Run("DirectWriteDelay", func(t *testing.T) { testProxyCacheDelay(t, ctx, env, cc, clusters) })
 	t.Run("ProxyWrite", func(t *testing.T) { testProxyCacheProxyWrite(t, ctx, env, cc) })
+	t.Run("SessionPooling", func(t *testing.T) {
+		senv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession }, func(d *proxy.Deps) { d.Cache = cc })
+		testProxyCacheSession(t, ctx, senv, cc)
+	})
 	t.Run("Pgbench", func(t *testing.T) { testProxyCachePgbench(t, ctx, env, cc) })
+}
+
+// testProxyCacheSession checks hits while the client keeps a parked
+// backend (session pooling), and read-your-writes on that backend.
+func testProxyCacheSession(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	for _, mode := range []string{"simple_protocol", "cache_statement"} {
+		t.Run(mode, func(t *testing.T) {
+			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			const id = 9
+			// A statement that keeps a backend parked for the session.
+			if _, err := conn.Exec(ctx, `SELECT 1`); err != nil {
+				t.Fatal(err)
+			}
+			first, err := readItem(ctx, conn, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hits := 0
+			for n := 0; n < 30; n++ {
+				s0 := cc.Stats()
+				got, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !sameItem(got, first) {
+					t.Fatalf("read %d: %+v, want %+v", n, got, first)
+				}
+				if cc.Stats().Hits > s0.Hits {
+					hits++
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+			if hits < 20 {
+				t.Fatalf("%d hits in 30 repeated reads with a parked backend", hits)
+			}
+			for i := 0; i < 10; i++ {
+				nv := first.v + int64(i) + 1
+				if _, err := conn.Exec(ctx, `UPDATE items SET v = $1 WHERE id = $2`, nv, id); err != nil {
+					t.Fatal(err)
+				}
+				got, err := readItem(ctx, conn, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.v != nv {
+					t.Fatalf("read %d after writing %d in the same session", got.v, nv)
+				}
+			}
+			if _, err := conn.Exec(ctx, `UPDATE items SET v = $1 WHERE id = $2`, first.v, id); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
 
 // startProxyCache creates a cache with a change stream on every primary
@@ -90,6 +154,35 @@ func startProxyCache(t testing.TB, ctx context.Context, clusters []*pgcluster.Cl
 		}
 	}
 	return cc
+}
+
+// waitCacheApplied waits until the change stream of every shard has
+// applied every commit made on its primary so far.
+func waitCacheApplied(t testing.TB, ctx context.Context, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	t.Helper()
+	for i, c := range clusters {
+		lsns, err := c.Primary().LSNs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := fmt.Sprintf("s%d", i)
+		deadline := time.Now().Add(time.Minute)
+		for {
+			applied := uint64(0)
+			for _, s := range cc.Stats().Streams {
+				if s.Shard == name {
+					applied = s.AppliedLSN
+				}
+			}
+			if applied >= lsns.CurrentLSN {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("change stream of %s applied %d, primary at %d", name, applied, lsns.CurrentLSN)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
 
 // picks is the number of replica picks over every shard.

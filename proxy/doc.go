@@ -62,6 +62,27 @@
 // SET dbproxy.max_staleness = '200ms' bounds lag per session.
 // SHOW dbproxy.causal_token and SHOW dbproxy.max_staleness work.
 //
+// # Result cache
+//
+// With Deps.Cache set, a read the router marks cacheable (one shard,
+// outside a transaction, no nocache hint, not forced to the primary) is
+// answered from the cache without leasing a backend: a simple Query gets
+// RowDescription, DataRow*, CommandComplete, ReadyForQuery; an extended
+// batch whose Bind follows only Parse messages gets ParseComplete,
+// BindComplete, the RowDescription (or NoData) only for a Describe of the
+// portal, the DataRows and CommandComplete for Execute (PortalSuspended at
+// a row limit, as PostgreSQL), CloseComplete and ReadyForQuery. The value
+// is the backend's own wire messages, keyed by shard, the session's
+// replayed settings, SQL, parameter types, parameters and their formats,
+// and result formats. A miss fills on its own lease (replica picked at
+// max(causal position, cache.FillMinLSN)); a fill that fails, or whose
+// result exceeds cache.DefaultConfig().MaxEntryBytes, runs the request
+// again on the normal path so the client sees the backend's own answer.
+// Tables written on a primary are invalidated (Cache.Invalidate) when the
+// backend is idle again, before the client's ReadyForQuery; the cache's
+// change streams (started by the caller) see every other write. See
+// cache.go for the details and limits.
+//
 // # Cancellation
 //
 // A CancelRequest carrying a (pid, secret) the proxy issued is turned into

@@ -330,8 +330,40 @@ func testProxyCacheHit(t *testing.T, ctx context.Context, env *proxyEnv, cc *cac
 			}
 		})
 	}
-	// An Execute with a row limit is suspended and resumed from the cached
-	// result (pgconn portal with MaxRows through the extended protocol).
+	// A pipelined batch (Bind/Execute pairs before one Sync) is answered
+	// statement by statement, cached or not.
+	t.Run("Batch", func(t *testing.T) {
+		conn, err := pgx.Connect(ctx, env.dsn(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		s0 := cc.Stats()
+		for round := 0; round < 5; round++ {
+			b := &pgx.Batch{}
+			for id := 100; id < 105; id++ {
+				b.Queue(`SELECT name FROM items WHERE id = $1`, id)
+			}
+			b.Queue(`/* dbproxy: nocache */ SELECT name FROM items WHERE id = $1`, 106)
+			b.Queue(`SELECT name FROM items WHERE id = $1`, 107)
+			res := conn.SendBatch(ctx, b)
+			for _, id := range []int{100, 101, 102, 103, 104, 106, 107} {
+				var name string
+				if err := res.QueryRow().Scan(&name); err != nil || name != fmt.Sprintf("item %d", id) {
+					t.Fatalf("round %d, id %d: %q %v", round, id, name, err)
+				}
+			}
+			if err := res.Close(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if s1 := cc.Stats(); s1.Hits-s0.Hits < 12 {
+			t.Fatalf("%d hits in 5 rounds of 6 cacheable reads", s1.Hits-s0.Hits)
+		}
+	})
+	// Multi-row and empty results, and server errors (row limits are in
+	// WireExact).
 	t.Run("MultiRowAndEmpty", func(t *testing.T) {
 		conn, err := pgx.Connect(ctx, env.dsn(""))
 		if err != nil {

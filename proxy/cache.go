@@ -65,6 +65,10 @@ var cacheRecordLimit = int(cache.DefaultConfig().MaxEntryBytes)
 // errCacheTooLarge ends a fill whose result exceeds cacheRecordLimit.
 var errCacheTooLarge = errors.New("proxy: result too large to cache")
 
+// errCacheSkip: the request is not served from the cache (malformed Bind,
+// unexpected value); it runs on the normal path.
+var errCacheSkip = errors.New("proxy: request not served from the cache")
+
 // cacheConnState is a client connection's cache bookkeeping. batch and
 // the memo fields are owned by the reader goroutine; written is guarded by
 // clientConn.mu (the pump reads it).
@@ -146,7 +150,7 @@ type cacheRead struct {
 // means the request is to be run on the normal path.
 func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, error) {
 	if n := len(r.pformats); n > 1 && n != len(r.params) {
-		return nil, errCacheTooLarge // malformed Bind: let the backend answer
+		return nil, errCacheSkip // malformed Bind: let the backend answer
 	}
 	c.mu.Lock()
 	fp, replaySQL := c.sess.replay()
@@ -198,7 +202,7 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 		return nil, err
 	}
 	if _, _, ok := splitResult(v); !ok {
-		return nil, errCacheTooLarge
+		return nil, errCacheSkip
 	}
 	return v, nil
 }

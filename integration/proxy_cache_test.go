@@ -52,6 +52,7 @@ func TestProxyCache(t *testing.T) {
 	// them; wait for that so entries filled from now on stay valid.
 	waitCacheApplied(t, ctx, cc, clusters)
 	t.Run("Hit", func(t *testing.T) { testProxyCacheHit(t, ctx, env, cc, clusters) })
+	t.Run("Settings", func(t *testing.T) { testProxyCacheSettings(t, ctx, env, cc) })
 	t.Run("WireExact", func(t *testing.T) { testProxyCacheWire(t, ctx, env, cc, clusters) })
 	t.Run("DirectWriteDelay", func(t *testing.T) { testProxyCacheDelay(t, ctx, env, cc, clusters) })
 	t.Run("ProxyWrite", func(t *testing.T) { testProxyCacheProxyWrite(t, ctx, env, cc) })
@@ -779,5 +780,48 @@ func testProxyCacheWire(t *testing.T, ctx context.Context, env *proxyEnv, cc *ca
 				t.Fatalf("5 identical requests: %d hits, want at least 3", s1.Hits-s0.Hits)
 			}
 		})
+	}
+}
+
+// testProxyCacheSettings checks that sessions whose settings change the
+// bytes of a result (TimeZone here) never share entries, and that each
+// still gets hits.
+func testProxyCacheSettings(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	raw := func(pc *pgconn.PgConn, sql string) string {
+		res, err := pc.Exec(ctx, sql).ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != 1 || len(res[0].Rows) != 1 {
+			t.Fatalf("%s: %d results", sql, len(res))
+		}
+		return string(res[0].Rows[0][0])
+	}
+	zones := map[string]string{"UTC": "+00", "Asia/Tokyo": "+09", "America/St_Johns": "-03:30"}
+	conns := map[string]*pgconn.PgConn{}
+	for z := range zones {
+		pc, err := pgconn.Connect(ctx, env.dsn(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close(ctx)
+		if _, err := pc.Exec(ctx, "SET TimeZone = '"+z+"'").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		conns[z] = pc
+	}
+	const q = `SELECT at FROM items WHERE id = 15`
+	s0 := cc.Stats()
+	for round := 0; round < 10; round++ {
+		for z, pc := range conns {
+			got := raw(pc, q)
+			if !strings.HasSuffix(got, zones[z]) {
+				t.Fatalf("TimeZone %s, round %d: %q", z, round, got)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s1 := cc.Stats(); s1.Hits-s0.Hits < 15 {
+		t.Fatalf("%d hits in 10 rounds of 3 sessions", s1.Hits-s0.Hits)
 	}
 }

@@ -363,6 +363,49 @@ func testProxyCacheHit(t *testing.T, ctx context.Context, env *proxyEnv, cc *cac
 			t.Fatalf("%d hits in 5 rounds of 6 cacheable reads", s1.Hits-s0.Hits)
 		}
 	})
+	// A result larger than an entry may be is returned whole, not cached,
+	// and the next identical read skips the fill.
+	t.Run("LargeResult", func(t *testing.T) {
+		for _, mode := range []string{"simple_protocol", "cache_statement"} {
+			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for round := 0; round < 3; round++ {
+				s0 := cc.Stats()
+				rows, err := conn.Query(ctx, `SELECT id, repeat(name, 2000) FROM items WHERE id <= $1 ORDER BY id`, 200)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := 0
+				for rows.Next() {
+					var id int32
+					var s string
+					if err := rows.Scan(&id, &s); err != nil {
+						t.Fatal(err)
+					}
+					n++
+					if id != int32(n) || s != strings.Repeat(fmt.Sprintf("item %d", id), 2000) {
+						t.Fatalf("%s round %d: row %d has id %d, %d bytes", mode, round, n, id, len(s))
+					}
+				}
+				if rows.Err() != nil || n != 200 {
+					t.Fatalf("%s round %d: %d rows, %v", mode, round, n, rows.Err())
+				}
+				s1 := cc.Stats()
+				if s1.Stored != s0.Stored {
+					t.Fatalf("%s round %d: a %d-row result of ~2.6 MB was stored", mode, round, n)
+				}
+				if round == 0 && s1.Fills != s0.Fills+1 {
+					t.Fatalf("%s: the first read of the large result ran %d fills, want 1", mode, s1.Fills-s0.Fills)
+				}
+				if round > 0 && s1.Fills != s0.Fills {
+					t.Fatalf("%s round %d: the too-large read ran a fill again", mode, round)
+				}
+			}
+			conn.Close(ctx)
+		}
+	})
 	// Multi-row and empty results, and server errors (row limits are in
 	// WireExact).
 	t.Run("MultiRowAndEmpty", func(t *testing.T) {

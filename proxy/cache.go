@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"hash/maphash"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/replica"
@@ -41,7 +43,8 @@ import (
 // records the result up to cacheRecordLimit bytes. When the fill fails or
 // the result is larger, the request is run again on the normal path, so
 // the client gets exactly what the backend says (an error, or a large
-// result streamed).
+// result streamed); the connection then sends that read (same key parts)
+// straight to the normal path for tooLargeTTL.
 //
 // The key is the shard, the namespace "proxy/v1" plus the session's
 // replayed settings (RESET ALL + every SET and SQL-level PREPARE, see
@@ -81,6 +84,42 @@ type cacheConnState struct {
 	ns       string // cacheNamespace + replayed settings
 	tablesOf *router.Statement
 	tables   []string
+
+	// tooLarge remembers (by hash of the key parts, until the time
+	// stored) reads whose result exceeded cacheRecordLimit, so that they
+	// run once, on the normal path, instead of once for a fill and again.
+	tooLarge map[uint64]time.Time
+}
+
+// Bounds of cacheConnState.tooLarge.
+const (
+	tooLargeEntries = 64
+	tooLargeTTL     = time.Minute
+)
+
+// largeHash hashes what identifies a read for cacheConnState.tooLarge. A
+// collision only makes a read skip the cache.
+func largeHash(shard, ns, sql string, r *cacheRead) uint64 {
+	var h maphash.Hash
+	h.SetSeed(hashSeed)
+	for _, s := range []string{shard, ns, sql} {
+		_ = binary.Write(&h, binary.LittleEndian, uint32(len(s)))
+		h.WriteString(s)
+	}
+	for _, p := range r.params {
+		_ = binary.Write(&h, binary.LittleEndian, int32(len(p)))
+		if p == nil {
+			h.WriteByte(0xff)
+		}
+		h.Write(p)
+	}
+	for _, f := range [][]int16{r.pformats, r.rformats} {
+		_ = binary.Write(&h, binary.LittleEndian, uint32(len(f)))
+		for _, c := range f {
+			_ = binary.Write(&h, binary.LittleEndian, c)
+		}
+	}
+	return h.Sum64()
 }
 
 // cachedBatch is an extended-protocol batch answered from a cached result.
@@ -168,6 +207,16 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 		}
 		keySQL = string(b)
 	}
+	var large uint64
+	if len(cs.tooLarge) > 0 {
+		large = largeHash(r.t.name, cs.ns, keySQL, r)
+		if exp, ok := cs.tooLarge[large]; ok {
+			if time.Now().Before(exp) {
+				return nil, errCacheSkip
+			}
+			delete(cs.tooLarge, large)
+		}
+	}
 	key := cache.NewKey(cache.KeyParts{
 		Shard:         r.t.name,
 		Namespace:     cs.ns,
@@ -198,6 +247,9 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 		return v, err
 	}
 	v, _, err := c.srv.cache.GetOrFill(ctx, key, r.tables, uint64(r.t.pick.MinLSN), fill)
+	if errors.Is(err, errCacheTooLarge) {
+		cs.rememberTooLarge(largeHash(r.t.name, cs.ns, keySQL, r))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +257,22 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 		return nil, errCacheSkip
 	}
 	return v, nil
+}
+
+// rememberTooLarge records a read whose result is too large to cache.
+func (cs *cacheConnState) rememberTooLarge(h uint64) {
+	now := time.Now()
+	if cs.tooLarge == nil {
+		cs.tooLarge = map[uint64]time.Time{}
+	}
+	if len(cs.tooLarge) >= tooLargeEntries {
+		for k, exp := range cs.tooLarge {
+			if now.After(exp) || len(cs.tooLarge) >= tooLargeEntries {
+				delete(cs.tooLarge, k)
+			}
+		}
+	}
+	cs.tooLarge[h] = now.Add(tooLargeTTL)
 }
 
 // recordResult runs r on conn and returns its result in wire format:

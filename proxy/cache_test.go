@@ -195,3 +195,21 @@ func TestNoteCacheWriteInvalidates(t *testing.T) {
 		t.Fatal("written tables kept after invalidation")
 	}
 }
+
+func TestRememberTooLargeBounded(t *testing.T) {
+	var cs cacheConnState
+	r := &cacheRead{params: [][]byte{[]byte("1"), nil}, pformats: []int16{0}}
+	h1 := largeHash("s0", "ns", "SELECT 1", r)
+	if h2 := largeHash("s0", "ns", "SELECT 1", &cacheRead{params: [][]byte{[]byte("1"), {}}, pformats: []int16{0}}); h1 == h2 {
+		t.Fatal("NULL and empty parameters hash alike")
+	}
+	for i := 0; i < 3*tooLargeEntries; i++ {
+		cs.rememberTooLarge(uint64(i))
+		if len(cs.tooLarge) > tooLargeEntries {
+			t.Fatalf("%d entries remembered, bound %d", len(cs.tooLarge), tooLargeEntries)
+		}
+	}
+	if _, ok := cs.tooLarge[uint64(3*tooLargeEntries-1)]; !ok {
+		t.Fatal("the latest entry was not kept")
+	}
+}

@@ -218,7 +218,6 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 	pc.MaxClients = cfg.Server.MaxClientConns
 	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
 	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
-	pc.CausalWait = time.Duration(cfg.Routing.CatchUpWait)
 	for _, u := range cfg.Users {
 		if u.Auth == config.AuthMD5 {
 			pc.Auth = proxy.AuthMD5

@@ -603,6 +603,12 @@ func (c *clientConn) noteCacheWrite(st *router.Statement) {
 	if c.srv.cache == nil {
 		return
 	}
+	if st.ExecuteName != "" {
+		// SQL-level EXECUTE: the tables are the prepared statement's.
+		if ps, ok := c.sess.rs.Prepared(st.ExecuteName); ok && ps != nil {
+			st = ps
+		}
+	}
 	for _, t := range st.Tables {
 		if t.Access == router.AccessRead {
 			continue

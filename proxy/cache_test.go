@@ -173,10 +173,20 @@ func TestNoteCacheWriteInvalidates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Close(context.Background())
-	c := &clientConn{srv: &Server{cache: cc}}
+	rt := testRouter(t)
+	c := &clientConn{srv: &Server{cache: cc}, sess: &session{rs: rt.NewSession()}}
+	prep, err := router.Classify(`PREPARE w(int) AS DELETE FROM pw WHERE id = $1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rt.Route(context.Background(), c.sess.rs, prep, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.sess.rs.Observe('I')
 	for _, q := range []string{
 		`UPDATE t SET v = (SELECT max(v) FROM r) WHERE id = 2`,
 		`INSERT INTO s.u SELECT * FROM t`,
+		`EXECUTE w(1)`,
 	} {
 		st, err := router.Classify(q)
 		if err != nil {
@@ -184,12 +194,12 @@ func TestNoteCacheWriteInvalidates(t *testing.T) {
 		}
 		c.noteCacheWrite(st)
 	}
-	if got := c.cacheState.written; len(got) != 2 || got[0] != "t" || got[1] != "s.u" {
-		t.Fatalf("written tables %v, want [t s.u]", got)
+	if got := c.cacheState.written; len(got) != 3 || got[0] != "t" || got[1] != "s.u" || got[2] != "pw" {
+		t.Fatalf("written tables %v, want [t s.u pw]", got)
 	}
 	c.invalidateCacheWrites()
-	if n := cc.Stats().Invalidations; n != 2 {
-		t.Fatalf("%d invalidations, want 2", n)
+	if n := cc.Stats().Invalidations; n != 3 {
+		t.Fatalf("%d invalidations, want 3", n)
 	}
 	if len(c.cacheState.written) != 0 {
 		t.Fatal("written tables kept after invalidation")

@@ -619,6 +619,19 @@ func (c *clientConn) noteCacheWrite(st *router.Statement) {
 	}
 }
 
+// invalidateStatement invalidates at once the tables st writes or alters
+// (a statement run outside the pump: multi-shard writes and DDL, which
+// the change streams do not decode).
+func (c *clientConn) invalidateStatement(st *router.Statement) {
+	if c.srv.cache == nil {
+		return
+	}
+	c.mu.Lock()
+	c.noteCacheWrite(st)
+	c.mu.Unlock()
+	c.invalidateCacheWrites()
+}
+
 // invalidateCacheWrites invalidates the tables written since the backend
 // was last idle; the pump calls it when the backend is idle again, before
 // the client gets ReadyForQuery.

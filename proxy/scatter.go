@@ -58,6 +58,9 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 	results := make([]shardResult, len(p.targets))
 	var paramOIDs []uint32
 	read := p.merge != nil || (p.stmt != nil && p.stmt.Kind == router.KindRead)
+	if !read && p.stmt != nil {
+		defer c.invalidateStatement(p.stmt) // broadcasts (DDL, ...): drop cached reads of their tables
+	}
 	if read {
 		// Reads run on all shards at once (each on its own lease); the
 		// goroutines are waited for here.

@@ -51,11 +51,22 @@ import (
 // session.replay), the SQL text (and the Parse parameter types), the
 // parameters and their formats, and the result formats.
 //
-// Writes: every table a statement sent to a primary writes is recorded,
-// and when the backend goes back to idle (the transaction ended) they are
+// Writes: every table a statement sent to a primary writes or alters is
+// recorded (for SQL-level EXECUTE, the prepared statement's tables), and
+// when the backend goes back to idle (the transaction ended) they are
 // invalidated with Cache.Invalidate before the client gets ReadyForQuery.
-// The change streams see every commit anyway, including writes made
-// around the proxy.
+// Broadcasts (DDL, multi-shard writes, runMulti) invalidate their tables
+// when they finish. The change streams see every committed row change
+// anyway, including writes made around the proxy; DDL made around the
+// proxy is bounded only by the cache's TTL (see the cache package).
+//
+// Limits: in a batch served from the cache, a message other than Parse,
+// Describe/Execute/Close of the bound portal, Close of a statement, Sync
+// or Flush (a second Bind, a Describe of a statement) ends the cached
+// part and starts a new batch on the normal path; the cached portal is
+// then unknown to the backend, so an Execute of it after a Describe of a
+// statement fails (no driver we know sends that). NoticeResponses a read
+// raised are not cached.
 
 // cacheNamespace starts the KeyParts.Namespace of every proxy key.
 const cacheNamespace = "proxy/v1\x00"

@@ -22,7 +22,15 @@ type Classifier struct {
 	seed   maphash.Seed
 	perCap int
 	shards [cacheShards]cacheShard
+	shapes [cacheShards]shapeShard // templates by literal-free shape (shape.go)
 }
+
+type shapeShard struct {
+	mu sync.RWMutex
+	m  map[string]shapeEntry
+}
+
+func hashString(seed maphash.Seed, s string) uint64 { return maphash.String(seed, s) }
 
 type cacheShard struct {
 	mu sync.RWMutex
@@ -40,6 +48,7 @@ func NewClassifier(size int) *Classifier {
 	c := &Classifier{seed: maphash.MakeSeed(), perCap: size / cacheShards}
 	for i := range c.shards {
 		c.shards[i].m = make(map[string]*Statement)
+		c.shapes[i].m = make(map[string]shapeEntry)
 	}
 	return c
 }
@@ -71,9 +80,17 @@ func (c *Classifier) Classify(sql string) (*Statement, error) {
 	if ok {
 		return st, nil
 	}
-	st, err := classifySafe(sql)
-	if err != nil || len(sql) > MaxCachedSQL {
-		return st, err
+	if len(sql) > MaxCachedSQL {
+		return classifySafe(sql)
+	}
+	// Texts with literals share their shape's classification (shape.go).
+	st, ok = c.classifyShape(sql)
+	if !ok {
+		var err error
+		st, err = classifySafe(sql)
+		if err != nil {
+			return st, err
+		}
 	}
 	sh.mu.Lock()
 	if len(sh.m) >= c.perCap {

@@ -103,6 +103,9 @@ type lazyScatter struct {
 }
 
 func (l *lazyScatter) get() *scatterPlan {
+	if l == nil {
+		return nil
+	}
 	l.once.Do(func() {
 		l.plan = planScatterSQL(l.sql)
 	})

@@ -1,0 +1,284 @@
+package router
+
+import (
+	"reflect"
+	"strconv"
+	"strings"
+)
+
+// Statements that differ only in their literal values (simple-protocol
+// clients send "... WHERE id = 1", "... WHERE id = 2", ...) share one
+// classification: the text with its plain literals replaced by $1..$n
+// (its shape) is classified once as a template, and each text of that
+// shape gets the template with the literal values put back into its key
+// candidates.
+//
+// A template is used only after checking, on the first text of its shape,
+// that instantiating it yields exactly (reflect.DeepEqual) the
+// Statement a full parse of that text gives. Texts of one shape parse to
+// trees that differ only in the values of integer and string constants
+// (the lexer decides the token kinds, and only canonical int32 integers
+// and plain '...' strings are replaced), and classification reads those
+// values only as key-candidate texts, which instantiation fills in, and
+// for multi-shard merge plans, which are planned lazily from the
+// original text. Shapes whose template does not match (a SET value, a
+// negative number, an EXECUTE argument, ...) are remembered as such and
+// always take the full parse.
+
+// normalizeLiterals returns sql with its integer literals (canonical,
+// within int32) and plain string literals replaced by $1..$n, and the
+// values (strings unquoted). ok is false when sql has no such literal or
+// holds anything the scanner below does not fully understand ($ signs,
+// prefixed strings such as E'x', B'1', X'1f', U&'x', backslashes, string
+// continuation, unterminated quotes or comments, NUL bytes): those texts
+// are classified in full.
+func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
+	var b strings.Builder
+	b.Grow(len(sql))
+	n := len(sql)
+	for i := 0; i < n; {
+		ch := sql[i]
+		switch {
+		case ch == '$' || ch == 0 || ch == '\\':
+			return "", nil, false
+		case ch == '-' && i+1 < n && sql[i+1] == '-':
+			j := strings.IndexByte(sql[i:], '\n')
+			if j < 0 {
+				j = n - i
+			}
+			b.WriteString(sql[i : i+j])
+			i += j
+		case ch == '/' && i+1 < n && sql[i+1] == '*':
+			depth, j := 1, i+2
+			for j < n && depth > 0 {
+				switch {
+				case sql[j] == '/' && j+1 < n && sql[j+1] == '*':
+					depth++
+					j += 2
+				case sql[j] == '*' && j+1 < n && sql[j+1] == '/':
+					depth--
+					j += 2
+				default:
+					j++
+				}
+			}
+			if depth > 0 {
+				return "", nil, false
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		case ch == '"':
+			j := i + 1
+			for {
+				k := strings.IndexByte(sql[j:], '"')
+				if k < 0 {
+					return "", nil, false
+				}
+				j += k + 1
+				if j < n && sql[j] == '"' {
+					j++
+					continue
+				}
+				break
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		case ch == '\'':
+			if i > 0 && (isIdentByte(sql[i-1]) || sql[i-1] == '&') {
+				return "", nil, false // E'', B'', X'', N'', U&''
+			}
+			j := i + 1
+			for {
+				k := strings.IndexByte(sql[j:], '\'')
+				if k < 0 {
+					return "", nil, false
+				}
+				j += k + 1
+				if j < n && sql[j] == '\'' {
+					j++
+					continue
+				}
+				break
+			}
+			// A string followed (after white space) by another is one
+			// literal in SQL: leave such texts alone.
+			k := j
+			for k < n && (sql[k] == ' ' || sql[k] == '\t' || sql[k] == '\n' || sql[k] == '\r' || sql[k] == '\f') {
+				k++
+			}
+			if k < n && sql[k] == '\'' {
+				return "", nil, false
+			}
+			if strings.IndexByte(sql[i+1:j-1], '\\') >= 0 {
+				return "", nil, false // meaning depends on standard_conforming_strings
+			}
+			lits = append(lits, strings.ReplaceAll(sql[i+1:j-1], "''", "'"))
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(len(lits)))
+			i = j
+		case ch >= '0' && ch <= '9':
+			j := i
+			for j < n && sql[j] >= '0' && sql[j] <= '9' {
+				j++
+			}
+			digits := sql[i:j]
+			prevOK := i == 0 || !isIdentByte(sql[i-1]) && sql[i-1] != '.'
+			nextOK := j == n || !isIdentByte(sql[j]) && sql[j] != '.'
+			if prevOK && nextOK && canonicalInt32(digits) {
+				lits = append(lits, digits)
+				b.WriteByte('$')
+				b.WriteString(strconv.Itoa(len(lits)))
+			} else {
+				b.WriteString(digits)
+			}
+			i = j
+		case isIdentByte(ch):
+			j := i
+			for j < n && isIdentByte(sql[j]) {
+				j++
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		default:
+			b.WriteByte(ch)
+			i++
+		}
+	}
+	if len(lits) == 0 {
+		return "", nil, false
+	}
+	return b.String(), lits, true
+}
+
+// isIdentByte reports whether b can be part of an identifier or keyword
+// (letters, digits, underscore, any non-ASCII byte).
+func isIdentByte(b byte) bool {
+	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_' || b >= 0x80
+}
+
+// canonicalInt32 reports whether digits is an integer PostgreSQL's lexer
+// makes an int32 constant and that prints back as itself.
+func canonicalInt32(digits string) bool {
+	if len(digits) == 0 || len(digits) > 10 || len(digits) > 1 && digits[0] == '0' {
+		return false
+	}
+	v, err := strconv.ParseInt(digits, 10, 64)
+	return err == nil && v <= 1<<31-1
+}
+
+// shapeEntry is a classified shape: tpl is nil when instantiating the
+// template did not reproduce the full classification.
+type shapeEntry struct {
+	tpl *Statement
+}
+
+// classifyShape classifies sql through its shape's template. ok is false
+// when sql has no usable shape (classify it in full).
+func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
+	norm, lits, ok := normalizeLiterals(sql)
+	if !ok {
+		return nil, false
+	}
+	sh := &c.shapes[hashString(c.seed, norm)%cacheShards]
+	sh.mu.RLock()
+	e, found := sh.m[norm]
+	sh.mu.RUnlock()
+	if found {
+		if e.tpl == nil {
+			return nil, false
+		}
+		st, ok := instantiate(e.tpl, sql, lits)
+		return st, ok
+	}
+	// First text of this shape: classify it in full and check the
+	// template against it.
+	full, err := classifySafe(sql)
+	if err != nil {
+		return nil, false
+	}
+	var keep *Statement
+	if tpl, terr := classifySafe(norm); terr == nil && tpl.ParseError == nil && tpl.HintError == nil {
+		if inst, ok := instantiate(tpl, sql, lits); ok && reflect.DeepEqual(inst, full) {
+			keep = tpl
+		}
+	}
+	sh.mu.Lock()
+	if len(sh.m) >= c.perCap {
+		for k := range sh.m {
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[norm] = shapeEntry{tpl: keep}
+	sh.mu.Unlock()
+	return full, true
+}
+
+// instantiate copies tpl for sql, replacing the parameters $1..$n of its
+// key candidates with lits. ok is false if a parameter is out of range.
+// tpl itself (shared) is never modified.
+func instantiate(tpl *Statement, sql string, lits []string) (*Statement, bool) {
+	st := *tpl
+	st.SQL = sql
+	if tpl.scatter != nil {
+		st.scatter = &lazyScatter{sql: sql}
+	}
+	sub := func(v KeyValue) (KeyValue, bool) {
+		if v.Param <= 0 {
+			return v, true
+		}
+		if v.Param > len(lits) {
+			return v, false
+		}
+		return KeyValue{Text: lits[v.Param-1]}, true
+	}
+	if tpl.Keys != nil {
+		st.Keys = make([]TableKeys, len(tpl.Keys))
+		for i, tk := range tpl.Keys {
+			nk := TableKeys{Ref: tk.Ref}
+			if tk.Alternatives != nil {
+				nk.Alternatives = make([][]ColumnValue, len(tk.Alternatives))
+				for j, alt := range tk.Alternatives {
+					if alt == nil {
+						continue
+					}
+					na := make([]ColumnValue, len(alt))
+					for k, cv := range alt {
+						v, ok := sub(cv.Value)
+						if !ok {
+							return nil, false
+						}
+						na[k] = ColumnValue{Column: cv.Column, Value: v}
+					}
+					nk.Alternatives[j] = na
+				}
+			}
+			st.Keys[i] = nk
+		}
+	}
+	if tpl.scopes != nil {
+		st.scopes = make([]scopeInfo, len(tpl.scopes))
+		for i, sc := range tpl.scopes {
+			ns := sc
+			if sc.alts != nil {
+				ns.alts = make([]conj, len(sc.alts))
+				for j, cj := range sc.alts {
+					nc := conj{eqs: cj.eqs}
+					if cj.vals != nil {
+						nc.vals = make([]atom, len(cj.vals))
+						for k, at := range cj.vals {
+							v, ok := sub(at.v)
+							if !ok {
+								return nil, false
+							}
+							nc.vals[k] = atom{c: at.c, v: v}
+						}
+					}
+					ns.alts[j] = nc
+				}
+			}
+			st.scopes[i] = ns
+		}
+	}
+	return &st, true
+}

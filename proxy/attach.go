@@ -341,18 +341,39 @@ func (c *clientConn) teardown() {
 // pump streams backend messages to the client until the backend can be
 // released (ReadyForQuery 'I' with nothing in flight, transaction
 // pooling), the backend fails, or ctx ends.
+//
+// ctx interrupts the backend read through a read deadline armed once per
+// pump (context.AfterFunc), not through pgconn's per-call context watch,
+// which costs a channel and an AfterFunc registration per message.
 func (c *clientConn) pump(ctx context.Context, att *attachment) {
 	defer close(att.done)
+	nc := att.conn.Conn()
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = nc.SetReadDeadline(time.Now())
+		close(interrupted)
+	})
+	// disarm stops the interruption; if it already fired, it waits for it
+	// and clears the deadline (as pgconn's context watch does) so that a
+	// backend given back afterwards is not left with a past deadline.
+	disarm := func() {
+		if !stop() {
+			<-interrupted
+			_ = nc.SetReadDeadline(time.Time{})
+		}
+	}
 	for {
-		msg, err := att.conn.ReceiveMessage(ctx)
+		msg, err := att.conn.ReceiveMessage(context.Background())
 		if err != nil {
-			c.pumpFailed(ctx, att, err)
+			disarm()
+			c.pumpFailed(ctx, att, err) // the backend is discarded
 			return
 		}
 		c.mu.Lock()
 		forward, flush, release := c.observe(att, msg)
 		c.mu.Unlock()
 		if release {
+			disarm()
 			c.detach(ctx, att, msg.(*pgproto3.ReadyForQuery), !att.parked)
 			return
 		}
@@ -367,6 +388,7 @@ func (c *clientConn) pump(ctx context.Context, att *attachment) {
 		}
 		c.wmu.Unlock()
 		if err != nil {
+			disarm()
 			// The client is gone; the reader will see it too.
 			c.mu.Lock()
 			c.closeReason = errClientGone

@@ -33,6 +33,13 @@ import (
 // continuation, unterminated quotes or comments, NUL bytes): those texts
 // are classified in full.
 func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
+	norm, lits, _, ok = normalizeLiteralKinds(sql)
+	return norm, lits, ok
+}
+
+// normalizeLiteralKinds is normalizeLiterals that also returns the kind
+// of each literal replaced ('i' integer, 's' string).
+func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte, ok bool) {
 	var b strings.Builder
 	b.Grow(len(sql))
 	n := len(sql)
@@ -40,7 +47,7 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 		ch := sql[i]
 		switch {
 		case ch == '$' || ch == 0 || ch == '\\':
-			return "", nil, false
+			return "", nil, nil, false
 		case ch == '-' && i+1 < n && sql[i+1] == '-':
 			j := strings.IndexByte(sql[i:], '\n')
 			if j < 0 {
@@ -63,7 +70,7 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 				}
 			}
 			if depth > 0 {
-				return "", nil, false
+				return "", nil, nil, false
 			}
 			b.WriteString(sql[i:j])
 			i = j
@@ -72,7 +79,7 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 			for {
 				k := strings.IndexByte(sql[j:], '"')
 				if k < 0 {
-					return "", nil, false
+					return "", nil, nil, false
 				}
 				j += k + 1
 				if j < n && sql[j] == '"' {
@@ -85,13 +92,13 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 			i = j
 		case ch == '\'':
 			if i > 0 && (isIdentByte(sql[i-1]) || sql[i-1] == '&') {
-				return "", nil, false // E'', B'', X'', N'', U&''
+				return "", nil, nil, false // E'', B'', X'', N'', U&''
 			}
 			j := i + 1
 			for {
 				k := strings.IndexByte(sql[j:], '\'')
 				if k < 0 {
-					return "", nil, false
+					return "", nil, nil, false
 				}
 				j += k + 1
 				if j < n && sql[j] == '\'' {
@@ -107,12 +114,13 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 				k++
 			}
 			if k < n && sql[k] == '\'' {
-				return "", nil, false
+				return "", nil, nil, false
 			}
 			if strings.IndexByte(sql[i+1:j-1], '\\') >= 0 {
-				return "", nil, false // meaning depends on standard_conforming_strings
+				return "", nil, nil, false // meaning depends on standard_conforming_strings
 			}
 			lits = append(lits, strings.ReplaceAll(sql[i+1:j-1], "''", "'"))
+			kinds = append(kinds, 's')
 			b.WriteByte('$')
 			b.WriteString(strconv.Itoa(len(lits)))
 			i = j
@@ -123,9 +131,13 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 			}
 			digits := sql[i:j]
 			prevOK := i == 0 || !isIdentByte(sql[i-1]) && sql[i-1] != '.'
+			if i >= 2 && (sql[i-1] == '-' || sql[i-1] == '+') && (sql[i-2] == 'e' || sql[i-2] == 'E') {
+				prevOK = false // the exponent of 1e-5
+			}
 			nextOK := j == n || !isIdentByte(sql[j]) && sql[j] != '.'
 			if prevOK && nextOK && canonicalInt32(digits) {
 				lits = append(lits, digits)
+				kinds = append(kinds, 'i')
 				b.WriteByte('$')
 				b.WriteString(strconv.Itoa(len(lits)))
 			} else {
@@ -145,9 +157,9 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 		}
 	}
 	if len(lits) == 0 {
-		return "", nil, false
+		return "", nil, nil, false
 	}
-	return b.String(), lits, true
+	return b.String(), lits, kinds, true
 }
 
 // isIdentByte reports whether b can be part of an identifier or keyword
@@ -175,13 +187,16 @@ type shapeEntry struct {
 // classifyShape classifies sql through its shape's template. ok is false
 // when sql has no usable shape (classify it in full).
 func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
-	norm, lits, ok := normalizeLiterals(sql)
+	norm, lits, kinds, ok := normalizeLiteralKinds(sql)
 	if !ok {
 		return nil, false
 	}
-	sh := &c.shapes[hashString(c.seed, norm)%cacheShards]
+	// Integer and string constants are different nodes in the tree: the
+	// kinds are part of the shape.
+	key := norm + "\x00" + string(kinds)
+	sh := &c.shapes[hashString(c.seed, key)%cacheShards]
 	sh.mu.RLock()
-	e, found := sh.m[norm]
+	e, found := sh.m[key]
 	sh.mu.RUnlock()
 	if found {
 		if e.tpl == nil {
@@ -209,7 +224,7 @@ func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
 			break
 		}
 	}
-	sh.m[norm] = shapeEntry{tpl: keep}
+	sh.m[key] = shapeEntry{tpl: keep}
 	sh.mu.Unlock()
 	return full, true
 }

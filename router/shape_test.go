@@ -20,6 +20,7 @@ func TestNormalizeLiterals(t *testing.T) {
 		{"SELECT 1.5, .5, 1e5, 0x1F, 1_000, 007, 2147483648, 2147483647", "SELECT 1.5, .5, 1e5, 0x1F, 1_000, 007, 2147483648, $1", []string{"2147483647"}},
 		{"SELECT a[1:2] FROM t LIMIT 10", "SELECT a[$1:$2] FROM t LIMIT $3", []string{"1", "2", "10"}},
 		{"SELECT -5", "SELECT -$1", []string{"5"}},
+		{"SELECT 1e-5, 2E+3, 1 - 5", "SELECT 1e-5, 2E+3, $1 - $2", []string{"1", "5"}},
 		{"SELECT ''", "SELECT $1", []string{""}},
 	}
 	for _, c := range cases {
@@ -131,10 +132,11 @@ func TestShapeEquivalence(t *testing.T) {
 				t.Errorf("Classify(%q) differs from the full classification:\n got %+v\nwant %+v", text, got, want)
 			}
 		}
-		if norm, _, ok := normalizeLiterals(sql); ok {
-			sh := &c.shapes[hashString(c.seed, norm)%cacheShards]
+		if norm, _, kinds, ok := normalizeLiteralKinds(sql); ok {
+			key := norm + "\x00" + string(kinds)
+			sh := &c.shapes[hashString(c.seed, key)%cacheShards]
 			sh.mu.RLock()
-			if sh.m[norm].tpl != nil {
+			if sh.m[key].tpl != nil {
 				used++
 			}
 			sh.mu.RUnlock()
@@ -148,6 +150,12 @@ func TestShapeEquivalence(t *testing.T) {
 
 func TestShapeTemplateRoutes(t *testing.T) {
 	c := NewClassifier(64)
+	// The same text with a string where an integer was is another shape.
+	a, _ := c.Classify("SELECT * FROM users WHERE id = 5")
+	b, _ := c.Classify("SELECT * FROM users WHERE id = '6'")
+	if want, _ := classify("SELECT * FROM users WHERE id = '6'"); !reflect.DeepEqual(b, want) || a.Keys[0].Alternatives[0][0].Value.Text != "5" {
+		t.Fatalf("string after integer: %+v", b)
+	}
 	first, _ := c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
 	st, _ := c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = 99")
 	if st == first || st.SQL != "SELECT abalance FROM pgbench_accounts WHERE aid = 99" {
@@ -168,4 +176,40 @@ func BenchmarkClassifyShape(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzShape checks, for any text and a variant of it with other literal
+// values, that the variant classified through the shape template equals
+// its full classification.
+func FuzzShape(f *testing.F) {
+	for _, sql := range []string{
+		"SELECT * FROM users WHERE id = 1",
+		"INSERT INTO users (id, name) VALUES (1, 'a')",
+		"SELECT * FROM users WHERE id IN (1, 2) AND name = 'x' ORDER BY 1 LIMIT 2",
+		"UPDATE orders SET id = 3 WHERE user_id = 4",
+		"SET statement_timeout = 5",
+	} {
+		f.Add(sql, uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, sql string, seed uint8) {
+		norm, lits, kinds, ok := normalizeLiteralKinds(sql)
+		if !ok {
+			return
+		}
+		variant := norm
+		for i := len(lits); i >= 1; i-- {
+			v := strconv.Itoa(int(seed) + i)
+			if kinds[i-1] == 's' {
+				v = "'v" + v + "'"
+			}
+			variant = strings.ReplaceAll(variant, "$"+strconv.Itoa(i), v)
+		}
+		c := NewClassifier(64)
+		c.Classify(sql)
+		got, gerr := c.Classify(variant)
+		want, werr := classify(variant)
+		if (gerr == nil) != (werr == nil) || !reflect.DeepEqual(got, want) {
+			t.Fatalf("shape of %q: Classify(%q) = %+v, full classification %+v", sql, variant, got, want)
+		}
+	})
 }

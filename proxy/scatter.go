@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -157,7 +158,7 @@ func (c *clientConn) runOnShard(ctx context.Context, t target, sql string, bind 
 	var out shardResult
 	var oids []uint32
 	if bind == nil {
-		results, err := conn.Exec(ctx, sql).ReadAll()
+		results, err := readAllResults(conn.Exec(ctx, sql))
 		if err == nil && len(results) > 0 {
 			last := results[len(results)-1]
 			out = shardResult{tag: last.CommandTag.String()}
@@ -181,13 +182,37 @@ func (c *clientConn) runOnShard(ctx context.Context, t target, sql string, bind 
 		oids = sd.ParamOIDs
 		paramOIDs = sd.ParamOIDs
 	}
-	r := conn.ExecParams(ctx, sql, bind.Parameters, paramOIDs, bind.ParameterFormatCodes, nil).Read()
+	r := readResult(conn.ExecParams(ctx, sql, bind.Parameters, paramOIDs, bind.ParameterFormatCodes, nil))
 	finishLease(lease, r.Err)
 	if r.Err != nil {
 		return out, nil, r.Err
 	}
 	out = shardResult{tag: r.CommandTag.String(), fields: r.FieldDescriptions, rows: r.Rows}
 	return out, oids, nil
+}
+
+// readResult reads rr to its end like ResultReader.Read, but keeps the
+// row description of a result without rows (Read only records it with the
+// first row): a shard where no row matches still returns its columns, so
+// that runMulti merges its empty result with the other shards' rows
+// instead of taking it for a command without a result set.
+func readResult(rr *pgconn.ResultReader) *pgconn.Result {
+	fields := slices.Clone(rr.FieldDescriptions()) // pgconn reuses the slice
+	r := rr.Read()
+	if r.FieldDescriptions == nil {
+		r.FieldDescriptions = fields
+	}
+	return r
+}
+
+// readAllResults is MultiResultReader.ReadAll with readResult's handling
+// of results without rows.
+func readAllResults(mrr *pgconn.MultiResultReader) ([]*pgconn.Result, error) {
+	var results []*pgconn.Result
+	for mrr.NextResult() {
+		results = append(results, readResult(mrr.ResultReader()))
+	}
+	return results, mrr.Close()
 }
 
 func finishLease(l *replica.Lease, err error) {

@@ -24,11 +24,16 @@ var (
 	descClients      = prometheus.NewDesc("dbproxy_clients", "Client connections by state.", []string{"state"}, nil)
 	descAccepted     = prometheus.NewDesc("dbproxy_clients_accepted_total", "Client connections accepted.", nil, nil)
 	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
+	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large).", []string{"op"}, nil)
+	descCacheBytes   = prometheus.NewDesc("dbproxy_cache_bytes", "Bytes held by the result cache.", nil, nil)
+	descCacheLag     = prometheus.NewDesc("dbproxy_cache_invalidation_lag_seconds", "Time from a primary's commit to the cache invalidation (EWMA).", nil, nil)
+	descCacheStream  = prometheus.NewDesc("dbproxy_cache_stream_up", "1 while the shard's change stream is up (the cache serves the shard only then).", []string{"shard"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected} {
+		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected,
+		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
 }
@@ -69,6 +74,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descAccepted, st.Accepted)
 	counter(descRejected, st.Rejected)
+	if c.rp.cache == nil {
+		return
+	}
+	cs := c.rp.cache.Stats()
+	for op, v := range map[string]uint64{"hit": cs.Hits, "miss": cs.Misses, "fill": cs.Fills, "eviction": cs.Evictions,
+		"invalidation": cs.Invalidations, "raced": cs.Raced, "too_large": cs.TooLarge} {
+		counter(descCacheOps, v, op)
+	}
+	gauge(descCacheBytes, float64(cs.Bytes))
+	gauge(descCacheLag, cs.InvalidationLag.EWMA.Seconds())
+	for _, s := range cs.Streams {
+		gauge(descCacheStream, b2f(s.Up), s.Shard)
+	}
 }
 
 func breakerValue(s replica.BreakerState) int {

@@ -29,7 +29,13 @@
 // functions, schemas or extensions passes through Route).
 //
 // Statements returned by Classify are shared through a bounded cache keyed
-// by the SQL text and are immutable: never modify them.
+// by the SQL text and are immutable: never modify them. Texts that differ
+// only in integer and plain string literals (simple-protocol queries with
+// inlined values) also share a template classified once per shape and
+// filled with each text's values; a shape's template is used only after it
+// reproduced the full classification of the first text of that shape
+// (shape.go). Multi-shard merge plans are made on the first route needing
+// them.
 //
 // # Routing
 //

@@ -282,7 +282,10 @@ func testReplicaPolicies(t *testing.T, ctx context.Context, c *pgcluster.Cluster
 		}
 		s1, s2 := rsStats(s, "s1"), rsStats(s, "s2")
 		t.Logf("least latency, s1 +20ms per query: %v; EWMA s1=%v s2=%v", got, s1.Latency, s2.Latency)
-		if got["s2"] < 320 || got["s1"] == 0 || s1.Latency <= s2.Latency {
+		// Round robin would split 1:1. One pick in 16 explores, and on a
+		// loaded machine a lag probe can briefly make the fast standby
+		// ineligible, so the bound is a clear preference, not an exact share.
+		if got["s2"] < 2*got["s1"] || got["s1"] == 0 || s1.Latency <= s2.Latency {
 			t.Fatalf("least latency did not prefer the fast node: %v", got)
 		}
 	})

@@ -1,11 +1,14 @@
 package pgcluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ErrBadLSN is returned by ParseLSN for text that is not "XXXXXXXX/XXXXXXXX".
@@ -86,6 +89,25 @@ const lsnQuery = `SELECT pg_is_in_recovery(),
   pg_last_xact_replay_timestamp(),
   now(),
   CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END`
+
+// QueryLSNs reads the WAL positions of the server behind conn in one round
+// trip; node names the observation. Used for local and container nodes alike.
+func QueryLSNs(ctx context.Context, conn *pgx.Conn, node string) (LSNs, error) {
+	l := LSNs{Node: node}
+	var cur, recv, replay *string
+	var last *time.Time
+	if err := conn.QueryRow(ctx, lsnQuery).Scan(&l.InRecovery, &cur, &recv, &replay, &last, &l.ServerNow, &l.ReplayPaused); err != nil {
+		return l, err
+	}
+	if last != nil {
+		l.LastReplay = *last
+	}
+	var e1, e2, e3 error
+	l.Current, l.CurrentLSN, e1 = parseOptLSN(cur)
+	l.Receive, l.ReceiveLSN, e2 = parseOptLSN(recv)
+	l.Replay, l.ReplayLSN, e3 = parseOptLSN(replay)
+	return l, errors.Join(e1, e2, e3)
+}
 
 func parseOptLSN(s *string) (string, uint64, error) {
 	if s == nil {

@@ -178,24 +178,14 @@ func (n *Node) livePostmaster() (int, bool) {
 
 // LSNs reads the node's WAL positions (see LSNs for the fields).
 func (n *Node) LSNs(ctx context.Context) (LSNs, error) {
-	l := LSNs{Node: n.Name}
-	var cur, recv, replay *string
-	var last *time.Time
+	var l LSNs
 	err := n.withConn(ctx, "postgres", func(conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, lsnQuery).Scan(&l.InRecovery, &cur, &recv, &replay, &last, &l.ServerNow, &l.ReplayPaused)
+		var err error
+		l, err = QueryLSNs(ctx, conn, n.Name)
+		return err
 	})
 	if err != nil {
 		return l, fmt.Errorf("pgcluster: %s: read LSNs: %w", n.Name, err)
-	}
-	if last != nil {
-		l.LastReplay = *last
-	}
-	var e1, e2, e3 error
-	l.Current, l.CurrentLSN, e1 = parseOptLSN(cur)
-	l.Receive, l.ReceiveLSN, e2 = parseOptLSN(recv)
-	l.Replay, l.ReplayLSN, e3 = parseOptLSN(replay)
-	if err := errors.Join(e1, e2, e3); err != nil {
-		return l, fmt.Errorf("pgcluster: %s: %w", n.Name, err)
 	}
 	return l, nil
 }

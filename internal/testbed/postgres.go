@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
 	"github.com/jackc/pgx/v5"
 	"golang.org/x/sync/errgroup"
 )
@@ -503,27 +504,11 @@ func (n *Node) query(ctx context.Context, fn func(*pgx.Conn) error) error {
 
 // LSNs reads the node's WAL positions.
 func (n *Node) LSNs(ctx context.Context) (LSNs, error) {
-	l := LSNs{Node: n.Name}
+	var l LSNs
 	err := n.query(ctx, func(conn *pgx.Conn) error {
-		var cur, rcv, rep *string
-		var last *time.Time
-		if err := conn.QueryRow(ctx, lsnQuery).Scan(&l.InRecovery, &cur, &rcv, &rep, &last, &l.ServerNow, &l.ReplayPaused); err != nil {
-			return err
-		}
 		var err error
-		if l.Current, l.CurrentLSN, err = parseOptLSN(cur); err != nil {
-			return err
-		}
-		if l.Receive, l.ReceiveLSN, err = parseOptLSN(rcv); err != nil {
-			return err
-		}
-		if l.Replay, l.ReplayLSN, err = parseOptLSN(rep); err != nil {
-			return err
-		}
-		if last != nil {
-			l.LastReplay = *last
-		}
-		return nil
+		l, err = pgcluster.QueryLSNs(ctx, conn, n.Name)
+		return err
 	})
 	return l, err
 }

@@ -331,10 +331,9 @@ func TestCancelUnknownKeyAndShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
-	st := ts.Stats()
-	if st.ByState["idle"] != 1 {
-		t.Fatalf("stats %+v", st)
-	}
+	// The client sees ReadyForQuery before the server records the idle
+	// state, so wait for the registry rather than read it once.
+	waitFor(t, func() bool { return ts.Stats().ByState["idle"] == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := ts.Close(ctx); err != nil {

@@ -72,6 +72,20 @@ type clientStats struct {
 	firstErr                error
 }
 
+// record counts one finished operation: an error, or a success and its
+// latency sample.
+func (st *clientStats) record(err error, took time.Duration) {
+	if err != nil {
+		st.errs++
+		if st.firstErr == nil {
+			st.firstErr = err
+		}
+		return
+	}
+	st.ops++
+	st.samples = append(st.samples, took)
+}
+
 func runClients(ctx context.Context, n int, d time.Duration, setup func(ctx context.Context, client int) (op func(ctx context.Context, st *clientStats) error, done func(), err error)) goOutput {
 	rctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -100,15 +114,7 @@ func runClients(ctx context.Context, n int, d time.Duration, setup func(ctx cont
 				if rctx.Err() != nil {
 					break // the run ended mid-operation: not counted
 				}
-				if err != nil {
-					st.errs++
-					if st.firstErr == nil {
-						st.firstErr = err
-					}
-					continue
-				}
-				st.ops++
-				st.samples = append(st.samples, time.Since(t0))
+				st.record(err, time.Since(t0))
 			}
 		}()
 	}
@@ -308,16 +314,7 @@ func (e *env) runConnStorm(ctx context.Context, t string, w Workload, total int)
 			st := &stats[i]
 			for next.Add(1) <= int64(total) && ctx.Err() == nil {
 				t0 := time.Now()
-				err := oneConnection(ctx, cs)
-				if err != nil {
-					st.errs++
-					if st.firstErr == nil {
-						st.firstErr = err
-					}
-					continue
-				}
-				st.ops++
-				st.samples = append(st.samples, time.Since(t0))
+				st.record(oneConnection(ctx, cs), time.Since(t0))
 			}
 		}()
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dbproxy/dbproxy/internal/pgcluster"
@@ -49,16 +50,8 @@ logfile = %s
 		"pgbouncer.ini": ini,
 		"userlist.txt":  fmt.Sprintf("%q %q\n", benchUser, benchPassword),
 	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return err
-		}
-	}
-	cred, err := serverCredential(pgcluster.ServerUser)
+	cred, err := writeServerFiles(dir, files)
 	if err != nil {
-		return err
-	}
-	if err := chownTree(dir, cred); err != nil {
 		return err
 	}
 	proc, err := startProcess("pgbouncer", []string{"pgbouncer", filepath.Join(dir, "pgbouncer.ini")}, nil, cred, filepath.Join(e.work, "pgbouncer.out"))
@@ -155,16 +148,8 @@ func (e *env) startPgpool(ctx context.Context, target string, cache bool) error 
 			"host all all 127.0.0.1/32 scram-sha-256\n",
 		"pool_passwd": fmt.Sprintf("%s:TEXT%s\n", benchUser, benchPassword),
 	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return err
-		}
-	}
-	cred, err := serverCredential(pgcluster.ServerUser)
+	cred, err := writeServerFiles(dir, files)
 	if err != nil {
-		return err
-	}
-	if err := chownTree(dir, cred); err != nil {
 		return err
 	}
 	if err := chownTree(filepath.Join(dir, "oiddir"), cred); err != nil {
@@ -185,4 +170,19 @@ func (e *env) startPgpool(ctx context.Context, target string, cache bool) error 
 	}
 	e.endpoints[target] = ep
 	return nil
+}
+
+// writeServerFiles writes a pooler's config files into dir and hands dir to
+// the unprivileged server user the pooler runs as.
+func writeServerFiles(dir string, files map[string]string) (*syscall.Credential, error) {
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	cred, err := serverCredential(pgcluster.ServerUser)
+	if err != nil {
+		return nil, err
+	}
+	return cred, chownTree(dir, cred)
 }

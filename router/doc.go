@@ -37,6 +37,15 @@
 // (shape.go). Multi-shard merge plans are made on the first route needing
 // them.
 //
+// Statement.Parameterize turns a single SELECT, INSERT, UPDATE or DELETE
+// with inlined integers into a text with int4 parameters $1..$n and their
+// values, for a front end to run it as a server-side prepared statement
+// with the results of the literal text. Integers that are syntax (type
+// modifiers, ORDER BY / GROUP BY positions) or that PostgreSQL compares
+// with other expressions (grouped and DISTINCT query levels, DISTINCT
+// aggregates, ON CONFLICT inference) stay inline; the decision is made
+// once per literal shape from the parse tree (param.go).
+//
 // # Routing
 //
 // Tables not listed in the topology are unsharded and live on the default

@@ -48,6 +48,18 @@ type Server struct {
 	Databases []string `toml:"databases"`
 	// StatusListen is the HTTP address for /metrics and /status; "" disables.
 	StatusListen string `toml:"status_listen"`
+	// AutoPrepare runs repeated queries as statements prepared once per
+	// backend connection: unnamed extended-protocol statements and simple
+	// queries with integer literals (sent as int4 parameters). PostgreSQL
+	// then parses and plans them once instead of on every execution; its
+	// plan cache treats them as any prepared statement (generic plans after
+	// five executions when they are no worse, see plan_cache_mode).
+	AutoPrepare bool `toml:"auto_prepare"`
+	// Threads is how many OS threads run proxy code at once (GOMAXPROCS);
+	// 0 keeps the Go runtime's default, the number of CPUs available.
+	// On a machine shared with the databases a small number (1 or 2)
+	// avoids waking threads on other CPUs for every message.
+	Threads int `toml:"threads"`
 }
 
 // User is one [[users]] entry: credentials a client logs in with and the
@@ -190,6 +202,7 @@ func Default() *Config {
 			MaxMessageBytes: 1 << 20,
 			ShutdownTimeout: Duration(30 * time.Second),
 			StatusListen:    "127.0.0.1:6433",
+			AutoPrepare:     true,
 		},
 		Routing: Routing{
 			Balance:        RoundRobin,

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
 	"github.com/dbproxy/dbproxy/shard"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -29,8 +31,7 @@ type attachment struct {
 	nodeName string
 	shard    shard.ID
 	primary  bool
-	done     chan struct{} // closed when the pump has exited
-	cancel   context.CancelFunc
+	done     chan struct{} // closed when the pump has exited (closedChan while none ran)
 
 	// under c.mu
 	outstanding int  // Sync/Query/FunctionCall sent, ReadyForQuery not yet received
@@ -41,27 +42,50 @@ type attachment struct {
 	expect      []expectation
 	wrote       bool // a write was sent in the current transaction (causal token at commit)
 	transient   bool // leased without a routing decision (prepare/describe): the router session is not told
-	parked      bool // session pooling: idle, kept, no pump running
-	ctx         context.Context
-	swallowSeg  int // recvSeg value after the injected preamble's ReadyForQuery (-1: none)
+	parked      bool // no pump running: the backend has nothing in flight (session pooling idle, an inline pump done, or not yet used)
+	inline      bool // the pump runs on the reader goroutine (see pumpInline)
+	wbytes      int  // bytes queued for the backend since its last flush (approximate)
+	stopped     bool // interrupt was called: a pump must end (its read fails at once)
+	deadlineSet bool // interrupt set a past read deadline on the backend
+	swallowSeg  int  // recvSeg value after the injected preamble's ReadyForQuery (-1: none)
 	copying     bool
 	released    bool
-	copyBytes   int // CopyData bytes sent since the last flush to the backend
+	copyBytes   int         // CopyData bytes sent since the last flush to the backend
+	retry       *paramRetry // the parameterized simple query in flight, retried once if its statement is stale
+	retrying    *paramRetry // retry in progress: resent by the pump after the failed attempt's ReadyForQuery
+	retryBuf    paramRetry  // what retry points to
+}
+
+// paramRetry is what is needed to send a parameterized simple query again.
+type paramRetry struct {
+	seg  int
+	text string
+	args []string
 }
 
 // expectation is a ParseComplete/BindComplete/CloseComplete the pump will
 // see, and whether the client asked for it (forward) or the proxy did
 // (swallow: an injected re-prepare).
 type expectation struct {
-	seg     int
-	kind    byte // '1' ParseComplete, '2' BindComplete, '3' CloseComplete
+	seg int
+	// kind: '1' ParseComplete, '2' BindComplete, '3' CloseComplete;
+	// 'D' ParameterDescription and 'r' RowDescription or NoData of a
+	// parameterized query's statement (remembered); 'P' ParseComplete and
+	// 'R' RowDescription (rowDesc) the proxy answers itself.
+	kind    byte
+	rowDesc *pgproto3.RowDescription
 	swallow bool
 	name    string // statement name for Parse (to forget it on failure)
 	hash    uint64
+	auto    bool // name is the server-side alias of the client's unnamed statement
 }
 
 // stateIdle waits for the next client message with no backend leased.
-func (c *clientConn) stateIdle(ctx context.Context) stateFn {
+// A wait longer than the deep-idle threshold is interrupted by the
+// sweeper (see idle.go) and continues without the protocol Backend.
+// Its frame is kept small (ctx is c.ctx; received dispatches): a reader
+// waits here with this frame on its stack (see idle.go).
+func (c *clientConn) stateIdle(_ context.Context) stateFn {
 	c.setState(stateIdle)
 	if c.shutdown.Load() {
 		return c.fail(ErrShuttingDown)
@@ -70,11 +94,18 @@ func (c *clientConn) stateIdle(ctx context.Context) stateFn {
 	if err != nil {
 		return c.readFailed(err)
 	}
-	return c.dispatch(ctx, msg)
+	return c.received(msg)
 }
 
 // stateAttached reads client messages while a backend is leased.
 func (c *clientConn) stateAttached(ctx context.Context) stateFn {
+	c.mu.Lock()
+	att := c.att
+	c.mu.Unlock()
+	if att == nil {
+		// An inline pump gave the backend back already.
+		return c.stateIdle(ctx)
+	}
 	c.setState(stateAttached)
 	msg, err := c.fe.Receive()
 	if err != nil {
@@ -84,6 +115,9 @@ func (c *clientConn) stateAttached(ctx context.Context) stateFn {
 }
 
 func (c *clientConn) readFailed(err error) stateFn {
+	if c.disarmSweep() && isTimeout(err) && !c.shutdown.Load() {
+		return c.swept() // the deep-idle sweeper's deadline, not the client's fault
+	}
 	if c.shutdown.Load() {
 		return c.fail(ErrShuttingDown)
 	}
@@ -160,42 +194,69 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 		return nil, err
 	}
 	conn, node := lease.Conn(), lease.Node()
-	pctx, cancel := context.WithCancel(c.ctx)
 	att := &attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
-		primary: node.Role() == replica.RolePrimary, done: make(chan struct{}), cancel: cancel, transient: transient, swallowSeg: -1, ctx: pctx,
+		primary: node.Role() == replica.RolePrimary, done: closedChan, transient: transient, swallowSeg: -1,
+		parked: true, // the first flush starts the pump
 	}
 	c.mu.Lock()
 	c.att = att
 	c.lastPump = att.done
 	c.mu.Unlock()
-	go c.pump(pctx, att)
 	c.setState(stateAttached)
 	return att, nil
 }
 
+// closedChan is the done channel of an attachment with no pump goroutine.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+// inlineMaxBytes bounds the request a reader may flush before pumping the
+// reply itself: a write that size never blocks on a backend that is
+// waiting for input, so the backend's output cannot back up behind it.
+const inlineMaxBytes = 32 << 10
+
 // forward sends one client message to the backend, recording what the
 // pump must expect. Parse/Bind/Describe/Close are rewritten with injected
 // re-prepares where the backend lacks the client's statement.
+//
+// When the message ends a request (Sync, Query, FunctionCall: exactly one
+// ReadyForQuery follows), no pump is running and the request is small,
+// the reader pumps the reply itself (pumpInline) before it reads the
+// client again, as PostgreSQL itself answers one request before reading
+// the next; otherwise a pump goroutine streams the replies while the
+// reader goes on reading the client (pipelining, Flush, COPY).
 func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) error {
+	inline, err := c.send1(att, msg)
+	return c.pumpIfInline(att, inline, err)
+}
+
+// send1 is forward without the inline pump: it queues msg for the
+// backend, flushes at request ends, and reports whether the caller is to
+// pump the reply inline.
+func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inline bool, err error) {
 	att.wmu.Lock()
 	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
-	flush := false
+	flush, end := false, false
 	c.mu.Lock()
 	if att.released {
 		// The pump gave the backend back meanwhile (only possible for a
 		// Flush sent between transactions): nothing is left to flush.
 		c.mu.Unlock()
 		if _, ok := msg.(*pgproto3.Flush); ok {
-			return c.flushClient()
+			return false, c.flushClient()
 		}
-		return errNoBackend
+		return false, errNoBackend
 	}
-	c.unpark(att)
+	c.closeStaleAuto(att, fr)
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
 		h := stmtHash(m.Query, m.ParameterOIDs)
+		att.wbytes += 16 + len(m.Name) + len(m.Query) + 4*len(m.ParameterOIDs)
+		if m.Name == "" && c.srv.cfg.AutoPrepare && autoPreparable(m.Query) {
+			c.parseUnnamed(att, fr, m, h)
+			break
+		}
 		if old, ok := att.bst.stmts[m.Name]; ok && m.Name != "" && old != 0 {
 			att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: m.Name}, expectation{kind: '3', swallow: true})
 		}
@@ -205,13 +266,27 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 		att.unsynced = true
 		fr.Send(m)
 	case *pgproto3.Bind:
-		c.ensurePrepared(att, fr, m.PreparedStatement)
+		if alias, ok := c.unnamedAlias(att, fr, m.PreparedStatement); ok {
+			b := *m
+			b.PreparedStatement = alias
+			m = &b
+		} else {
+			c.ensurePrepared(att, fr, m.PreparedStatement)
+		}
 		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '2'})
 		att.unsynced = true
+		att.wbytes += 16 + len(m.DestinationPortal) + len(m.PreparedStatement) + 2*len(m.ParameterFormatCodes) + 2*len(m.ResultFormatCodes)
+		for _, v := range m.Parameters {
+			att.wbytes += 4 + len(v)
+		}
 		fr.Send(m)
 	case *pgproto3.Describe:
 		if m.ObjectType == 'S' {
-			c.ensurePrepared(att, fr, m.Name)
+			if alias, ok := c.unnamedAlias(att, fr, m.Name); ok {
+				m = &pgproto3.Describe{ObjectType: 'S', Name: alias}
+			} else {
+				c.ensurePrepared(att, fr, m.Name)
+			}
 		}
 		att.unsynced = true
 		fr.Send(m)
@@ -231,7 +306,7 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 		att.outstanding++
 		att.sentSeg++
 		fr.Send(m)
-		flush = true
+		flush, end = true, true
 	case *pgproto3.Flush:
 		att.flushWanted = true
 		fr.Send(m)
@@ -241,8 +316,9 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 		delete(att.bst.stmts, "")
 		att.outstanding++
 		att.sentSeg++
+		att.wbytes += len(m.String)
 		fr.Send(m)
-		flush = true
+		flush, end = true, true
 	case *pgproto3.FunctionCall:
 		att.outstanding++
 		att.sentSeg++
@@ -257,16 +333,44 @@ func (c *clientConn) forward(att *attachment, msg pgproto3.FrontendMessage) erro
 		flush = true
 	default:
 		c.mu.Unlock()
-		return newClientError(codeProtocolViolation, fmt.Sprintf("unexpected message %T", msg))
+		return false, newClientError(codeProtocolViolation, fmt.Sprintf("unexpected message %T", msg))
 	}
+	att.wbytes += 8
 	if flush {
 		att.copyBytes = 0
+		inline = c.flushPoint(att, end)
 	}
 	c.mu.Unlock()
 	if flush {
-		return fr.Flush()
+		return inline, fr.Flush()
 	}
-	return nil
+	return false, nil
+}
+
+// flushPoint decides, when att's queued messages are about to be flushed,
+// who reads the reply: the caller, inline (true), when no pump runs and
+// the flushed request is small and ends with exactly one ReadyForQuery
+// (end); else a pump goroutine, started here if none runs. Called with
+// c.mu held.
+func (c *clientConn) flushPoint(att *attachment, end bool) (inline bool) {
+	if att.parked {
+		if end && !att.flushWanted && att.wbytes <= inlineMaxBytes && !c.srv.cfg.noInlinePump {
+			inline = true
+		} else {
+			c.startPump(att)
+		}
+	}
+	att.wbytes = 0
+	return inline
+}
+
+// pumpIfInline finishes a send that returned (inline, err): the caller
+// pumps the reply itself when the send said so.
+func (c *clientConn) pumpIfInline(att *attachment, inline bool, err error) error {
+	if err == nil && inline {
+		c.pumpInline(att)
+	}
+	return err
 }
 
 // ensurePrepared injects a Parse (and a Close of a different statement of
@@ -297,7 +401,7 @@ func (att *attachment) inject(fr *pgproto3.Frontend, msg pgproto3.FrontendMessag
 
 // backendFailed ends the client connection after the backend broke.
 func (c *clientConn) backendFailed(att *attachment, err error) stateFn {
-	att.cancel()
+	c.interrupt(att)
 	<-att.done
 	c.mu.Lock()
 	reason := c.closeReason
@@ -322,7 +426,7 @@ func (c *clientConn) teardown() {
 	c.mu.Lock()
 	busy := att.outstanding > 0 || att.unsynced || att.copying
 	c.mu.Unlock()
-	att.cancel()
+	c.interrupt(att)
 	<-att.done
 	c.mu.Lock()
 	released := att.released
@@ -345,35 +449,124 @@ func (c *clientConn) teardown() {
 // ctx interrupts the backend read through a read deadline armed once per
 // pump (context.AfterFunc), not through pgconn's per-call context watch,
 // which costs a channel and an AfterFunc registration per message.
-func (c *clientConn) pump(ctx context.Context, att *attachment) {
+func (c *clientConn) pump(att *attachment) {
 	defer close(att.done)
-	nc := att.conn.Conn()
-	interrupted := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		_ = nc.SetReadDeadline(time.Now())
-		close(interrupted)
-	})
-	// disarm stops the interruption; if it already fired, it waits for it
-	// and clears the deadline (as pgconn's context watch does) so that a
-	// backend given back afterwards is not left with a past deadline.
-	disarm := func() {
-		if !stop() {
-			<-interrupted
-			_ = nc.SetReadDeadline(time.Time{})
-		}
+	c.pumpLoop(att)
+}
+
+// interrupt makes att's pump, if one is reading the backend, fail its
+// read at once and end as when the connection ends (the backend is then
+// discarded). Any goroutine may call it.
+func (c *clientConn) interrupt(att *attachment) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if att.stopped {
+		return
 	}
+	att.stopped = true
+	if !att.parked && !att.released {
+		_ = att.conn.Conn().SetReadDeadline(time.Now())
+		att.deadlineSet = true
+	}
+}
+
+// clearInterrupt undoes interrupt's read deadline on a backend whose pump
+// ended normally meanwhile (so it can be kept or pooled). Called with
+// c.mu held.
+func (att *attachment) clearInterrupt() {
+	if att.deadlineSet {
+		att.deadlineSet = false
+		_ = att.conn.Conn().SetReadDeadline(time.Time{})
+	}
+}
+
+// pumpInline runs the pump on the reader goroutine for the request just
+// flushed to a parked backend: it returns once the backend is released,
+// or is idle waiting for the client again (inside a transaction, or
+// kept by session pooling), or has failed. When the reply turns into
+// COPY FROM STDIN the reader must read the client's data, so a pump
+// goroutine takes over.
+func (c *clientConn) pumpInline(att *attachment) {
+	c.mu.Lock()
+	att.parked = false
+	att.inline = true
+	c.mu.Unlock()
+	c.pumpLoop(att)
+	c.mu.Lock()
+	att.inline = false
+	handOver := !att.parked && !att.released && c.closeReason == nil
+	if handOver {
+		att.parked = true
+		c.startPump(att)
+	}
+	c.mu.Unlock()
+}
+
+// pumpLoop is the body of pump and pumpInline.
+//
+// The pump is interrupted (interrupt) by a past read deadline rather than
+// a context per request: the connection's context reaches it through one
+// context.AfterFunc per client connection (newClientConn).
+func (c *clientConn) pumpLoop(att *attachment) {
+	ctx := c.ctx
+	c.mu.Lock()
+	if (ctx.Err() != nil || att.stopped) && !att.deadlineSet {
+		att.stopped = true // interrupted before this pump started: do not wait for the backend
+		att.deadlineSet = true
+		_ = att.conn.Conn().SetReadDeadline(time.Now())
+	}
+	c.mu.Unlock()
 	for {
 		msg, err := att.conn.ReceiveMessage(context.Background())
 		if err != nil {
-			disarm()
 			c.pumpFailed(ctx, att, err) // the backend is discarded
 			return
 		}
 		c.mu.Lock()
+		if len(att.expect) > 0 && att.expect[0].kind == 'P' && att.expect[0].seg == att.recvSeg {
+			// The segment's first reply: its ParseComplete precedes it.
+			att.expect = att.expect[1:]
+			c.wmu.Lock()
+			c.queue(parseComplete)
+			c.wmu.Unlock()
+		}
 		forward, flush, release := c.observe(att, msg)
+		if _, ok := msg.(*pgproto3.BindComplete); ok && len(att.expect) > 0 && att.expect[0].kind == 'R' && att.expect[0].seg == att.recvSeg {
+			// A parameterized query's remembered RowDescription follows
+			// its (swallowed) BindComplete.
+			rd := att.expect[0].rowDesc
+			att.expect = att.expect[1:]
+			c.wmu.Lock()
+			c.queue(rd)
+			c.wmu.Unlock()
+		}
+		if r := att.retrying; r != nil && att.outstanding == 0 {
+			att.retrying = nil
+			c.mu.Unlock()
+			if _, err := c.sendParameterized(att, r.text, r.args); err != nil {
+				c.pumpFailed(ctx, att, err)
+				return
+			}
+			continue
+		}
+		stop := false
+		if att.inline && !release && forward {
+			switch msg.(type) {
+			case *pgproto3.ReadyForQuery:
+				// Idle inside a transaction: the client speaks next.
+				stop = att.outstanding == 0 && !att.unsynced
+			case *pgproto3.CopyInResponse, *pgproto3.CopyBothResponse:
+				stop = true // the reader must read the client's data; a pump goroutine goes on
+			}
+		}
+		if stop && att.outstanding == 0 && !att.copying {
+			att.parked = true
+		}
+		if release || att.parked {
+			att.clearInterrupt() // the pump ends normally after all
+		}
 		c.mu.Unlock()
 		if release {
-			disarm()
 			c.detach(ctx, att, msg.(*pgproto3.ReadyForQuery), !att.parked)
 			return
 		}
@@ -381,14 +574,13 @@ func (c *clientConn) pump(ctx context.Context, att *attachment) {
 			continue
 		}
 		c.wmu.Lock()
-		c.fe.Send(msg)
-		err = c.fe.Flush()
-		if err == nil && flush {
-			err = c.bw.Flush()
-		}
+		c.queue(msg)
+		err = c.flushClientLocked(flush)
 		c.wmu.Unlock()
+		if err == nil && stop {
+			return
+		}
 		if err != nil {
-			disarm()
 			// The client is gone; the reader will see it too.
 			c.mu.Lock()
 			c.closeReason = errClientGone
@@ -411,7 +603,7 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 	}
 	switch m := msg.(type) {
 	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
-		if len(att.expect) > 0 {
+		if len(att.expect) > 0 && att.expect[0].kind <= '3' {
 			e := att.expect[0]
 			att.expect = att.expect[1:]
 			if e.swallow {
@@ -419,15 +611,33 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 			}
 		}
 	case *pgproto3.ErrorResponse:
+		if m.Code == "0A000" && m.Message == "cached plan must not change result type" && len(att.bst.auto) > 0 {
+			// A table changed under statements the proxy prepared: every
+			// one of them may be stale on this backend.
+			att.bst.staleAuto = true
+			if r := att.retry; r != nil && r.seg == att.recvSeg {
+				// A parameterized simple query outside a transaction:
+				// run it again once, prepared anew; the client sees only
+				// the second answer.
+				att.retry = nil
+				att.retrying = r
+				att.expect = att.expect[:0]
+				return false, false, false
+			}
+		}
 		// The backend skips to the next Sync: forget what it will not answer.
 		keep := att.expect[:0]
 		for _, e := range att.expect {
 			if e.seg != att.recvSeg {
 				keep = append(keep, e)
 			} else if e.kind == '1' {
-				delete(att.bst.stmts, e.name)
-				if ps := c.sess.stmts[e.name]; ps != nil && ps.hash == e.hash && !e.swallow {
-					delete(c.sess.stmts, e.name)
+				att.bst.forgetStatement(e.name)
+				client := e.name
+				if e.auto {
+					client = ""
+				}
+				if ps := c.sess.stmts[client]; ps != nil && ps.hash == e.hash && !e.swallow {
+					delete(c.sess.stmts, client)
 				}
 			}
 		}
@@ -437,6 +647,22 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		}
 		att.copying = false
 		flush = true
+	case *pgproto3.ParameterDescription:
+		if len(att.expect) > 0 && att.expect[0].kind == 'D' {
+			att.expect = att.expect[1:]
+			return false, false, false // the Describe of a parameterized simple query's statement
+		}
+	case *pgproto3.NoData:
+		if len(att.expect) > 0 && att.expect[0].kind == 'r' {
+			att.bst.rowDescs[att.expect[0].name] = nil
+			att.expect = att.expect[1:]
+			return false, false, false
+		}
+	case *pgproto3.RowDescription:
+		if len(att.expect) > 0 && att.expect[0].kind == 'r' {
+			att.bst.rowDescs[att.expect[0].name] = copyRowDescription(m)
+			att.expect = att.expect[1:] // it has rows: the client gets this
+		}
 	case *pgproto3.CommandComplete:
 		c.observeCommand(att, m.CommandTag)
 	case *pgproto3.CopyInResponse, *pgproto3.CopyBothResponse:
@@ -453,6 +679,10 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 	case *pgproto3.ReadyForQuery:
 		att.outstanding--
 		att.recvSeg++
+		att.retry = nil
+		if att.retrying != nil && att.outstanding == 0 {
+			return false, false, false // pumpLoop sends the query again
+		}
 		att.copying = false
 		att.flushWanted = false
 		backendTx := m.TxStatus
@@ -499,10 +729,10 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 func (c *clientConn) observeCommand(att *attachment, tag []byte) {
 	switch t := string(tag); {
 	case t == "DISCARD ALL":
-		clear(att.bst.stmts)
+		att.bst.forgetStatements()
 		clear(c.sess.stmts)
 	case t == "DEALLOCATE ALL":
-		clear(att.bst.stmts)
+		att.bst.forgetStatements()
 	case t == "COPY" || strings.HasPrefix(t, "COPY "):
 		att.copying = false
 	}
@@ -541,7 +771,6 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	c.mu.Unlock()
 	if release {
 		att.lease.Release(nil)
-		att.cancel() // drop the pump's context from the connection's
 		c.setState(stateIdle)
 	}
 	if err := c.send(msgs...); err != nil {
@@ -557,7 +786,7 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 // ending anyway, the client gets FATAL 08006 and is disconnected.
 func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error) {
 	c.mu.Lock()
-	ending := ctx.Err() != nil
+	ending := ctx.Err() != nil || att.stopped
 	if c.att == att {
 		c.att = nil
 	}
@@ -568,16 +797,61 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	att.lease.Discard(err)
-	att.cancel()
 	if ending {
 		return
 	}
 	c.wmu.Lock()
 	c.fe.Send(errorResponse(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err}, "FATAL"))
 	_ = c.fe.Flush()
-	_ = c.bw.Flush()
 	c.wmu.Unlock()
 	_ = c.netConn.Close()
+}
+
+// clientFlushBytes is how much of a result is buffered for the client
+// before it is written out without waiting for a flush point.
+const clientFlushBytes = 32 << 10
+
+// queue encodes msg for the client; it is written at the next flush.
+// Called with c.wmu held.
+func (c *clientConn) queue(msg pgproto3.BackendMessage) {
+	c.fe.Send(msg)
+	c.unflushed += approxSize(msg)
+}
+
+// flushClientLocked writes what is queued for the client when force is
+// set or clientFlushBytes are queued. Called with c.wmu held.
+func (c *clientConn) flushClientLocked(force bool) error {
+	if !force && c.unflushed < clientFlushBytes {
+		return nil
+	}
+	c.unflushed = 0
+	return c.fe.Flush()
+}
+
+// approxSize is about the wire size of a backend message, for deciding
+// when to write a long result out.
+func approxSize(msg pgproto3.BackendMessage) int {
+	switch m := msg.(type) {
+	case rawMessage:
+		return len(m)
+	case *pgproto3.DataRow:
+		n := 7
+		for _, v := range m.Values {
+			n += 4 + len(v)
+		}
+		return n
+	case *pgproto3.CopyData:
+		return 5 + len(m.Data)
+	case *pgproto3.RowDescription:
+		n := 7
+		for _, f := range m.Fields {
+			n += 19 + len(f.Name)
+		}
+		return n
+	case *pgproto3.NoticeResponse, *pgproto3.ErrorResponse:
+		return 256
+	}
+	return 16
 }
 
 // prepareBackend brings a freshly leased backend to the session's
@@ -617,7 +891,7 @@ func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, b
 	if bst.fingerprint != fp {
 		bst.fingerprint = fp
 		if strings.Contains(replay, "DEALLOCATE ALL") {
-			clear(bst.stmts)
+			bst.forgetStatements()
 		}
 	}
 	return nil
@@ -640,13 +914,13 @@ func (c *clientConn) failOnBackend(att *attachment, err error) error {
 	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	c.mu.Lock()
-	c.unpark(att)
 	att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: "dbproxy_fail"}, expectation{kind: '3', swallow: true})
 	att.inject(fr, &pgproto3.Parse{Name: "dbproxy_fail", Query: sql}, expectation{kind: '1', swallow: true, name: "\x00dbproxy_fail"})
 	att.inject(fr, &pgproto3.Bind{DestinationPortal: "dbproxy_fail", PreparedStatement: "dbproxy_fail"}, expectation{kind: '2', swallow: true})
 	fr.Send(&pgproto3.Execute{Portal: "dbproxy_fail"})
+	att.wbytes += len(sql) + 64
 	c.mu.Unlock()
-	return fr.Flush()
+	return nil // sent with the batch's Sync
 }
 
 // leaseFor leases a backend for t and prepares it for the session.
@@ -672,7 +946,7 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 	conn := lease.Conn()
 	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
 	if bst == nil {
-		bst = &backendState{stmts: map[string]uint64{}}
+		bst = &backendState{stmts: map[string]uint64{}, rowDescs: map[string]*pgproto3.RowDescription{}}
 		conn.CustomData()[backendStateKey] = bst
 		c.srv.learnBackendParams(conn)
 	}
@@ -689,27 +963,283 @@ func (c *clientConn) sendPreamble(att *attachment, preamble []string) error {
 	defer att.wmu.Unlock()
 	fr := att.conn.Frontend()
 	c.mu.Lock()
-	c.unpark(att)
 	att.transient = false
 	if len(preamble) > 0 {
 		att.outstanding++
 		att.sentSeg++
 		att.swallowSeg = att.sentSeg
 		delete(att.bst.stmts, "")
-		fr.Send(&pgproto3.Query{String: strings.Join(preamble, ";\n")})
+		q := strings.Join(preamble, ";\n")
+		att.wbytes += len(q) + 8
+		fr.Send(&pgproto3.Query{String: q})
 	}
 	c.mu.Unlock()
-	return fr.Flush()
+	return nil // sent with the request that follows
 }
 
-// unpark restarts the pump of a parked attachment before a request is
-// sent to it. Called with c.mu held, by the reader.
-func (c *clientConn) unpark(att *attachment) {
+// startPump starts a pump goroutine for a parked attachment. Called with
+// c.mu held, by the reader.
+func (c *clientConn) startPump(att *attachment) {
 	if !att.parked {
 		return
 	}
 	att.parked = false
 	att.done = make(chan struct{})
 	c.lastPump = att.done
-	go c.pump(att.ctx, att)
+	go c.pump(att)
+}
+
+// Unnamed statements (Parse with an empty name, as most drivers send for
+// every parameterized query) are prepared on each backend under a name
+// derived from their text and parameter types, so PostgreSQL parses and
+// plans a repeated query once per backend instead of on every execution
+// (the plan cache then behaves as for any named statement). The client
+// still sees its unnamed statement: its Parse is answered by the
+// backend's ParseComplete for either the named Parse or, when the backend
+// already holds the statement, for a Parse of an empty unnamed statement
+// (cheap, and answered in order); its Bind and Describe name the alias.
+// At most maxAutoStatements aliases are kept per backend; the oldest is
+// closed first.
+
+// maxAutoStatements bounds the aliased statements kept on one backend.
+const maxAutoStatements = 128
+
+// emptyParse replaces the client's unnamed Parse when the backend holds
+// its alias already and the Parse follows other messages of its segment.
+var emptyParse = &pgproto3.Parse{}
+
+var parseComplete = &pgproto3.ParseComplete{}
+
+// autoPreparable reports whether query is a single plannable statement
+// (SELECT, INSERT, UPDATE, DELETE, MERGE) worth preparing by alias.
+// Transaction control and utility statements keep the unnamed statement:
+// an aborted transaction refuses every Parse but ROLLBACK/COMMIT.
+func autoPreparable(query string) bool {
+	st, err := router.Classify(query)
+	if err != nil || st.ParseError != nil || st.NumStatements != 1 {
+		return false
+	}
+	switch st.Command {
+	case "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE":
+		return st.Kind == router.KindRead || st.Kind == router.KindWrite
+	}
+	return false
+}
+
+// autoName is the backend-side name of the unnamed statement with hash h.
+func autoName(h uint64) string {
+	var b [32]byte
+	return string(strconv.AppendUint(append(b[:0], "dbproxy_"...), h, 36))
+}
+
+// parseUnnamed sends the client's unnamed Parse m (hash h) as its alias.
+// Called with c.mu and att.wmu held.
+func (c *clientConn) parseUnnamed(att *attachment, fr *pgproto3.Frontend, m *pgproto3.Parse, h uint64) {
+	ps := &preparedStmt{name: "", query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: h, auto: autoName(h)}
+	c.sess.stmts[""] = ps
+	first := !att.unsynced // nothing else sent since the last Sync
+	att.unsynced = true
+	if att.bst.stmts[ps.auto] == h {
+		if first && c.lastTx != 'E' {
+			// Nothing precedes it in its segment: the pump answers
+			// ParseComplete itself before the segment's first reply.
+			att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: 'P'})
+			return
+		}
+		// Elsewhere a cheap empty Parse has the backend answer in order.
+		delete(att.bst.stmts, "")
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '1'})
+		fr.Send(emptyParse)
+		return
+	}
+	delete(att.bst.stmts, "") // the client's statement is no longer the backend's unnamed one
+	c.prepareAuto(att, fr, ps.auto, m.Query, m.ParameterOIDs, h, false)
+}
+
+// prepareAuto prepares a statement the proxy names (the alias of an
+// unnamed statement, or a parameterized simple query) on att's backend,
+// closing the oldest such statement first when the backend holds
+// maxAutoStatements of them. swallow: the client did not send this Parse.
+// Called with c.mu and att.wmu held.
+func (c *clientConn) prepareAuto(att *attachment, fr *pgproto3.Frontend, name, query string, oids []uint32, h uint64, swallow bool) {
+	c.evictAuto(att, fr)
+	att.inject(fr, &pgproto3.Parse{Name: name, Query: query, ParameterOIDs: oids}, expectation{kind: '1', swallow: swallow, name: name, hash: h, auto: true})
+	att.bst.stmts[name] = h
+	att.bst.auto = append(att.bst.auto, name)
+	delete(att.bst.rowDescs, name)
+}
+
+// unnamedAlias returns the alias to use for the client's statement name
+// when it is the aliased unnamed statement, preparing it on the backend
+// if this backend does not hold it. Called with c.mu and att.wmu held.
+func (c *clientConn) unnamedAlias(att *attachment, fr *pgproto3.Frontend, name string) (string, bool) {
+	if name != "" {
+		return "", false
+	}
+	ps := c.sess.stmts[""]
+	if ps == nil || ps.auto == "" {
+		return "", false
+	}
+	if att.bst.stmts[ps.auto] != ps.hash {
+		c.prepareAuto(att, fr, ps.auto, ps.query, ps.paramOIDs, ps.hash, true)
+	}
+	return ps.auto, true
+}
+
+// evictAuto closes the oldest aliases while the backend holds
+// maxAutoStatements of them. Called with c.mu and att.wmu held.
+func (c *clientConn) evictAuto(att *attachment, fr *pgproto3.Frontend) {
+	for len(att.bst.auto) >= maxAutoStatements {
+		name := att.bst.auto[0]
+		att.bst.auto = att.bst.auto[1:]
+		closeAuto(att, fr, name)
+	}
+}
+
+// forwardParameterized sends a simple Query whose integer literals the
+// router turned into parameters (router.Statement.Parameterize) as the
+// extended-protocol request Parse (once per backend) / Bind / Describe /
+// Execute / Sync. The client sees exactly the simple protocol's reply:
+// ParseComplete, BindComplete and NoData are swallowed, RowDescription,
+// rows, CommandComplete, errors and ReadyForQuery pass through.
+func (c *clientConn) forwardParameterized(att *attachment, text string, args []string) error {
+	inline, err := c.sendParameterized(att, text, args)
+	return c.pumpIfInline(att, inline, err)
+}
+
+// sendParameterized queues and flushes the request of forwardParameterized.
+// It also sends a retry (called from the pump that runs, so never inline).
+func (c *clientConn) sendParameterized(att *attachment, text string, args []string) (inline bool, err error) {
+	att.wmu.Lock()
+	defer att.wmu.Unlock()
+	fr := att.conn.Frontend()
+	c.mu.Lock()
+	if att.released {
+		c.mu.Unlock()
+		return false, errNoBackend
+	}
+	c.closeStaleAuto(att, fr)
+	seg := att.sentSeg
+	oids := int4OIDs(len(args))
+	h := stmtHash(text, oids)
+	name := c.paramName(h)
+	if att.bst.stmts[name] != h {
+		c.prepareAuto(att, fr, name, text, oids, h, true)
+		att.wbytes += len(text) + 4*len(oids)
+	}
+	rd, described := att.bst.rowDescs[name]
+	if !described {
+		// Describe the statement once per backend: its RowDescription (or
+		// NoData) is remembered and answered by the proxy afterwards.
+		// PostgreSQL fails a prepared statement whose result columns
+		// would change ("cached plan must not change result type"), which
+		// closes and forgets it, so the remembered one stays right.
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: 'D', swallow: true}, expectation{seg: att.sentSeg, kind: 'r', name: name})
+		fr.Send(&pgproto3.Describe{ObjectType: 'S', Name: name})
+	}
+	// The Bind is encoded at once (Send), so one per session is reused.
+	sess := c.sess
+	sess.argBuf, sess.argVals = sess.argBuf[:0], sess.argVals[:0]
+	for _, a := range args {
+		sess.argBuf = append(sess.argBuf, a...)
+		att.wbytes += 4 + len(a)
+	}
+	off := 0
+	for _, a := range args {
+		sess.argVals = append(sess.argVals, sess.argBuf[off:off+len(a):off+len(a)])
+		off += len(a)
+	}
+	sess.bind = pgproto3.Bind{PreparedStatement: name, Parameters: sess.argVals}
+	att.inject(fr, &sess.bind, expectation{kind: '2', swallow: true})
+	if described && rd != nil {
+		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: 'R', rowDesc: rd})
+	}
+	fr.Send(executePortal)
+	fr.Send(syncMsg)
+	att.unsynced = false
+	att.outstanding++
+	att.sentSeg++
+	att.wbytes += 64 + len(name)
+	inline = c.flushPoint(att, true)
+	if inline && c.lastTx == 'I' && att.outstanding == 1 {
+		// Nothing else in flight and no transaction block: the query can
+		// be sent again if its statement proves stale.
+		att.retryBuf = paramRetry{seg: seg, text: text, args: args}
+		att.retry = &att.retryBuf
+	}
+	c.mu.Unlock()
+	return inline, fr.Flush()
+}
+
+var (
+	executePortal = &pgproto3.Execute{}
+	syncMsg       = &pgproto3.Sync{}
+	int4s         = func() []uint32 {
+		s := make([]uint32, 64)
+		for i := range s {
+			s[i] = 23 // int4
+		}
+		return s
+	}()
+)
+
+// int4OIDs is n parameter types int4 (shared, read-only).
+func int4OIDs(n int) []uint32 {
+	if n <= len(int4s) {
+		return int4s[:n:n]
+	}
+	s := make([]uint32, n)
+	for i := range s {
+		s[i] = 23
+	}
+	return s
+}
+
+// paramName is autoName(h), remembered for the session's last few
+// parameterized texts (a simple-protocol client repeats a handful).
+func (c *clientConn) paramName(h uint64) string {
+	for _, e := range c.sess.paramNames {
+		if e.hash == h {
+			return e.name
+		}
+	}
+	name := autoName(h)
+	c.sess.paramNames[c.sess.paramNext%len(c.sess.paramNames)] = paramNameEntry{hash: h, name: name}
+	c.sess.paramNext++
+	return name
+}
+
+// closeStaleAuto closes every alias on att's backend after one of them
+// was found stale (its table changed), so that each is prepared anew on
+// its next use. Called with c.mu and att.wmu held.
+func (c *clientConn) closeStaleAuto(att *attachment, fr *pgproto3.Frontend) {
+	if !att.bst.staleAuto {
+		return
+	}
+	att.bst.staleAuto = false
+	clear(att.bst.rowDescs)
+	for _, name := range att.bst.auto {
+		closeAuto(att, fr, name)
+	}
+	att.bst.auto = att.bst.auto[:0]
+}
+
+// closeAuto closes the proxy-named statement name on att's backend if it
+// holds it. Called with c.mu and att.wmu held.
+func closeAuto(att *attachment, fr *pgproto3.Frontend, name string) {
+	if _, ok := att.bst.stmts[name]; ok {
+		att.bst.forgetStatement(name)
+		att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: name}, expectation{kind: '3', swallow: true})
+	}
+}
+
+// copyRowDescription copies m (received into a buffer that is reused) to
+// be remembered.
+func copyRowDescription(m *pgproto3.RowDescription) *pgproto3.RowDescription {
+	out := &pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(m.Fields))}
+	for i, f := range m.Fields {
+		f.Name = append([]byte(nil), f.Name...)
+		out.Fields[i] = f
+	}
+	return out
 }

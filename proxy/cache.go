@@ -420,27 +420,23 @@ func (c *clientConn) writeClient(msgs []pgproto3.BackendMessage, raw [][]byte, t
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for _, m := range msgs {
-		c.fe.Send(m)
-	}
-	if err := c.fe.Flush(); err != nil {
-		return err
+		c.queue(m)
 	}
 	for _, b := range raw {
-		if _, err := c.bw.Write(b); err != nil {
-			return err
-		}
+		c.queue(rawMessage(b))
 	}
 	for _, m := range tail {
-		c.fe.Send(m)
+		c.queue(m)
 	}
-	if err := c.fe.Flush(); err != nil {
-		return err
-	}
-	if flush {
-		return c.bw.Flush()
-	}
-	return nil
+	return c.flushClientLocked(flush)
 }
+
+// rawMessage is wire bytes (whole messages, as cached) sent as they are.
+type rawMessage []byte
+
+func (rawMessage) Backend()                            {}
+func (rawMessage) Decode([]byte) error                 { return errors.New("proxy: rawMessage is send-only") }
+func (m rawMessage) Encode(dst []byte) ([]byte, error) { return append(dst, m...), nil }
 
 // waitLastPump lets the last pump finish its writes to the client (the
 // ReadyForQuery of the previous request) before the proxy answers.

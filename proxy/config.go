@@ -144,6 +144,15 @@ type Config struct {
 	// message (pgproto3's tracer). For debugging only: it is slow and
 	// shows data.
 	Trace io.Writer
+
+	// AutoPrepare runs unnamed extended-protocol statements as named
+	// statements prepared once per backend (see attach.go), so PostgreSQL
+	// does not parse and plan a repeated query on every execution.
+	AutoPrepare bool
+
+	// noInlinePump makes every reply stream through a pump goroutine
+	// (tests run both paths).
+	noInlinePump bool
 }
 
 // DefaultConfig returns a Config with transaction pooling, SCRAM, 16 MiB
@@ -157,6 +166,7 @@ func DefaultConfig() Config {
 		StartupTimeout:  15 * time.Second,
 		MaxStaleness:    5 * time.Second,
 		ServerVersion:   "15.0",
+		AutoPrepare:     true,
 	}
 }
 

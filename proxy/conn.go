@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -28,12 +27,15 @@ type stateFn func(ctx context.Context) stateFn
 type clientConn struct {
 	srv     *Server
 	netConn net.Conn
-	bw      *bufio.Writer
-	fe      *pgproto3.Backend // the client side of the protocol (we are its backend)
-	wmu     sync.Mutex        // serializes writes to the client (fe.Send/Flush, bw)
-	start   time.Time
-	remote  string
-	tls     bool
+	box     *protoBox         // holds fe (idle.go); nil while deep idle (under wmu)
+	fe      *pgproto3.Backend // the client side of the protocol (we are its backend); Flush writes to netConn; nil while deep idle (idle.go)
+	wmu     sync.Mutex        // serializes writes to the client (fe.Send/Flush, unflushed) and guards fe and box (deep idle)
+	// unflushed approximates the bytes sent to fe since its last Flush,
+	// so that a long result is written out in pieces (under wmu).
+	unflushed int
+	start     time.Time
+	remote    string
+	tls       bool
 
 	pid    uint32
 	secret []byte
@@ -44,6 +46,16 @@ type clientConn struct {
 	state    atomic.Uint32 // connState
 	shutdown atomic.Bool   // Close asked this connection to end
 	queries  atomic.Uint64
+
+	// Deep idle (idle.go): idleMark is the sweeper tick at which the
+	// connection was first seen idle (0: not seen; idleClaimed: the
+	// sweeper set a read deadline, under sweepMu; idleDeep: no Backend);
+	// deepIdle is set while the connection has no Backend.
+	idleMark atomic.Int64
+	sweepMu  sync.Mutex
+	deepIdle atomic.Bool
+	wake     [5]byte // the first bytes read while deep idle
+	wakeN    uint8
 
 	ctx    context.Context // connection lifetime; cancelled when the connection ends or the server is killed
 	cancel context.CancelFunc
@@ -68,18 +80,29 @@ func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c.secret = make([]byte, 4)
 	_, _ = rand.Read(c.secret)
 	c.ctx, c.cancel = context.WithCancel(s.baseCtx)
+	// When the connection's context ends (the server is killed), a pump
+	// reading a backend is interrupted.
+	context.AfterFunc(c.ctx, func() {
+		c.mu.Lock()
+		att := c.att
+		c.mu.Unlock()
+		if att != nil {
+			c.interrupt(att)
+		}
+	})
 	c.setTransport(nc)
 	return c
 }
 
 func (c *clientConn) setTransport(nc net.Conn) {
 	c.netConn = nc
-	c.bw = bufio.NewWriterSize(nc, 32<<10)
-	c.fe = pgproto3.NewBackend(nc, c.bw)
-	c.fe.SetMaxBodyLen(c.srv.cfg.MaxMessageBytes)
-	if w := c.srv.cfg.Trace; w != nil {
-		c.fe.Trace(&syncWriter{w: w, mu: &c.srv.traceMu, c: c}, pgproto3.TracerOptions{})
-	}
+	// No write buffer of our own: the Backend buffers what Send encodes
+	// until Flush and keeps at most 1 KiB between flushes, which keeps an
+	// idle client connection small. The Backend comes from the Server's
+	// pool (idle.go) and follows the framing of the new transport from its
+	// startup phase; one replaced by a TLS upgrade may hold bytes and is
+	// not reused.
+	c.takeBox(false)
 }
 
 // syncWriter serializes trace output of all connections.
@@ -118,7 +141,9 @@ func (c *clientConn) setState(s connState) { c.srv.reg.transition(c, s) }
 func (c *clientConn) notifyShutdown() {
 	c.shutdown.Store(true)
 	c.mu.Lock()
-	attached := c.att != nil && !c.att.parked
+	// A backend kept while the client is inside a transaction counts as
+	// attached even when no pump is reading it.
+	attached := c.att != nil && (!c.att.parked || c.lastTx != 'I')
 	c.mu.Unlock()
 	if !attached {
 		_ = c.netConn.SetReadDeadline(time.Now())
@@ -141,12 +166,9 @@ func (c *clientConn) send(msgs ...pgproto3.BackendMessage) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for _, m := range msgs {
-		c.fe.Send(m)
+		c.queue(m)
 	}
-	if err := c.fe.Flush(); err != nil {
-		return err
-	}
-	return c.bw.Flush()
+	return c.flushClientLocked(true)
 }
 
 // fail sends err to the client as a FATAL error; the caller then closes.

@@ -94,9 +94,68 @@
 //
 // Each connection moves through startup, auth, idle, attached, copy and
 // closing (see connState); the reader goroutine runs one small state
-// function per state, and while a backend is attached a second goroutine
-// (the pump) streams backend messages to the client. States are counted
-// in a registry: Stats is a cheap snapshot.
+// function per state. A request that ends with exactly one ReadyForQuery
+// (a Query, or a batch up to Sync) and fits in 32 KiB is answered by the
+// reader itself: it writes the request and then streams the backend's
+// reply to the client before it reads the client again, as PostgreSQL
+// answers one request before reading the next. Where replies must flow
+// while the client is read (pipelined batches, Flush, COPY FROM STDIN) a
+// second goroutine (the pump) streams them. A pump is interrupted with a
+// past read deadline on the backend (the connection's context reaches it
+// through one context.AfterFunc per connection). States are counted in a
+// registry: Stats is a cheap snapshot.
+//
+// # Statements prepared by the proxy
+//
+// With Config.AutoPrepare (on in dbproxy's config by default) PostgreSQL
+// parses and plans a repeated statement once per backend connection:
+//
+//   - an unnamed extended-protocol statement is prepared on the backend
+//     under a name derived from its text and parameter types ("dbproxy_"
+//     and the hash); the client's Bind and Describe name it. The client's
+//     Parse is answered by the backend (a named Parse, or a cheap Parse of
+//     an empty unnamed statement when the backend holds it already) or,
+//     when it opens its batch, by the proxy;
+//   - a simple Query with integer literals outside the positions where
+//     they are syntax is sent as Bind/Execute/Sync of a statement prepared
+//     (and described) once per backend from router.Statement.Parameterize,
+//     with int4 parameters; the proxy answers the RowDescription it
+//     remembered and drops ParseComplete and BindComplete, so the client
+//     sees the simple protocol's reply.
+//
+// At most 128 such statements are kept per backend (the oldest is closed
+// first). When PostgreSQL reports "cached plan must not change result
+// type" (a table changed under a prepared statement), every statement the
+// proxy prepared on that backend is closed; a parameterized simple query
+// outside a transaction block is then sent again, so the client sees no
+// error, while an unnamed extended statement fails that once. Differences
+// from unprepared execution: error positions refer to the parameterized
+// text, and PostgreSQL may choose a generic plan after five executions
+// (plan_cache_mode governs it).
+//
+// A batch that only prepares statements (Parse and Close up to Sync, as
+// libpq's PQprepare sends) waits at most 5 ms for a backend; if none is
+// free the proxy answers it and the statement is prepared on the backend
+// of its first Bind (a client program blocked on the prepare may be the
+// one holding every backend).
+//
+// # Idle connections
+//
+// A client connection that has been idle (no backend attached, waiting
+// for its next request) for a second goes "deep idle": it gives its
+// protocol Backend, whose 8 KiB read buffer and write buffer are most of
+// an idle connection's memory, back to a pool shared by the Server's
+// connections, and waits for the client's next bytes with a 5-byte
+// array; it takes a Backend from the pool (or a new one) when they
+// arrive, as new connections do. One goroutine per Server (started by
+// Serve, stopped by Close) finds such connections four times per second
+// and interrupts their read with a past deadline. A Backend is only given
+// back when it holds no bytes (the reader below it follows the message
+// framing, so a message arriving slowly is read on), no pump can still
+// write to the client, and no reply is waiting for a flush the client
+// has not asked for. Connections inside a transaction, or holding a
+// backend under session pooling, keep their Backend. A shutdown ends a
+// deep-idle connection as any idle one (FATAL 57P01).
 //
 // # Errors
 //
@@ -114,15 +173,15 @@
 //
 // # Concurrency and lifecycle
 //
-// New starts nothing. Serve accepts until Close (or its ctx ends) and
-// owns one goroutine per connection plus one pump per attached backend.
-// Close stops accepting, ends idle sessions at once with FATAL 57P01,
-// lets open transactions finish until Config.ShutdownTimeout or ctx's
-// deadline, then ends the rest and waits for every goroutine; it is
-// idempotent. Reload swaps users, databases, the default staleness bound
-// and the client limit. The Deps (router, replica sets) belong to the
-// caller and are not closed. All exported methods are safe for
-// concurrent use.
+// New starts nothing. Serve accepts until Close (or its ctx ends); the
+// Server owns one goroutine per connection, one pump per attached backend
+// and the deep-idle sweeper. Close stops accepting, ends idle sessions
+// at once with FATAL 57P01, lets open transactions finish until
+// Config.ShutdownTimeout or ctx's deadline, then ends the rest and waits
+// for every goroutine; it is idempotent. Reload swaps users, databases,
+// the default staleness bound and the client limit. The Deps (router,
+// replica sets) belong to the caller and are not closed. All exported
+// methods are safe for concurrent use.
 //
 // # Limits
 //

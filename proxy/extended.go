@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"github.com/dbproxy/dbproxy/router"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -169,12 +171,62 @@ func (c *clientConn) startDescribeBatch(ctx context.Context, att *attachment, st
 			// Any shard has the schema; prefer the default shard's primary,
 			// which is always current for DDL just run.
 		}
-		var err error
-		if att, err = c.attach(ctx, t, nil, true); err != nil {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		parseOnly := c.parseOnlyBatch(st)
+		if parseOnly {
+			actx, cancel = context.WithTimeout(ctx, prepareLeaseWait)
+		}
+		a, err := c.attach(actx, t, nil, true)
+		cancel()
+		if err != nil {
+			if parseOnly && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				// Every backend is busy, perhaps with transactions of other
+				// connections of a client program that is blocked on this
+				// very prepare (libpq's PQprepare): answer the Parse here.
+				// The statement is prepared on the backend of its first
+				// Bind, where an error of its own (an unknown table, ...)
+				// then shows.
+				return c.startLocalBatch(&localResult{})
+			}
 			return c.localError(err, true)
 		}
+		att = a
 	}
 	return c.sendPending(att)
+}
+
+// prepareLeaseWait is how long a prepare-only batch (Parse ... Sync) waits
+// for a backend before the proxy answers it itself.
+const prepareLeaseWait = 5 * time.Millisecond
+
+// parseOnlyBatch reports whether the buffered batch only prepares
+// statements (Parse and Close messages ending with Sync) that parse:
+// nothing in it needs a backend's answer.
+func (c *clientConn) parseOnlyBatch(st *router.Statement) bool {
+	// Called with no backend attached: outside a transaction, or in one
+	// whose BEGIN is still deferred. A failed transaction refuses Parse.
+	if st == nil || st.ParseError != nil || len(c.pending) < 2 || c.txStatus() == 'E' {
+		return false
+	}
+	parses := 0
+	for i, m := range c.pending {
+		switch m := m.(type) {
+		case *pgproto3.Parse:
+			parses++
+		case *pgproto3.Close:
+			if m.ObjectType != 'S' {
+				return false
+			}
+		case *pgproto3.Sync:
+			if i != len(c.pending)-1 {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	_, synced := c.pending[len(c.pending)-1].(*pgproto3.Sync)
+	return synced && parses > 0
 }
 
 func (c *clientConn) sendPending(att *attachment) stateFn {

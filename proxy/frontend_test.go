@@ -361,3 +361,37 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestConcurrentClose closes a server from several goroutines while an
+// idle client is being ended: every call returns only once the shutdown
+// is complete (no connection left), and none races with another's
+// bookkeeping (a later call once waited on the first's WaitGroups while
+// the first was still adding to them).
+func TestConcurrentClose(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		ts := newTestServer(t, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := connect(t, ts.addr, "app", "secret", "app", "sslmode=disable")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return ts.Stats().ByState["idle"] == 1 })
+		closed := make(chan error, 1)
+		go func() { closed <- ts.Close(ctx) }()
+		// The client is told first, then a second Close comes in.
+		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err == nil {
+			t.Fatal("query during shutdown succeeded")
+		}
+		if err := ts.Close(ctx); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		if n := ts.Stats().Clients; n != 0 {
+			t.Fatalf("Close returned with %d clients", n)
+		}
+		if err := <-closed; err != nil {
+			t.Fatalf("first Close: %v", err)
+		}
+		c.Close(ctx)
+		cancel()
+	}
+}

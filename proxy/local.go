@@ -51,6 +51,9 @@ const (
 // showName recognizes "SHOW dbproxy.<name>".
 func showName(sql string) (string, bool) {
 	s := strings.TrimSpace(sql)
+	if len(s) < 5 || !strings.EqualFold(s[:4], "show") {
+		return "", false // most statements: no allocation
+	}
 	s = strings.TrimSpace(strings.TrimSuffix(s, ";"))
 	f := strings.Fields(s)
 	if len(f) != 2 || !strings.EqualFold(f[0], "show") {

@@ -58,6 +58,14 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 		return c.localError(err, false)
 	}
 	c.noteStatement(att, st)
+	if c.srv.cfg.AutoPrepare {
+		if text, args, ok := st.Parameterize(); ok {
+			if err := c.forwardParameterized(att, text, args); err != nil {
+				return c.backendFailed(att, err)
+			}
+			return c.stateAttached
+		}
+	}
 	if err := c.forward(att, m); err != nil {
 		return c.backendFailed(att, err)
 	}
@@ -147,11 +155,10 @@ func (c *clientConn) releaseIdle(att *attachment) {
 	c.mu.Unlock()
 	if parked {
 		<-att.done
-		att.cancel()
 		att.lease.Release(nil)
 		return
 	}
-	att.cancel()
+	c.interrupt(att)
 	<-att.done
 	att.lease.Discard(nil) // the pump was interrupted mid-read: state unknown
 }
@@ -187,8 +194,14 @@ func writes(st *router.Statement) bool {
 
 // localError reports err to the client without a backend. In the
 // extended protocol the rest of the batch up to Sync is skipped, as
-// PostgreSQL does after an error.
+// PostgreSQL does after an error; when the batch's Sync is already
+// buffered (it triggered the batch), ReadyForQuery follows at once.
 func (c *clientConn) localError(err error, extended bool) stateFn {
+	if extended && len(c.pending) > 0 {
+		if _, ok := c.pending[len(c.pending)-1].(*pgproto3.Sync); ok {
+			extended = false
+		}
+	}
 	if extended {
 		c.pending = nil
 		c.skipToSync = true
@@ -197,6 +210,7 @@ func (c *clientConn) localError(err error, extended bool) stateFn {
 		}
 		return c.idleOrAttached()
 	}
+	c.pending = nil
 	if e := c.send(errorResponse(err, ""), &pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); e != nil {
 		return c.stateClosing
 	}
@@ -212,22 +226,20 @@ func (c *clientConn) idleOrAttached() stateFn {
 	return c.stateIdle
 }
 
+// sendNoFlush queues msgs for the client; the next flush writes them.
 func (c *clientConn) sendNoFlush(msgs ...pgproto3.BackendMessage) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for _, m := range msgs {
-		c.fe.Send(m)
+		c.queue(m)
 	}
-	return c.fe.Flush()
+	return c.flushClientLocked(false)
 }
 
 func (c *clientConn) flushClient() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.fe.Flush(); err != nil {
-		return err
-	}
-	return c.bw.Flush()
+	return c.flushClientLocked(true)
 }
 
 var _ = fmt.Sprint

@@ -52,6 +52,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	closed    bool
 	closing   chan struct{} // closed when Close starts: stop accepting, drain
+	closeDone chan struct{} // closed when the first Close has returned
 	kill      chan struct{} // closed when the drain deadline passes: end sessions now
 	conns     sync.WaitGroup
 	helpers   sync.WaitGroup // shutdown watchers (one per connection during Close)
@@ -66,6 +67,17 @@ type Server struct {
 
 	paramsMu     sync.Mutex
 	serverParams map[string]string // ParameterStatus values learned from backends
+
+	// Deep idle (idle.go): one sweeper goroutine, started by the first
+	// Serve and stopped by Close, makes client connections idle for
+	// deepIdleAfter (0: never) give their protocol Backend to boxes.
+	deepIdleAfter time.Duration
+	idleEpoch     atomic.Int64 // sweeper ticks, from 1
+	sweepStop     chan struct{}
+	sweeper       sync.WaitGroup
+	sweeping      bool          // under mu
+	sweeps        atomic.Uint64 // connections the sweeper interrupted
+	boxes         sync.Pool     // *protoBox given back by deep-idle connections
 }
 
 type liveConfig struct {
@@ -103,7 +115,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		reg:       newRegistry(),
 		listeners: map[net.Listener]struct{}{},
 		closing:   make(chan struct{}),
+		closeDone: make(chan struct{}),
 		kill:      make(chan struct{}),
+		sweepStop: make(chan struct{}),
 		serverParams: map[string]string{
 			"server_version": cfg.ServerVersion, "server_encoding": "UTF8", "client_encoding": "UTF8",
 			"DateStyle": "ISO, MDY", "IntervalStyle": "postgres", "TimeZone": "UTC", "integer_datetimes": "on",
@@ -116,6 +130,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	s.baseCtx, s.baseCancel = context.WithCancel(context.Background())
+	s.deepIdleAfter = defaultDeepIdleAfter
+	s.idleEpoch.Store(1)
 	if err := s.Reload(cfg.Reloadable()); err != nil {
 		return nil, err
 	}
@@ -152,6 +168,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.serving.Add(1)
+	s.startSweeper()
 	s.mu.Unlock()
 	defer s.serving.Done()
 	defer func() {
@@ -208,23 +225,30 @@ func (s *Server) startConn(nc net.Conn) {
 // Close stops accepting, lets open transactions finish until ctx's
 // deadline or Config.ShutdownTimeout (whichever is first), then ends the
 // remaining sessions with FATAL 57P01 and waits for every connection
-// goroutine. Idle sessions are ended at once. It is idempotent; the
-// replica sets and router in Deps are not closed.
+// goroutine. Idle sessions are ended at once. It is idempotent: a later
+// call waits for the first to finish (or for its own ctx, returning its
+// error). The replica sets and router in Deps are not closed.
 func (s *Server) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		s.conns.Wait()
-		s.helpers.Wait()
-		return nil
+		select {
+		case <-s.closeDone:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	s.closed = true
+	defer close(s.closeDone)
 	close(s.closing)
+	close(s.sweepStop)
 	for ln := range s.listeners {
 		_ = ln.Close()
 	}
 	s.mu.Unlock()
 	s.serving.Wait()
+	s.sweeper.Wait()
 
 	for _, c := range s.reg.all() {
 		c.notifyShutdown()

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/dbproxy/dbproxy/router"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // session is the client-side state that outlives a backend lease. The
@@ -18,9 +19,20 @@ type session struct {
 	rs    *router.Session
 	stmts map[string]*preparedStmt
 
+	paramNames [8]paramNameEntry // recent parameterized texts' statement names (paramName)
+	paramNext  int
+	bind       pgproto3.Bind // reused by sendParameterized (encoded at once)
+	argBuf     []byte
+	argVals    [][]byte
+
 	replayVersion uint64 // rs.ReplayVersion() when fingerprint was computed
 	fingerprint   uint64 // of rs.Replay(); 0 = nothing to replay
 	replaySQL     string
+}
+
+type paramNameEntry struct {
+	hash uint64
+	name string
 }
 
 // preparedStmt is a statement the client prepared with Parse (name may
@@ -32,6 +44,7 @@ type preparedStmt struct {
 	paramOIDs []uint32
 	hash      uint64
 	stmt      *router.Statement // classification, nil until classified
+	auto      string            // the unnamed statement's alias on backends ("" when not aliased)
 }
 
 var hashSeed = maphash.MakeSeed()
@@ -56,6 +69,25 @@ func stmtHash(query string, oids []uint32) uint64 {
 type backendState struct {
 	fingerprint uint64
 	stmts       map[string]uint64
+	auto        []string // aliases of unnamed statements prepared here, oldest first
+	staleAuto   bool     // an alias failed with "cached plan must not change result type": close them all
+	// rowDescs is the RowDescription (nil: NoData) of parameterized
+	// queries' statements prepared here, by name.
+	rowDescs map[string]*pgproto3.RowDescription
+}
+
+// forgetStatement records that the backend no longer holds statement name.
+func (b *backendState) forgetStatement(name string) {
+	delete(b.stmts, name)
+	delete(b.rowDescs, name)
+}
+
+// forgetStatements records that the backend dropped every prepared
+// statement (DISCARD ALL, DEALLOCATE ALL).
+func (b *backendState) forgetStatements() {
+	clear(b.stmts)
+	clear(b.rowDescs)
+	b.auto = b.auto[:0]
 }
 
 const backendStateKey = "dbproxy.proxy.backend"

@@ -36,6 +36,13 @@ func newTestServer(t *testing.T, mut func(*Config)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTest(t, srv)
+}
+
+// serveTest serves srv on a loopback port until the test ends (Close
+// must return nil and Serve ErrServerClosed).
+func serveTest(t *testing.T, srv *Server) *testServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -95,6 +97,9 @@ type runningProxy struct {
 // set per shard, router, proxy), listens and serves until ctx ends or stop.
 func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr io.Writer) (*runningProxy, error) {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if cfg.Server.Threads > 0 {
+		runtime.GOMAXPROCS(cfg.Server.Threads) // process-wide: serve and up run one proxy
+	}
 	topo, err := cfg.Topology()
 	if err != nil {
 		return nil, err
@@ -218,6 +223,7 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 	pc.MaxClients = cfg.Server.MaxClientConns
 	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
 	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
+	pc.AutoPrepare = cfg.Server.AutoPrepare
 	for _, u := range cfg.Users {
 		if u.Auth == config.AuthMD5 {
 			pc.Auth = proxy.AuthMD5
@@ -269,6 +275,13 @@ func (rp *runningProxy) statusHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(rp.report())
 	})
+	// Profiles of the running proxy (CPU, heap, goroutines); the status
+	// listener is loopback-only unless the operator says otherwise.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

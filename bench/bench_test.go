@@ -17,8 +17,8 @@ import (
 // instances (installed with apt-get when missing; failing to install or
 // start any of them fails the test). It checks the outputs: report.md, both
 // charts and results.jsonl with a row for every (workload, target),
-// including the not-supported ones, and that nothing it started is left
-// running.
+// including the not-supported ones, p99 added over direct, the RSS figures
+// of 200 idle connections, and that nothing it started is left running.
 func TestQuickEndToEnd(t *testing.T) {
 	cfg := QuickConfig()
 	cfg.Out = t.TempDir()
@@ -113,6 +113,41 @@ func TestQuickEndToEnd(t *testing.T) {
 	if r := seen[[2]string{"select-go/c8", TargetDbproxy}]; r.Status == StatusOK && (r.ProxyCPUus == nil || r.ProxyPeakRSSKB == 0) {
 		t.Errorf("select-go → dbproxy: proxy CPU or RSS of the dbproxy process not measured: %+v", r)
 	}
+	for _, k := range mustOK {
+		if r := seen[k]; k[1] != TargetDirect && r.Status == StatusOK && r.P99AddedMs == nil {
+			t.Errorf("%s → %s: no p99 added over direct: %+v", k[0], k[1], r)
+		}
+	}
+	if !strings.Contains(string(report), "| p99 added ms |") {
+		t.Errorf("report.md has no p99 added column")
+	}
+
+	// idle-conns: PgBouncer (and dbproxy, when its run is ok) held every
+	// connection with RSS figures; direct, Pgpool-II (fewer children than
+	// connections) and the driver are rows saying why not.
+	idle := Workload{Kind: KindIdleConns, Clients: 64}.Name()
+	for _, tg := range []string{TargetPgBouncer, TargetDbproxy} {
+		r := seen[[2]string{idle, tg}]
+		if tg == TargetDbproxy && r.Status != StatusOK {
+			continue
+		}
+		if r.Status != StatusOK || r.IdleWanted != cfg.IdleConnections || r.IdleHeld != int64(cfg.IdleConnections) ||
+			r.RSSBeforeKB <= 0 || r.RSSHeldKB <= 0 || r.RSSPerConnKB == nil || r.ProxyPeakRSSKB <= 0 {
+			t.Errorf("%s → %s: want ok, %d connections held and RSS figures: %+v", idle, tg, cfg.IdleConnections, r)
+		}
+	}
+	for _, tg := range []string{TargetDirect, TargetPgpool, TargetPgpoolCache, TargetDriver} {
+		if r := seen[[2]string{idle, tg}]; r.Status != StatusUnsupported || r.Reason == "" {
+			t.Errorf("%s → %s: status %s (%s), want %s with a reason", idle, tg, r.Status, r.Reason, StatusUnsupported)
+		}
+	}
+	for _, want := range []string{"## Idle connections: memory of the proxy", "RSS ≤ 100 MB holding 5000 idle client connections",
+		"| " + idle + " | pgbouncer | ok | 200 of 200 |", "| " + idle + " | direct | not applicable |"} {
+		if !strings.Contains(string(report), want) {
+			t.Errorf("report.md has no %q", want)
+		}
+	}
+
 	if r := seen[[2]string{"select-only/simple/c8", TargetDriver}]; r.Status != StatusUnsupported {
 		t.Errorf("select-only → driver: status %s, want %s (pgbench cannot load the driver)", r.Status, StatusUnsupported)
 	}

@@ -13,11 +13,17 @@ import (
 
 // writeCharts draws the TPS-ratio and p99-latency charts (grouped bars:
 // one group per workload, one bar per target) into dir and returns their
-// paths. A pair that did not run ok has no bar.
+// paths. A pair that did not run ok has no bar. With no workload that has
+// TPS and latency (idle-conns only) it draws nothing.
 func writeCharts(dir string, a *aggregation, cfg Config) ([]string, error) {
 	var names []string
 	for _, w := range a.workloads {
-		names = append(names, w.Name())
+		if !w.Kind.memory() { // no TPS or latency
+			names = append(names, w.Name())
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil // only memory workloads: nothing to chart
 	}
 	var ratioTargets []string
 	for _, t := range a.targets {

@@ -118,6 +118,13 @@ func setup(ctx context.Context, cfg Config, say func(string, ...any)) (_ *env, e
 	if err := e.versionsOf(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.idleConns() {
+		lim, err := raiseNoFileLimit(uint64(cfg.IdleConnections + fdMargin))
+		if err != nil {
+			return nil, err
+		}
+		say("open-files limit %d (idle-conns holds %d connections)", lim.Cur, cfg.IdleConnections)
+	}
 	e.starters = map[string]func(context.Context) error{
 		TargetDbproxy:     e.startDbproxy,
 		TargetPgBouncer:   e.startPgBouncer,
@@ -364,6 +371,8 @@ func (e *env) dbproxyConfig(port int) (*config.Config, error) {
 	cfg.Routing.DefaultShard = "s0"
 	cfg.Pool.Size = 20
 	cfg.ApplyDefaults()
+	// Room for every idle-conns connection and the sanity check's.
+	cfg.Server.MaxClientConns = max(cfg.Server.MaxClientConns, e.cfg.IdleConnections+100)
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("generated dbproxy config: %w", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -33,12 +35,21 @@ const (
 	KindReadAfterWrite Kind = "read-after-write" // Go: write a key, read it back at once
 	KindShardWrites    Kind = "shard-writes"     // Go: upserts over 2 shards by key
 	KindConnStorm      Kind = "conn-storm"       // Go: connect, SELECT 1, close
+	KindIdleConns      Kind = "idle-conns"       // Go: hold Config.IdleConnections connections open, read the target's RSS
 )
+
+// Kinds lists every workload kind.
+var Kinds = []Kind{KindSelectOnly, KindTPCB, KindHotSet, KindPointSelect, KindReadAfterWrite, KindShardWrites, KindConnStorm, KindIdleConns}
 
 func (k Kind) pgbench() bool { return k == KindSelectOnly || k == KindTPCB || k == KindHotSet }
 
+// memory reports whether the kind measures the target's memory rather than
+// throughput and latency (it has no TPS and no latency).
+func (k Kind) memory() bool { return k == KindIdleConns }
+
 // Workload is one benchmark: a kind, a pgbench query mode (pgbench kinds)
-// and a number of concurrent clients.
+// and a number of concurrent clients (conn-storm: workers opening
+// connections; idle-conns: connections being opened at a time).
 type Workload struct {
 	Kind    Kind
 	Mode    string // simple | extended | prepared (pgbench kinds), "" otherwise
@@ -69,6 +80,12 @@ type Config struct {
 	Scale int
 	// StormConnections is the number of connections of the connection storm.
 	StormConnections int
+	// IdleConnections is the number of client connections idle-conns holds
+	// open at once through a target. Running it raises this process's
+	// open-files limit (RLIMIT_NOFILE) to at least IdleConnections +
+	// fdMargin before the targets start, so they inherit it; only root can
+	// raise the hard limit.
+	IdleConnections int
 	// Workloads to run, in order, each through every target.
 	Workloads []Workload
 	// Targets to run, a subset of Targets in any order (run order is that of
@@ -87,7 +104,8 @@ type Config struct {
 }
 
 // DefaultConfig is the full benchmark: every workload of benchmarks.md at
-// 16 and 64 clients, 20 s runs, three rounds, scale 20.
+// 16 and 64 clients, 20 s runs, three rounds, scale 20, and 5,000 idle
+// connections opened 64 at a time.
 func DefaultConfig() Config {
 	var ws []Workload
 	for _, k := range []Kind{KindSelectOnly, KindTPCB} {
@@ -104,12 +122,14 @@ func DefaultConfig() Config {
 		Workload{Kind: KindReadAfterWrite, Clients: 16},
 		Workload{Kind: KindShardWrites, Clients: 16},
 		Workload{Kind: KindConnStorm, Clients: 16},
+		Workload{Kind: KindIdleConns, Clients: 64},
 	)
 	return Config{
 		Rounds:           3,
 		Duration:         20 * time.Second,
 		Scale:            20,
 		StormConnections: 1000,
+		IdleConnections:  5000,
 		Workloads:        ws,
 		Targets:          append([]string(nil), Targets...),
 		PgpoolChildren:   80,
@@ -126,6 +146,7 @@ func QuickConfig() Config {
 	c.Duration = 3 * time.Second
 	c.Scale = 1
 	c.StormConnections = 100
+	c.IdleConnections = 200
 	c.PgpoolChildren = 20
 	c.Workloads = []Workload{
 		{Kind: KindSelectOnly, Mode: "simple", Clients: 8},
@@ -136,6 +157,7 @@ func QuickConfig() Config {
 		{Kind: KindReadAfterWrite, Clients: 8},
 		{Kind: KindShardWrites, Clients: 8},
 		{Kind: KindConnStorm, Clients: 8},
+		{Kind: KindIdleConns, Clients: 64},
 	}
 	return c
 }
@@ -176,10 +198,11 @@ func (c Config) Validate() error {
 		if w.Mode != "" && w.Mode != "simple" && w.Mode != "extended" && w.Mode != "prepared" {
 			return bad("workload %s: mode must be simple, extended or prepared", w.Name())
 		}
-		switch w.Kind {
-		case KindSelectOnly, KindTPCB, KindHotSet, KindPointSelect, KindReadAfterWrite, KindShardWrites, KindConnStorm:
-		default:
+		if !slices.Contains(Kinds, w.Kind) {
 			return bad("workload %s: unknown kind", w.Name())
+		}
+		if w.Kind == KindIdleConns && c.IdleConnections < 1 {
+			return bad("IdleConnections %d < 1 (workload %s)", c.IdleConnections, w.Name())
 		}
 	}
 	for _, t := range c.Targets {
@@ -213,4 +236,68 @@ func (c Config) orderedTargets() []string {
 		}
 	}
 	return out
+}
+
+// idleConns reports whether the plan holds idle connections (idle-conns).
+func (c Config) idleConns() bool {
+	return slices.ContainsFunc(c.Workloads, func(w Workload) bool { return w.Kind == KindIdleConns })
+}
+
+// SplitList splits a comma-separated flag value into its items, trimmed,
+// without empty ones.
+func SplitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// SelectWorkloads keeps the workloads of c.Workloads that an item of list
+// names, in their order in c.Workloads. An item is a workload name
+// ("select-only/simple/c16"), a kind ("tpcb": every workload of that kind)
+// or a kind and mode ("select-only/prepared": every client count). An item
+// that matches none of c.Workloads, or an empty list, is an error wrapping
+// ErrInvalidConfig that lists the valid names and kinds; c is then
+// unchanged.
+func (c *Config) SelectWorkloads(list []string) error {
+	matches := func(item string, w Workload) bool {
+		name := w.Name()
+		return item == name || item == string(w.Kind) || strings.HasPrefix(name, item+"/")
+	}
+	if len(list) == 0 {
+		return fmt.Errorf("%w: no workloads selected (valid: %s)", ErrInvalidConfig, c.validWorkloads())
+	}
+	var unknown []string
+	for _, item := range list {
+		if !slices.ContainsFunc(c.Workloads, func(w Workload) bool { return matches(item, w) }) {
+			unknown = append(unknown, fmt.Sprintf("%q", item))
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("%w: unknown workload %s (valid: %s)", ErrInvalidConfig, strings.Join(unknown, ", "), c.validWorkloads())
+	}
+	var keep []Workload
+	for _, w := range c.Workloads {
+		if slices.ContainsFunc(list, func(item string) bool { return matches(item, w) }) {
+			keep = append(keep, w)
+		}
+	}
+	c.Workloads = keep
+	return nil
+}
+
+// validWorkloads lists the names of c.Workloads and their kinds, for
+// SelectWorkloads' errors.
+func (c Config) validWorkloads() string {
+	var names, kinds []string
+	for _, w := range c.Workloads {
+		names = append(names, w.Name())
+		if !slices.Contains(kinds, string(w.Kind)) {
+			kinds = append(kinds, string(w.Kind))
+		}
+	}
+	return fmt.Sprintf("the names %s, or the kinds %s", strings.Join(names, ", "), strings.Join(kinds, ", "))
 }

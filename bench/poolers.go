@@ -14,7 +14,8 @@ import (
 
 // startPgBouncer runs PgBouncer in front of the main primary: transaction
 // pooling, pool 20, SCRAM client auth from an auth_file with the plain
-// password (which it also uses towards PostgreSQL). As root it runs as
+// password (which it also uses towards PostgreSQL), max_client_conn above
+// Config.IdleConnections. As root it runs as
 // pgcluster's unprivileged ServerUser: PgBouncer refuses to run as root.
 func (e *env) startPgBouncer(ctx context.Context) error {
 	dir := filepath.Join(e.work, "pgbouncer")
@@ -39,13 +40,13 @@ pool_mode = transaction
 default_pool_size = 20
 min_pool_size = 0
 reserve_pool_size = 0
-max_client_conn = 2000
+max_client_conn = %d
 max_db_connections = 0
 ignore_startup_parameters = extra_float_digits,options
 log_connections = 0
 log_disconnections = 0
 logfile = %s
-`, benchDB, p.Host, p.Port, benchDB, port, filepath.Join(dir, "userlist.txt"), filepath.Join(dir, "pgbouncer.log"))
+`, benchDB, p.Host, p.Port, benchDB, port, filepath.Join(dir, "userlist.txt"), max(2000, e.cfg.IdleConnections+100), filepath.Join(dir, "pgbouncer.log"))
 	files := map[string]string{
 		"pgbouncer.ini": ini,
 		"userlist.txt":  fmt.Sprintf("%q %q\n", benchUser, benchPassword),

@@ -162,14 +162,18 @@ func processTree(root int) []int {
 // peakRSSKB returns VmHWM (peak resident set, kB) of pid, or with tree the
 // sum over pid and its descendants (shared pages are then counted once per
 // process: an upper bound).
-func peakRSSKB(pid int, tree bool) int64 {
+func peakRSSKB(pid int, tree bool) int64 { return statusSumKB(pid, tree, "VmHWM:") }
+
+// statusSumKB returns the kB field key of /proc/<pid>/status, or with tree
+// its sum over pid and its descendants.
+func statusSumKB(pid int, tree bool, key string) int64 {
 	pids := []int{pid}
 	if tree {
 		pids = processTree(pid)
 	}
 	var total int64
 	for _, p := range pids {
-		total += statusKB(p, "VmHWM:")
+		total += statusKB(p, key)
 	}
 	return total
 }

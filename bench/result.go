@@ -33,6 +33,10 @@ type Result struct {
 	LatP50Ms     float64   `json:"lat_p50_ms,omitempty"`
 	LatP99Ms     float64   `json:"lat_p99_ms,omitempty"`
 	LatSamples   int       `json:"lat_samples,omitempty"` // transactions the percentiles are computed from
+	// P99AddedMs is LatP99Ms minus that of the direct run of the same
+	// workload in the same round (absent for direct, and when either side
+	// did not run ok or has no latency).
+	P99AddedMs *float64 `json:"p99_added_ms,omitempty"`
 
 	// Ratios of TPS to the direct and PgBouncer runs of the same workload
 	// in the same round (absent when either side did not run ok).
@@ -55,6 +59,18 @@ type Result struct {
 	StaleReads int64 `json:"stale_reads"`
 	// Misrouted (shard-writes): rows found on a shard their key does not map to.
 	Misrouted int64 `json:"misrouted,omitempty"`
+
+	// Idle connections (idle-conns): the connections asked for
+	// (Config.IdleConnections) and those held open at once (authenticated,
+	// one SELECT 1 done, then idle); the target process's VmRSS (kB; Pgpool-II
+	// summed over its processes) before opening them and with all of them
+	// open; and the growth per connection held, kB. Errors counts the
+	// connections that failed.
+	IdleWanted   int      `json:"idle_wanted,omitempty"`
+	IdleHeld     int64    `json:"idle_held,omitempty"`
+	RSSBeforeKB  int64    `json:"rss_before_kb,omitempty"`
+	RSSHeldKB    int64    `json:"rss_held_kb,omitempty"`
+	RSSPerConnKB *float64 `json:"rss_per_conn_kb,omitempty"`
 }
 
 func ptr(v float64) *float64 { return &v }
@@ -102,7 +118,8 @@ func median(vs []float64) (med, lo, hi float64) {
 }
 
 // fillRatios sets RatioDirect and RatioPgBouncer of every ok result from
-// the ok direct and pgbouncer results of the same workload and round.
+// the ok direct and pgbouncer results of the same workload and round, and
+// P99AddedMs from the direct one.
 func fillRatios(results []Result) {
 	type key struct {
 		round    int
@@ -110,13 +127,21 @@ func fillRatios(results []Result) {
 		target   string
 	}
 	tps := map[key]float64{}
+	p99 := map[key]float64{}
 	for _, r := range results {
 		if r.Status == StatusOK && r.TPS > 0 {
 			tps[key{r.Round, r.Workload, r.Target}] = r.TPS
 		}
+		if r.Status == StatusOK && r.LatSamples > 0 {
+			p99[key{r.Round, r.Workload, r.Target}] = r.LatP99Ms
+		}
 	}
 	for i := range results {
 		r := &results[i]
+		r.P99AddedMs = nil
+		if d, ok := p99[key{r.Round, r.Workload, TargetDirect}]; ok && r.Target != TargetDirect && r.Status == StatusOK && r.LatSamples > 0 {
+			r.P99AddedMs = ptr(r.LatP99Ms - d)
+		}
 		if r.Status != StatusOK || r.TPS <= 0 {
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -93,12 +94,24 @@ func (e *env) unsupported(w Workload, t string) string {
 		if w.Kind.pgbench() {
 			return "pgbench is a separate wire-protocol client; an in-process database/sql driver cannot be loaded into it (see select-go)"
 		}
-		if w.Kind == KindConnStorm {
+		if w.Kind == KindConnStorm || w.Kind == KindIdleConns {
 			return "the driver is in-process: there are no client connections to open"
+		}
+	case TargetDirect:
+		if w.Kind == KindIdleConns {
+			why := "no proxy process to measure: PostgreSQL serves each connection with a backend process of its own"
+			if mc, _ := strconv.Atoi(clusterSettings()["max_connections"]); e.cfg.IdleConnections > mc {
+				why += fmt.Sprintf(", and max_connections = %d is below the %d connections", mc, e.cfg.IdleConnections)
+			}
+			return why
 		}
 	case TargetPgBouncer, TargetPgpool, TargetPgpoolCache:
 		if w.Kind == KindShardWrites {
 			return "no key-based sharding: it fronts one cluster"
+		}
+		if w.Kind == KindIdleConns && t != TargetPgBouncer && e.cfg.IdleConnections > e.cfg.PgpoolChildren {
+			return fmt.Sprintf("Pgpool-II serves one client per child process and has num_init_children = %d, fewer than %d (the others would wait unserved)",
+				e.cfg.PgpoolChildren, e.cfg.IdleConnections)
 		}
 	}
 	return ""
@@ -181,6 +194,13 @@ func (r *runner) progressLine(round int, res Result) string {
 		left = fmt.Sprintf(", ~%s left", (per * time.Duration(r.planned-r.done)).Round(time.Second))
 	}
 	what := fmt.Sprintf("%.0f tps, p99 %.2f ms", res.TPS, res.LatP99Ms)
+	if res.Kind.memory() {
+		what = fmt.Sprintf("%d of %d connections held, RSS %.1f MB before, %.1f MB with them open", res.IdleHeld, res.IdleWanted,
+			float64(res.RSSBeforeKB)/1024, float64(res.RSSHeldKB)/1024)
+		if res.RSSPerConnKB != nil {
+			what += fmt.Sprintf(" (%.1f kB per connection)", *res.RSSPerConnKB)
+		}
+	}
 	if res.Status != StatusOK {
 		what = res.Status + ": " + res.Reason
 	}
@@ -203,6 +223,36 @@ func (r *runner) one(ctx context.Context, round int, w Workload, t string) Resul
 	defer func() { r.runTime += time.Since(t0) }()
 
 	switch {
+	case w.Kind == KindIdleConns:
+		if proc == nil {
+			res.Status, res.Reason = StatusFailed, fmt.Sprintf("no process of %s to measure", t)
+			return res
+		}
+		tree := t == TargetPgpool || t == TargetPgpoolCache
+		out := r.e.runIdleConns(ctx, t, w, r.cfg.IdleConnections, proc.pid(), tree)
+		res.Seconds = time.Since(t0).Seconds()
+		if out.notStarted != nil {
+			res.Status, res.Reason = StatusFailed, out.notStarted.Error()
+			return res
+		}
+		res.IdleWanted, res.IdleHeld, res.Transactions, res.Errors = r.cfg.IdleConnections, out.held, out.held, out.errors
+		res.RSSBeforeKB, res.RSSHeldKB = out.rssBefore, out.rssHeld
+		if out.held > 0 && out.rssHeld > 0 {
+			res.RSSPerConnKB = ptr(float64(out.rssHeld-out.rssBefore) / float64(out.held))
+		}
+		switch {
+		case out.held == 0:
+			res.Status, res.Reason = StatusFailed, fmt.Sprintf("no connection opened: %v", out.firstErr)
+		case out.rssHeld == 0:
+			res.Status, res.Reason = StatusFailed, fmt.Sprintf("could not read the RSS of %s (pid %d)", t, proc.pid())
+		case out.errors*10 > int64(r.cfg.IdleConnections):
+			res.Status, res.Reason = StatusFailed, fmt.Sprintf("%d of %d connections failed: %v", out.errors, r.cfg.IdleConnections, out.firstErr)
+		default:
+			res.Status = StatusOK
+			if out.errors > 0 {
+				res.Reason = fmt.Sprintf("%d of %d connections failed, first: %v", out.errors, r.cfg.IdleConnections, out.firstErr)
+			}
+		}
 	case w.Kind.pgbench():
 		out, err := r.e.runPgbench(ctx, w, r.e.endpoints[t], r.cfg.Duration)
 		if err != nil {

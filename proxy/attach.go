@@ -54,6 +54,11 @@ type attachment struct {
 	retry       *paramRetry // the parameterized simple query in flight, retried once if its statement is stale
 	retrying    *paramRetry // retry in progress: resent by the pump after the failed attempt's ReadyForQuery
 	retryBuf    paramRetry  // what retry points to
+	lsnWanted   bool        // the request being sent ends a write transaction: read the commit position with it
+	lsnSeg      int         // segment of the commit-position query sent after a request (-1: none)
+	lsnHeld     bool        // the ReadyForQuery ending the request before lsnSeg arrived and waits in heldRFQ
+	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
+	heldRFQ     pgproto3.ReadyForQuery
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -196,7 +201,7 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 	conn, node := lease.Conn(), lease.Node()
 	att := &attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
-		primary: node.Role() == replica.RolePrimary, done: closedChan, transient: transient, swallowSeg: -1,
+		primary: node.Role() == replica.RolePrimary, done: closedChan, transient: transient, swallowSeg: -1, lsnSeg: -1,
 		parked: true, // the first flush starts the pump
 	}
 	c.mu.Lock()
@@ -306,6 +311,7 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 		att.outstanding++
 		att.sentSeg++
 		fr.Send(m)
+		c.appendCommitLSN(att, fr)
 		flush, end = true, true
 	case *pgproto3.Flush:
 		att.flushWanted = true
@@ -318,6 +324,7 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 		att.sentSeg++
 		att.wbytes += len(m.String)
 		fr.Send(m)
+		c.appendCommitLSN(att, fr)
 		flush, end = true, true
 	case *pgproto3.FunctionCall:
 		att.outstanding++
@@ -523,6 +530,13 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			return
 		}
 		c.mu.Lock()
+		if att.lsnSeg >= 0 {
+			var own bool
+			if msg, own = c.commitLSNReply(att, msg); own {
+				c.mu.Unlock()
+				continue
+			}
+		}
 		if len(att.expect) > 0 && att.expect[0].kind == 'P' && att.expect[0].seg == att.recvSeg {
 			// The segment's first reply: its ParseComplete precedes it.
 			att.expect = att.expect[1:]
@@ -754,6 +768,7 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	defer att.wmu.Unlock()
 	if att.wrote && att.primary {
 		delete(att.bst.stmts, "")
+		c.srv.commitLSNQueries.Add(1)
 		if lsn, err := att.lease.CurrentLSN(ctx); err == nil {
 			c.mu.Lock()
 			c.sess.rs.AdvanceCausal(att.shard, replica.LSN(lsn))
@@ -1160,8 +1175,14 @@ func (c *clientConn) sendParameterized(att *attachment, text string, args []stri
 	att.outstanding++
 	att.sentSeg++
 	att.wbytes += 64 + len(name)
+	retryable := c.lastTx == 'I' && att.outstanding == 1
+	if !retryable {
+		// (A retryable query reads its commit position after the retry
+		// could have happened: in detach.)
+		c.appendCommitLSN(att, fr)
+	}
 	inline = c.flushPoint(att, true)
-	if inline && c.lastTx == 'I' && att.outstanding == 1 {
+	if inline && retryable {
 		// Nothing else in flight and no transaction block: the query can
 		// be sent again if its statement proves stale.
 		att.retryBuf = paramRetry{seg: seg, text: text, args: args}

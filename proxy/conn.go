@@ -336,7 +336,7 @@ func (c *clientConn) stats() ClientStats {
 	st := ClientStats{
 		PID: c.pid, Remote: c.remote, User: c.user, Database: c.database,
 		State: connState(c.state.Load()).String(), Since: c.start, Queries: c.queries.Load(),
-		PoolMode: c.srv.cfg.PoolMode.String(), TLS: c.tls,
+		PoolMode: c.srv.cfg.PoolMode.String(), TLS: c.tls, DeepIdle: c.deepIdle.Load(),
 	}
 	c.mu.Lock()
 	if c.att != nil {

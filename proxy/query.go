@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/dbproxy/dbproxy/router"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -172,10 +171,12 @@ func (c *clientConn) txStatus() byte {
 }
 
 // noteStatement records what the pump needs to know about a statement
-// about to be sent: whether it writes (causal token at commit).
+// about to be sent: whether it writes (causal token at commit) and
+// whether it ends a write transaction (commit position read with it).
 func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.wantCommitLSN(att, st)
 	if att.primary && writes(st) {
 		att.wrote = true
 		c.noteCacheWrite(st)
@@ -241,8 +242,6 @@ func (c *clientConn) flushClient() error {
 	defer c.wmu.Unlock()
 	return c.flushClientLocked(true)
 }
-
-var _ = fmt.Sprint
 
 func (c *clientConn) lastTxStatus() byte {
 	c.mu.Lock()

@@ -77,7 +77,10 @@ type Server struct {
 	sweeper       sync.WaitGroup
 	sweeping      bool          // under mu
 	sweeps        atomic.Uint64 // connections the sweeper interrupted
-	boxes         sync.Pool     // *protoBox given back by deep-idle connections
+
+	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
+	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
+	boxes                sync.Pool     // *protoBox given back by deep-idle connections
 }
 
 type liveConfig struct {
@@ -284,8 +287,14 @@ func (s *Server) Stats() Stats {
 			st.Clients += int(n)
 		}
 	}
+	st.CommitLSNPiggybacked = s.commitLSNPiggybacked.Load()
+	st.CommitLSNQueries = s.commitLSNQueries.Load()
 	for _, c := range s.reg.all() {
-		st.Conns = append(st.Conns, c.stats())
+		cs := c.stats()
+		if cs.DeepIdle {
+			st.DeepIdle++
+		}
+		st.Conns = append(st.Conns, cs)
 	}
 	return st
 }

@@ -114,7 +114,14 @@ type Stats struct {
 	Rejected uint64         // refused before ReadyForQuery (auth, limits, protocol)
 	Clients  int            // live client connections
 	ByState  map[string]int // live connections per state name
+	DeepIdle int            // idle connections that gave their protocol buffers back (idle for a second or more)
 	Conns    []ClientStats  // one entry per live connection
+
+	// Commit positions read for causal tokens after write transactions:
+	// in the same flush as the committing request, or with a query of
+	// their own (a round trip to the primary) after it.
+	CommitLSNPiggybacked uint64
+	CommitLSNQueries     uint64
 }
 
 // ClientStats describes one client connection.
@@ -133,4 +140,5 @@ type ClientStats struct {
 	Prepared  int    // named prepared statements tracked for re-prepare
 	Tokens    string // causal token text, if any
 	Staleness time.Duration
+	DeepIdle  bool // idle without protocol buffers (they are taken back at the next byte)
 }

@@ -257,7 +257,8 @@ func (rp *runningProxy) report() *statusReport {
 			rep.Shards = append(rep.Shards, shardStatus{Name: si.Name, Nodes: nodeStatuses(set.Stats())})
 		}
 	}
-	rep.Clients = rp.srv.Stats().ByState
+	st := rp.srv.Stats()
+	rep.Clients, rep.DeepIdle = st.ByState, st.DeepIdle
 	if rp.cache != nil {
 		rep.Cache = rp.cache.Stats()
 	}

@@ -24,6 +24,9 @@ type statusReport struct {
 	Shards []shardStatus `json:"shards"`
 	// Clients counts proxy client connections by state (proxy source only).
 	Clients map[string]int `json:"clients,omitempty"`
+	// DeepIdle counts idle clients that gave their protocol buffers back
+	// (included in Clients["idle"]).
+	DeepIdle int `json:"deep_idle,omitempty"`
 	// Cache holds the cache statistics (proxy source with the cache on).
 	Cache any `json:"cache,omitempty"`
 }
@@ -184,6 +187,6 @@ func printStatus(w io.Writer, rep *statusReport) {
 	}
 	tw.Flush()
 	if len(rep.Clients) > 0 {
-		fmt.Fprintf(w, "clients by state: %v\n", rep.Clients)
+		fmt.Fprintf(w, "clients by state: %v (deep idle: %d)\n", rep.Clients, rep.DeepIdle)
 	}
 }

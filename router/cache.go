@@ -27,7 +27,7 @@ type Classifier struct {
 
 type shapeShard struct {
 	mu sync.RWMutex
-	m  map[string]shapeEntry
+	m  map[string]*shapeEntry
 }
 
 func hashString(seed maphash.Seed, s string) uint64 { return maphash.String(seed, s) }
@@ -48,7 +48,7 @@ func NewClassifier(size int) *Classifier {
 	c := &Classifier{seed: maphash.MakeSeed(), perCap: size / cacheShards}
 	for i := range c.shards {
 		c.shards[i].m = make(map[string]*Statement)
-		c.shapes[i].m = make(map[string]shapeEntry)
+		c.shapes[i].m = make(map[string]*shapeEntry)
 	}
 	return c
 }
@@ -85,6 +85,11 @@ func (c *Classifier) Classify(sql string) (*Statement, error) {
 	}
 	// Texts with literals share their shape's classification (shape.go).
 	st, ok = c.classifyShape(sql)
+	if ok && st.shape != nil {
+		// From the template: cheap to make again, and a text with
+		// literals is rarely sent twice, so it is not cached by text.
+		return st, nil
+	}
 	if !ok {
 		var err error
 		st, err = classifySafe(sql)

@@ -77,11 +77,22 @@ func (st *Statement) Parameterize() (text string, args []string, ok bool) {
 	default:
 		return "", nil, false
 	}
-	norm, lits, kinds, ok := normalizeLiteralKinds(st.SQL)
-	if !ok {
-		return "", nil, false
+	var p *paramPlan
+	lits := st.lits
+	if e := st.shape; e != nil {
+		// Instantiated from a shape template: the shape and literals
+		// are known; the plan is kept with the shape.
+		if p = e.param.Load(); p == nil {
+			p = paramPlans.get(e.norm, []byte(e.kinds))
+			e.param.Store(p)
+		}
+	} else {
+		norm, l, kinds, ok := normalizeLiteralKinds(st.SQL)
+		if !ok {
+			return "", nil, false
+		}
+		p, lits = paramPlans.get(norm, kinds), l
 	}
-	p := paramPlans.get(norm, kinds)
 	if !p.ok || len(lits) != p.nlits {
 		return "", nil, false
 	}

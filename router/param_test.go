@@ -332,3 +332,19 @@ func BenchmarkParameterizeString(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkClassifyParameterize is the router's share of a pgbench -S
+// query through the proxy with auto_prepare: each text has a new literal.
+func BenchmarkClassifyParameterize(b *testing.B) {
+	c := NewClassifier(DefaultCacheSize)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		st, err := c.Classify("SELECT abalance FROM pgbench_accounts WHERE aid = " + strconv.Itoa(i%2000000+1) + ";")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, ok := st.Parameterize(); !ok {
+			b.Fatal("not parameterized")
+		}
+	}
+}

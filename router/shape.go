@@ -1,9 +1,11 @@
 package router
 
 import (
+	"hash/maphash"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Statements that differ only in their literal values (simple-protocol
@@ -40,20 +42,30 @@ func normalizeLiterals(sql string) (norm string, lits []string, ok bool) {
 // normalizeLiteralKinds is normalizeLiterals that also returns the kind
 // of each literal replaced ('i' integer, 's' string).
 func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte, ok bool) {
-	var b strings.Builder
-	b.Grow(len(sql))
+	var buf [512]byte
+	b, lits, kinds, ok := appendShape(buf[:0], sql, nil, nil)
+	if !ok {
+		return "", nil, nil, false
+	}
+	return string(b), lits, kinds, true
+}
+
+// appendShape appends the shape of sql (normalizeLiterals) to b, its
+// literal values to lits and their kinds to kinds. Callers pass buffers
+// on their stack so that a shape lookup allocates nothing.
+func appendShape(b []byte, sql string, lits []string, kinds []byte) ([]byte, []string, []byte, bool) {
 	n := len(sql)
 	for i := 0; i < n; {
 		ch := sql[i]
 		switch {
 		case ch == '$' || ch == 0 || ch == '\\':
-			return "", nil, nil, false
+			return b, lits, kinds, false
 		case ch == '-' && i+1 < n && sql[i+1] == '-':
 			j := strings.IndexByte(sql[i:], '\n')
 			if j < 0 {
 				j = n - i
 			}
-			b.WriteString(sql[i : i+j])
+			b = append(b, sql[i:i+j]...)
 			i += j
 		case ch == '/' && i+1 < n && sql[i+1] == '*':
 			depth, j := 1, i+2
@@ -70,16 +82,16 @@ func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte
 				}
 			}
 			if depth > 0 {
-				return "", nil, nil, false
+				return b, lits, kinds, false
 			}
-			b.WriteString(sql[i:j])
+			b = append(b, sql[i:j]...)
 			i = j
 		case ch == '"':
 			j := i + 1
 			for {
 				k := strings.IndexByte(sql[j:], '"')
 				if k < 0 {
-					return "", nil, nil, false
+					return b, lits, kinds, false
 				}
 				j += k + 1
 				if j < n && sql[j] == '"' {
@@ -88,17 +100,17 @@ func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte
 				}
 				break
 			}
-			b.WriteString(sql[i:j])
+			b = append(b, sql[i:j]...)
 			i = j
 		case ch == '\'':
 			if i > 0 && (isIdentByte(sql[i-1]) || sql[i-1] == '&') {
-				return "", nil, nil, false // E'', B'', X'', N'', U&''
+				return b, lits, kinds, false // E'', B'', X'', N'', U&''
 			}
 			j := i + 1
 			for {
 				k := strings.IndexByte(sql[j:], '\'')
 				if k < 0 {
-					return "", nil, nil, false
+					return b, lits, kinds, false
 				}
 				j += k + 1
 				if j < n && sql[j] == '\'' {
@@ -114,15 +126,15 @@ func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte
 				k++
 			}
 			if k < n && sql[k] == '\'' {
-				return "", nil, nil, false
+				return b, lits, kinds, false
 			}
 			if strings.IndexByte(sql[i+1:j-1], '\\') >= 0 {
-				return "", nil, nil, false // meaning depends on standard_conforming_strings
+				return b, lits, kinds, false // meaning depends on standard_conforming_strings
 			}
 			lits = append(lits, strings.ReplaceAll(sql[i+1:j-1], "''", "'"))
 			kinds = append(kinds, 's')
-			b.WriteByte('$')
-			b.WriteString(strconv.Itoa(len(lits)))
+			b = append(b, '$')
+			b = strconv.AppendInt(b, int64(len(lits)), 10)
 			i = j
 		case ch >= '0' && ch <= '9':
 			j := i
@@ -138,10 +150,10 @@ func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte
 			if prevOK && nextOK && canonicalInt32(digits) {
 				lits = append(lits, digits)
 				kinds = append(kinds, 'i')
-				b.WriteByte('$')
-				b.WriteString(strconv.Itoa(len(lits)))
+				b = append(b, '$')
+				b = strconv.AppendInt(b, int64(len(lits)), 10)
 			} else {
-				b.WriteString(digits)
+				b = append(b, digits...)
 			}
 			i = j
 		case isIdentByte(ch):
@@ -149,17 +161,14 @@ func normalizeLiteralKinds(sql string) (norm string, lits []string, kinds []byte
 			for j < n && isIdentByte(sql[j]) {
 				j++
 			}
-			b.WriteString(sql[i:j])
+			b = append(b, sql[i:j]...)
 			i = j
 		default:
-			b.WriteByte(ch)
+			b = append(b, ch)
 			i++
 		}
 	}
-	if len(lits) == 0 {
-		return "", nil, nil, false
-	}
-	return b.String(), lits, kinds, true
+	return b, lits, kinds, len(lits) > 0
 }
 
 // isIdentByte reports whether b can be part of an identifier or keyword
@@ -179,31 +188,44 @@ func canonicalInt32(digits string) bool {
 }
 
 // shapeEntry is a classified shape: tpl is nil when instantiating the
-// template did not reproduce the full classification.
+// template did not reproduce the full classification. Statements
+// instantiated from it point to it (Statement.shape), so Parameterize
+// finds the shape's plan without scanning the text again.
 type shapeEntry struct {
-	tpl *Statement
+	tpl   *Statement
+	norm  string // the text with $1..$n for its literals
+	kinds string // of each literal ('i' integer, 's' string)
+	param atomic.Pointer[paramPlan]
 }
+
+// maxShapeLits bounds the literals a shape lookup collects without
+// allocating (more just cost an allocation).
+const maxShapeLits = 16
 
 // classifyShape classifies sql through its shape's template. ok is false
 // when sql has no usable shape (classify it in full).
 func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
-	norm, lits, kinds, ok := normalizeLiteralKinds(sql)
+	var keyBuf [512]byte
+	var litBuf [maxShapeLits]string
+	var kindBuf [maxShapeLits]byte
+	key, lits, kinds, ok := appendShape(keyBuf[:0], sql, litBuf[:0], kindBuf[:0])
 	if !ok {
 		return nil, false
 	}
 	// Integer and string constants are different nodes in the tree: the
 	// kinds are part of the shape.
-	key := norm + "\x00" + string(kinds)
-	sh := &c.shapes[hashString(c.seed, key)%cacheShards]
+	normLen := len(key)
+	key = append(key, 0)
+	key = append(key, kinds...)
+	sh := &c.shapes[maphash.Bytes(c.seed, key)%cacheShards]
 	sh.mu.RLock()
-	e, found := sh.m[key]
+	e := sh.m[string(key)] // no allocation
 	sh.mu.RUnlock()
-	if found {
+	if e != nil {
 		if e.tpl == nil {
 			return nil, false
 		}
-		st, ok := instantiate(e.tpl, sql, lits)
-		return st, ok
+		return instantiate(e.tpl, sql, lits, e)
 	}
 	// First text of this shape: classify it in full and check the
 	// template against it.
@@ -211,10 +233,11 @@ func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
 	if err != nil {
 		return nil, false
 	}
-	var keep *Statement
-	if tpl, terr := classifySafe(norm); terr == nil && tpl.ParseError == nil && tpl.HintError == nil {
-		if inst, ok := instantiate(tpl, sql, lits); ok && reflect.DeepEqual(inst, full) {
-			keep = tpl
+	k := string(key)
+	e = &shapeEntry{norm: k[:normLen], kinds: k[normLen+1:]}
+	if tpl, terr := classifySafe(e.norm); terr == nil && tpl.ParseError == nil && tpl.HintError == nil {
+		if inst, ok := instantiate(tpl, sql, lits, nil); ok && reflect.DeepEqual(inst, full) {
+			e.tpl = tpl
 		}
 	}
 	sh.mu.Lock()
@@ -224,17 +247,22 @@ func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
 			break
 		}
 	}
-	sh.m[key] = shapeEntry{tpl: keep}
+	sh.m[k] = e
 	sh.mu.Unlock()
 	return full, true
 }
 
 // instantiate copies tpl for sql, replacing the parameters $1..$n of its
 // key candidates with lits. ok is false if a parameter is out of range.
-// tpl itself (shared) is never modified.
-func instantiate(tpl *Statement, sql string, lits []string) (*Statement, bool) {
+// tpl itself (shared) is never modified. With shape, the copy remembers
+// its shape and literals (for Parameterize).
+func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (*Statement, bool) {
 	st := *tpl
 	st.SQL = sql
+	if shape != nil {
+		st.shape = shape
+		st.lits = append([]string(nil), lits...)
+	}
 	if tpl.scatter != nil {
 		st.scatter = &lazyScatter{sql: sql}
 	}

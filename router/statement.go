@@ -339,4 +339,8 @@ type Statement struct {
 	mixedBroadcast bool         // multi-statement string mixing a broadcast with row writes
 	explain        bool         // EXPLAIN: one shard is representative, never scattered
 	hasTxControl   bool         // multi-statement string containing BEGIN/COMMIT/...
+
+	// set on statements instantiated from a shape template (shape.go)
+	shape *shapeEntry
+	lits  []string // literal values, in the order of the shape's $n
 }

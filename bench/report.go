@@ -2,8 +2,8 @@ package bench
 
 import (
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 )
@@ -200,10 +200,10 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	renderTargets(p, a)
 
 	p("## Machine and versions\n\n| | |\n|---|---|\n")
-	for _, k := range sortedKeys(e.machine) {
+	for _, k := range slices.Sorted(maps.Keys(e.machine)) {
 		p("| %s | %s |\n", k, e.machine[k])
 	}
-	for _, k := range sortedKeys(e.versions) {
+	for _, k := range slices.Sorted(maps.Keys(e.versions)) {
 		p("| %s | %s |\n", k, e.versions[k])
 	}
 	p("\nClusters: `bmain` = 1 primary + 2 streaming standbys (PostgreSQL settings: %s); `bshard` = 1 primary, second shard of the sharded writes. ",
@@ -270,19 +270,10 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 func settingsText() string {
 	s := clusterSettings()
 	var parts []string
-	for _, k := range sortedKeys(s) {
+	for _, k := range slices.Sorted(maps.Keys(s)) {
 		parts = append(parts, k+"="+s[k])
 	}
 	return strings.Join(parts, ", ")
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // The project's targets the report checks dbproxy against.

@@ -93,11 +93,7 @@ func TestProxyCommitPosition(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			pc, err := pgconn.Connect(ctx, env.dsn(""))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pc.Close(context.Background())
+			pc := connectProxy(t, env)
 			before := env.srv.Stats()
 			value++
 			tc.run(t, pc, value)
@@ -120,15 +116,11 @@ func TestProxyCommitPosition(t *testing.T) {
 	}
 
 	t.Run("COMMIT failing on a deferred constraint", func(t *testing.T) {
-		pc, err := pgconn.Connect(ctx, env.dsn(""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close(context.Background())
+		pc := connectProxy(t, env)
 		before := env.srv.Stats()
 		simple(t, pc, "BEGIN")
 		simple(t, pc, "UPDATE clsn SET u = 7 WHERE id IN (2, 3)")
-		_, err = pc.Exec(ctx, "COMMIT").ReadAll()
+		_, err := pc.Exec(ctx, "COMMIT").ReadAll()
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
 			t.Fatalf("COMMIT: %v, want SQLSTATE 23505", err)
@@ -148,11 +140,7 @@ func TestProxyCommitPosition(t *testing.T) {
 	})
 
 	t.Run("ROLLBACK reads no position", func(t *testing.T) {
-		pc, err := pgconn.Connect(ctx, env.dsn(""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer pc.Close(context.Background())
+		pc := connectProxy(t, env)
 		before := env.srv.Stats()
 		simple(t, pc, "BEGIN")
 		simple(t, pc, "UPDATE clsn SET v = -1 WHERE id = 1")
@@ -221,14 +209,22 @@ func checkTokenCovers(t *testing.T, ctx context.Context, primaryDSN, tok string)
 // value v (the standby, replay paused, has not).
 func readWithToken(t *testing.T, ctx context.Context, env *proxyEnv, tok string, v int) {
 	t.Helper()
-	pc, err := pgconn.Connect(ctx, env.dsn(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close(context.Background())
+	pc := connectProxy(t, env)
 	simple(t, pc, "SET dbproxy.causal_token = '"+tok+"'")
 	r := pc.ExecParams(ctx, "SELECT v FROM clsn WHERE id = 1", nil, nil, nil, nil).Read()
 	if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != fmt.Sprint(v) {
 		t.Fatalf("read with token %s: %q %v, want %d", tok, r.Rows, r.Err, v)
 	}
+}
+
+// connectProxy opens a pgconn connection through env's proxy, closed when
+// the test ends.
+func connectProxy(t *testing.T, env *proxyEnv) *pgconn.PgConn {
+	t.Helper()
+	pc, err := pgconn.Connect(env.ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close(context.Background()) })
+	return pc
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -495,7 +497,7 @@ func (n *Node) resetNodeDir() error {
 func (n *Node) writeConf() error {
 	var b strings.Builder
 	b.WriteString("# Managed by pgcluster; rewritten on every start.\n")
-	for _, k := range sortedKeys(n.c.conf) {
+	for _, k := range slices.Sorted(maps.Keys(n.c.conf)) {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(n.c.conf[k], "'", "''"))
 	}
 	fmt.Fprintf(&b, "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n", n.Port)

@@ -33,6 +33,9 @@ var paramCorpus = []struct {
 	{"SELECT pg_typeof(1), pg_typeof(-1), pg_typeof(2147483647)", true},
 	{"SELECT 1/2, 7 % 3, -7 / 2, 2 ^ 3", true},
 	{"SELECT 2147483647 + 1", true},
+	// negative integers: one literal each, the sign included
+	{"SELECT abs(-3), f.x * -2, -7 / 2, (-7) % 3, 5 - -2147483647 FROM (VALUES (1), (-2)) f(x) WHERE f.x = -2 OR f.x > -5", true},
+	{"SELECT pg_typeof(-2147483647), -2147483647 - 1, x /* c */ -5 FROM (VALUES (1)) v(x)", true},
 	{"SELECT 1/0", true},
 	{"SELECT -2147483648", false}, // 2147483648 is not an int4 literal
 	{"SELECT round(5), round(5, 1), abs(-3)", true},

@@ -21,10 +21,12 @@ func a(v ...string) []string { return v }
 var paramCases = []paramCase{
 	// pgbench -S and TPC-B
 	{"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;", a("12345")},
-	{"UPDATE pgbench_accounts SET abalance = abalance + -4711 WHERE aid = 5;", "UPDATE pgbench_accounts SET abalance = abalance + -$1 WHERE aid = $2;", a("4711", "5")},
+	{"UPDATE pgbench_accounts SET abalance = abalance + -4711 WHERE aid = 5;", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;", a("-4711", "5")},
 	{"UPDATE pgbench_tellers SET tbalance = tbalance + 100 WHERE tid = 3;", "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2;", a("100", "3")},
 	{"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, 5, -4711, CURRENT_TIMESTAMP);",
-		"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, -$4, CURRENT_TIMESTAMP);", a("3", "1", "5", "4711")},
+		"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP);", a("3", "1", "5", "-4711")},
+	{"SELECT abs(-3), f(1,-2), x = -4, x < -5, x * -6, x / -7", "SELECT abs($1), f($2,$3), x = $4, x < $5, x * $6, x / $7", a("-3", "1", "-2", "-4", "-5", "-6", "-7")},
+	{"SELECT x /* c */ -5, x-6, x =-7, 1e-8, -9", "SELECT x /* c */ -$1, x-$2, x =-$3, 1e-8, $4", a("5", "6", "7", "-9")},
 	// type modifiers stay
 	{"SELECT 5::numeric(10,2)", "SELECT $1::numeric(10,2)", a("5")},
 	{"SELECT CAST(n AS numeric(12, 3)) FROM t WHERE id = 5", "SELECT CAST(n AS numeric(12, 3)) FROM t WHERE id = $1", a("5")},

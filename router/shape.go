@@ -136,6 +136,24 @@ func appendShape(b []byte, sql string, lits []string, kinds []byte) ([]byte, []s
 			b = append(b, '$')
 			b = strconv.AppendInt(b, int64(len(lits)), 10)
 			i = j
+		case ch == '-' && i+1 < n && sql[i+1] >= '0' && sql[i+1] <= '9' && unaryMinusAt(sql, i):
+			// A negative integer ("abalance + -1234"): PostgreSQL's
+			// grammar folds the sign into the constant, so it is one
+			// literal.
+			j := i + 1
+			for j < n && sql[j] >= '0' && sql[j] <= '9' {
+				j++
+			}
+			if (j == n || !isIdentByte(sql[j]) && sql[j] != '.') && canonicalInt32(sql[i+1:j]) {
+				lits = append(lits, sql[i:j])
+				kinds = append(kinds, 'i')
+				b = append(b, '$')
+				b = strconv.AppendInt(b, int64(len(lits)), 10)
+				i = j
+			} else {
+				b = append(b, '-')
+				i++
+			}
 		case ch >= '0' && ch <= '9':
 			j := i
 			for j < n && sql[j] >= '0' && sql[j] <= '9' {
@@ -169,6 +187,35 @@ func appendShape(b []byte, sql string, lits []string, kinds []byte) ([]byte, []s
 		}
 	}
 	return b, lits, kinds, len(lits) > 0
+}
+
+// unaryMinusAt reports whether the '-' at sql[i] is certainly a unary
+// minus that the lexer keeps apart from what precedes it: right after '('
+// or ',', or after white space that follows one of ( , = < > + * / (an
+// operator the space ends; not the end of a comment).
+func unaryMinusAt(sql string, i int) bool {
+	k := i - 1
+	if k < 0 {
+		return false
+	}
+	if sql[k] == '(' || sql[k] == ',' {
+		return true
+	}
+	space := false
+	for k >= 0 && (sql[k] == ' ' || sql[k] == '\t' || sql[k] == '\n' || sql[k] == '\r') {
+		k--
+		space = true
+	}
+	if !space || k < 0 {
+		return false
+	}
+	switch sql[k] {
+	case '(', ',', '=', '<', '>', '+', '*':
+		return true
+	case '/':
+		return k == 0 || sql[k-1] != '*'
+	}
+	return false
 }
 
 // isIdentByte reports whether b can be part of an identifier or keyword

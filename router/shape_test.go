@@ -224,3 +224,26 @@ func sameClassification(a, b *Statement) bool {
 	x.shape, x.lits, y.shape, y.lits = nil, nil, nil, nil
 	return reflect.DeepEqual(&x, &y)
 }
+
+// TestShapeNegativeLiteral checks that texts differing in the sign of an
+// integer (pgbench's "abalance + -1234") share one template.
+func TestShapeNegativeLiteral(t *testing.T) {
+	c := NewClassifier(64)
+	for i, sql := range []string{
+		"UPDATE pgbench_accounts SET abalance = abalance + -17 WHERE aid = 5;",
+		"UPDATE pgbench_accounts SET abalance = abalance + 4 WHERE aid = 6;",
+		"UPDATE pgbench_accounts SET abalance = abalance + -2000 WHERE aid = 7;",
+	} {
+		st, err := c.Classify(sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := classify(sql)
+		if !sameClassification(st, want) {
+			t.Fatalf("%q: %+v, want %+v", sql, st, want)
+		}
+		if i > 0 && st.shape == nil {
+			t.Fatalf("%q was not classified through the template", sql)
+		}
+	}
+}

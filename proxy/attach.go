@@ -188,13 +188,16 @@ func (c *clientConn) current(wait bool) *attachment {
 	return c.att
 }
 
-// attach leases a backend for d, brings it to the session's state and
-// starts the pump.
+// attach leases a backend for d and brings it to the session's state.
+// The preamble (a deferred BEGIN) is sent with the request that follows,
+// its results dropped, unless the session's settings must be replayed on
+// the backend first (then both run before attach returns, so that an
+// error is the request's).
 func (c *clientConn) attach(ctx context.Context, d target, preamble []string, transient bool) (*attachment, error) {
 	if c.lastPump != nil {
 		<-c.lastPump // the previous pump's last writes precede ours
 	}
-	lease, bst, err := c.leaseFor(ctx, d, preamble)
+	lease, bst, preamble, err := c.leaseFor(ctx, d, preamble)
 	if err != nil {
 		return nil, err
 	}
@@ -209,6 +212,10 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 	c.lastPump = att.done
 	c.mu.Unlock()
 	c.setState(stateAttached)
+	if len(preamble) > 0 {
+		_ = c.sendPreamble(att, preamble) // queued, never fails
+		att.transient = transient
+	}
 	return att, nil
 }
 
@@ -871,9 +878,11 @@ func approxSize(msg pgproto3.BackendMessage) int {
 
 // prepareBackend brings a freshly leased backend to the session's
 // settings (replaying them only when its applied fingerprint differs) and
-// runs the decision's preamble (a deferred BEGIN). On error the lease is
-// given back (or discarded when its state is unknown).
-func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, bst *backendState, preamble []string) error {
+// runs the decision's preamble (a deferred BEGIN) with the replay. With
+// nothing to replay the preamble is not run but returned (deferred), to
+// go with the request. On error the lease is given back (or discarded
+// when its state is unknown).
+func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, bst *backendState, preamble []string) (deferred []string, err error) {
 	conn := lease.Conn()
 	c.mu.Lock()
 	fp, replay := c.sess.replay()
@@ -881,6 +890,10 @@ func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, b
 	sql := ""
 	if bst.fingerprint != fp {
 		sql = replay
+	} else if len(preamble) > 0 {
+		// Nothing else to run first: the preamble goes with the request
+		// (attach), saving a round trip.
+		return preamble, nil
 	}
 	if len(preamble) > 0 {
 		if sql != "" {
@@ -889,19 +902,19 @@ func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, b
 		sql += strings.Join(preamble, ";\n")
 	}
 	if sql == "" {
-		return nil
+		return nil, nil
 	}
 	delete(bst.stmts, "") // a simple query destroys the unnamed statement
-	_, err := conn.Exec(ctx, sql).ReadAll()
+	_, err = conn.Exec(ctx, sql).ReadAll()
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && conn.TxStatus() == 'I' && !conn.IsClosed() {
 			bst.fingerprint = 0
 			lease.Release(nil)
-			return fmt.Errorf("preparing backend %s for the session: %w", lease.Node().Name(), err)
+			return nil, fmt.Errorf("preparing backend %s for the session: %w", lease.Node().Name(), err)
 		}
 		lease.Discard(err)
-		return err
+		return nil, err
 	}
 	if bst.fingerprint != fp {
 		bst.fingerprint = fp
@@ -909,7 +922,7 @@ func (c *clientConn) prepareBackend(ctx context.Context, lease *replica.Lease, b
 			bst.forgetStatements()
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 func (c *clientConn) transient(att *attachment) bool {
@@ -938,11 +951,13 @@ func (c *clientConn) failOnBackend(att *attachment, err error) error {
 	return nil // sent with the batch's Sync
 }
 
-// leaseFor leases a backend for t and prepares it for the session.
-func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) (*replica.Lease, *backendState, error) {
+// leaseFor leases a backend for t and prepares it for the session. A
+// preamble it did not run is returned (deferred) for the caller to send
+// with its request.
+func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) (*replica.Lease, *backendState, []string, error) {
 	set := c.srv.shards[t.shard]
 	if set == nil {
-		return nil, nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", t.shard))
+		return nil, nil, nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", t.shard))
 	}
 	var node *replica.Node
 	if t.primary {
@@ -950,13 +965,13 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 	} else {
 		n, err := set.Pick(ctx, t.pick)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		node = n
 	}
 	lease, err := node.Acquire(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	conn := lease.Conn()
 	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
@@ -965,10 +980,11 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 		conn.CustomData()[backendStateKey] = bst
 		c.srv.learnBackendParams(conn)
 	}
-	if err := c.prepareBackend(ctx, lease, bst, preamble); err != nil {
-		return nil, nil, err
+	deferred, err := c.prepareBackend(ctx, lease, bst, preamble)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	return lease, bst, nil
+	return lease, bst, deferred, nil
 }
 
 // sendPreamble runs a decision's preamble (a deferred BEGIN) on a backend

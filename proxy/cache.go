@@ -239,7 +239,7 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 	fill := func(fctx context.Context) ([]byte, error) {
 		t := r.t
 		t.pick.MinLSN = max(t.pick.MinLSN, replica.LSN(cache.FillMinLSN(fctx)))
-		lease, bst, err := c.leaseFor(fctx, t, nil)
+		lease, bst, _, err := c.leaseFor(fctx, t, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -149,7 +149,7 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 
 // runOnShard leases a backend of t, runs sql there and releases it.
 func (c *clientConn) runOnShard(ctx context.Context, t target, sql string, bind *pgproto3.Bind, ps *preparedStmt, describe bool) (shardResult, []uint32, error) {
-	lease, bst, err := c.leaseFor(ctx, t, nil)
+	lease, bst, _, err := c.leaseFor(ctx, t, nil)
 	if err != nil {
 		return shardResult{}, nil, err
 	}

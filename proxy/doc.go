@@ -22,7 +22,9 @@
 //     answered by the proxy without a backend;
 //   - single-shard decisions lease a backend (the shard's primary, or a
 //     standby picked by replica.Set.Pick with the session's causal
-//     position and staleness bound) and stream the messages both ways;
+//     position and staleness bound) and stream the messages both ways; a
+//     deferred BEGIN is sent in the same flush as the transaction's first
+//     statement (its replies dropped);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the
@@ -56,7 +58,12 @@
 // pg_current_wal_lsn() on the same backend (a safe upper bound of the
 // commit position), records it in the router session and sends the
 // client ParameterStatus dbproxy.causal_token (router.CausalToken text
-// form, e.g. "s0:0/16B3748"). SET dbproxy.causal_token = '...' or a
+// form, e.g. "s0:0/16B3748") just before the ReadyForQuery that ends the
+// transaction. When the committing request is recognised as it is sent
+// (a lone COMMIT/END, or a plain INSERT/UPDATE/DELETE/MERGE outside a
+// transaction block) the position query goes in the same flush, so no
+// round trip is added; otherwise it follows the ReadyForQuery from the
+// backend. Stats counts both ways. SET dbproxy.causal_token = '...' or a
 // /* dbproxy:causal_token=... */ comment makes later reads of any session,
 // on any proxy, wait for or avoid standbys that have not replayed it;
 // SET dbproxy.max_staleness = '200ms' bounds lag per session.

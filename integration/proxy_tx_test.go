@@ -1,0 +1,108 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// TestProxyDeferredBegin checks transactions whose BEGIN the proxy
+// answers itself and sends to the backend together with the first
+// statement, on real PostgreSQL: the BEGIN's options hold, the
+// transaction stays on one backend, and an error in the first statement
+// aborts the transaction as PostgreSQL would — over the simple and the
+// extended protocol.
+func TestProxyDeferredBegin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	env := startProxyEnv(t, ctx, clusters, nil)
+	setup := connectProxy(t, env)
+	simple(t, setup, "CREATE TABLE dbt (id int PRIMARY KEY)")
+
+	type run func(t *testing.T, pc *pgconn.PgConn, sql string) ([][]byte, error)
+	protocols := map[string]run{
+		"simple": func(t *testing.T, pc *pgconn.PgConn, sql string) ([][]byte, error) {
+			res, err := pc.Exec(ctx, sql).ReadAll()
+			if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
+				return nil, err
+			}
+			return res[0].Rows[0], nil
+		},
+		"extended": func(t *testing.T, pc *pgconn.PgConn, sql string) ([][]byte, error) {
+			r := pc.ExecParams(ctx, sql, nil, nil, nil, nil).Read()
+			if r.Err != nil || len(r.Rows) == 0 {
+				return nil, r.Err
+			}
+			return r.Rows[0], nil
+		},
+	}
+	code := func(err error) string {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return pgErr.Code
+		}
+		return ""
+	}
+	for name, exec := range protocols {
+		t.Run(name, func(t *testing.T) {
+			must := func(pc *pgconn.PgConn, sql string) [][]byte {
+				t.Helper()
+				row, err := exec(t, pc, sql)
+				if err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+				return row
+			}
+			pc := connectProxy(t, env)
+
+			// Options of the BEGIN apply; one backend for the transaction.
+			must(pc, "BEGIN ISOLATION LEVEL REPEATABLE READ")
+			row := must(pc, "SELECT current_setting('transaction_isolation'), pg_backend_pid()")
+			if string(row[0]) != "repeatable read" {
+				t.Fatalf("isolation %q", row[0])
+			}
+			pid := string(row[1])
+			if row := must(pc, "SELECT pg_backend_pid()"); string(row[0]) != pid {
+				t.Fatalf("transaction moved from backend %s to %s", pid, row[0])
+			}
+			must(pc, "COMMIT")
+
+			// READ ONLY holds for a write as the first statement.
+			must(pc, "BEGIN READ ONLY")
+			if _, err := exec(t, pc, "INSERT INTO dbt VALUES (1)"); code(err) != "25006" {
+				t.Fatalf("write in a read-only transaction: %v, want 25006", err)
+			}
+			must(pc, "ROLLBACK")
+
+			// An error in the first statement aborts the transaction.
+			must(pc, "BEGIN")
+			if _, err := exec(t, pc, "SELECT 1/0"); code(err) != "22012" {
+				t.Fatalf("1/0: %v, want 22012", err)
+			}
+			if _, err := exec(t, pc, "SELECT 1"); code(err) != "25P02" {
+				t.Fatalf("after an error: %v, want 25P02", err)
+			}
+			must(pc, "ROLLBACK")
+			if pc.TxStatus() != 'I' {
+				t.Fatalf("status %c after ROLLBACK", pc.TxStatus())
+			}
+
+			// Writes of a committed transaction are there; a rolled-back
+			// one's are not.
+			must(pc, "BEGIN")
+			must(pc, "INSERT INTO dbt VALUES (10) ON CONFLICT DO NOTHING")
+			must(pc, "COMMIT")
+			must(pc, "BEGIN")
+			must(pc, "INSERT INTO dbt VALUES (11) ON CONFLICT DO NOTHING")
+			must(pc, "ROLLBACK")
+			row = must(pc, "/* dbproxy:primary */ SELECT count(*) FILTER (WHERE id = 10), count(*) FILTER (WHERE id = 11) FROM dbt")
+			if string(row[0]) != "1" || string(row[1]) != "0" {
+				t.Fatalf("rows 10/11: %s/%s, want 1/0", row[0], row[1])
+			}
+		})
+	}
+}

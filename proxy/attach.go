@@ -202,12 +202,21 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 		return nil, err
 	}
 	conn, node := lease.Conn(), lease.Node()
-	att := &attachment{
+	c.mu.Lock()
+	att := c.spare
+	c.spare = nil
+	var expect []expectation
+	if att != nil {
+		expect = att.expect[:0]
+	} else {
+		att = new(attachment)
+	}
+	*att = attachment{
 		lease: lease, conn: conn, bst: bst, nodeName: node.Name(), shard: d.shard,
 		primary: node.Role() == replica.RolePrimary, done: closedChan, transient: transient, swallowSeg: -1, lsnSeg: -1,
 		parked: true, // the first flush starts the pump
+		expect: expect,
 	}
-	c.mu.Lock()
 	c.att = att
 	c.lastPump = att.done
 	c.mu.Unlock()
@@ -406,6 +415,14 @@ func (c *clientConn) ensurePrepared(att *attachment, fr *pgproto3.Frontend, name
 	att.bst.stmts[name] = ps.hash
 }
 
+// popExpect removes the first expectation, keeping the slice's start
+// (and so its capacity) for the expectations to come.
+func (att *attachment) popExpect() {
+	n := copy(att.expect, att.expect[1:])
+	att.expect[n] = expectation{}
+	att.expect = att.expect[:n]
+}
+
 func (att *attachment) inject(fr *pgproto3.Frontend, msg pgproto3.FrontendMessage, e expectation) {
 	e.seg = att.sentSeg
 	att.expect = append(att.expect, e)
@@ -513,6 +530,11 @@ func (c *clientConn) pumpInline(att *attachment) {
 		att.parked = true
 		c.startPump(att)
 	}
+	if att.released && att.done == closedChan && c.att != att {
+		// Given back, and no pump goroutine ever had it: the next attach
+		// reuses it (its expectation slice too).
+		c.spare = att
+	}
 	c.mu.Unlock()
 }
 
@@ -546,7 +568,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		}
 		if len(att.expect) > 0 && att.expect[0].kind == 'P' && att.expect[0].seg == att.recvSeg {
 			// The segment's first reply: its ParseComplete precedes it.
-			att.expect = att.expect[1:]
+			att.popExpect()
 			c.wmu.Lock()
 			c.queue(parseComplete)
 			c.wmu.Unlock()
@@ -556,7 +578,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			// A parameterized query's remembered RowDescription follows
 			// its (swallowed) BindComplete.
 			rd := att.expect[0].rowDesc
-			att.expect = att.expect[1:]
+			att.popExpect()
 			c.wmu.Lock()
 			c.queue(rd)
 			c.wmu.Unlock()
@@ -626,7 +648,7 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
 		if len(att.expect) > 0 && att.expect[0].kind <= '3' {
 			e := att.expect[0]
-			att.expect = att.expect[1:]
+			att.popExpect()
 			if e.swallow {
 				return false, false, false
 			}
@@ -670,19 +692,19 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		flush = true
 	case *pgproto3.ParameterDescription:
 		if len(att.expect) > 0 && att.expect[0].kind == 'D' {
-			att.expect = att.expect[1:]
+			att.popExpect()
 			return false, false, false // the Describe of a parameterized simple query's statement
 		}
 	case *pgproto3.NoData:
 		if len(att.expect) > 0 && att.expect[0].kind == 'r' {
 			att.bst.rowDescs[att.expect[0].name] = nil
-			att.expect = att.expect[1:]
+			att.popExpect()
 			return false, false, false
 		}
 	case *pgproto3.RowDescription:
 		if len(att.expect) > 0 && att.expect[0].kind == 'r' {
 			att.bst.rowDescs[att.expect[0].name] = copyRowDescription(m)
-			att.expect = att.expect[1:] // it has rows: the client gets this
+			att.popExpect() // it has rows: the client gets this
 		}
 	case *pgproto3.CommandComplete:
 		c.observeCommand(att, m.CommandTag)

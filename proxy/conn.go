@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dbproxy/dbproxy/replica"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -69,6 +70,7 @@ type clientConn struct {
 	mu          sync.Mutex
 	cond        *sync.Cond
 	att         *attachment // non-nil while a backend is leased
+	spare       *attachment // a finished attachment no goroutine refers to, for the next attach (under mu)
 	lastPump    chan struct{}
 	lastTx      byte
 	closeReason error // why the pump ended the connection
@@ -366,14 +368,20 @@ func (s *Server) cancelRequest(ctx context.Context, pid uint32, secret []byte) {
 	}
 	target.mu.Lock()
 	att := target.att
+	var lease *replica.Lease
+	var node string
+	if att != nil {
+		// Copied under the lock: a finished attachment is reused.
+		lease, node = att.lease, att.nodeName
+	}
 	target.mu.Unlock()
-	if att == nil {
+	if lease == nil {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := att.lease.Conn().CancelRequest(cctx); err != nil {
-		s.log.Debug("cancel request to backend failed", "node", att.nodeName, "err", err)
+	if err := lease.Conn().CancelRequest(cctx); err != nil {
+		s.log.Debug("cancel request to backend failed", "node", node, "err", err)
 	}
 }
 

@@ -45,6 +45,15 @@ type aggregation struct {
 	cells     map[string]map[string]*cell // workload name -> target -> cell
 }
 
+// statusText is the cell's status, with how many rounds went well when
+// not all did.
+func (c *cell) statusText() string {
+	if c.status == StatusOK {
+		return c.status
+	}
+	return fmt.Sprintf("%s (%d/%d ok)", c.status, c.okRounds, c.rounds)
+}
+
 func (a *aggregation) get(w, t string) *cell {
 	if m := a.cells[w]; m != nil {
 		return m[t]
@@ -366,10 +375,7 @@ func renderIdle(p func(string, ...any), a *aggregation, cfg Config) {
 				p("| %s | %s | not applicable | | | | | | | |\n", w.Name(), t)
 				continue
 			}
-			status := c.status
-			if c.status != StatusOK {
-				status = fmt.Sprintf("%s (%d/%d ok)", c.status, c.okRounds, c.rounds)
-			}
+			status := c.statusText()
 			verdict := "—"
 			switch {
 			case c.rssHeld.n == 0:
@@ -446,10 +452,7 @@ func renderLoad(p func(string, ...any), a *aggregation) {
 				p("| %s | %s | not supported | | | | | | | | | | | | |\n", w.Name(), t)
 				continue
 			}
-			status := c.status
-			if c.status != StatusOK {
-				status = fmt.Sprintf("%s (%d/%d ok)", c.status, c.okRounds, c.rounds)
-			}
+			status := c.statusText()
 			rss := "—"
 			if c.peakRSSKB > 0 {
 				rss = fmt.Sprintf("%.1f", float64(c.peakRSSKB)/1024)

@@ -223,7 +223,6 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 	c.setState(stateAttached)
 	if len(preamble) > 0 {
 		_ = c.sendPreamble(att, preamble) // queued, never fails
-		att.transient = transient
 	}
 	return att, nil
 }

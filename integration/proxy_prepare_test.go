@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -180,6 +181,70 @@ func TestProxyAutoPrepare(t *testing.T) {
 		}
 	})
 
+	t.Run("unnamed statements after a schema change", func(t *testing.T) {
+		exec(t, connect(t), `CREATE TABLE ap_u (id int PRIMARY KEY, v text NOT NULL)`)
+		exec(t, connect(t), `INSERT INTO ap_u VALUES (1, 'one')`)
+		// Five clients each hold a primary backend in a transaction and
+		// run an unnamed extended-protocol SELECT * there, so five
+		// backends hold its alias.
+		round := func(wantFields int) {
+			t.Helper()
+			var pcs []*pgconn.PgConn
+			for i := 0; i < 5; i++ {
+				pc := connect(t)
+				exec(t, pc, "BEGIN")
+				r := pc.ExecParams(ctx, "SELECT * FROM ap_u WHERE id = $1", [][]byte{[]byte("1")}, nil, nil, nil).Read()
+				if r.Err != nil || len(r.FieldDescriptions) != wantFields || len(r.Rows) != 1 {
+					t.Fatalf("client %d: fields %d rows %q err %v, want %d fields", i, len(r.FieldDescriptions), r.Rows, r.Err, wantFields)
+				}
+				pcs = append(pcs, pc)
+			}
+			for _, pc := range pcs {
+				exec(t, pc, "COMMIT")
+			}
+		}
+		round(2)
+		// A column added through the proxy: no client gets "cached plan
+		// must not change result type" from a backend's old alias.
+		exec(t, connect(t), "ALTER TABLE ap_u ADD COLUMN extra int DEFAULT 7")
+		round(3)
+		exec(t, connect(t), "ALTER TABLE ap_u DROP COLUMN extra")
+		round(2)
+	})
+
+	t.Run("schema change during a COPY", func(t *testing.T) {
+		exec(t, connect(t), `CREATE TABLE ap_c (id int)`)
+		exec(t, connect(t), `CREATE TABLE ap_d (id int)`)
+		pc := connect(t)
+		exec(t, pc, "BEGIN")
+		// The transaction's backend holds an alias, which a schema change
+		// makes stale: it must not be closed in the middle of the COPY.
+		if r := pc.ExecParams(ctx, "SELECT * FROM ap_u WHERE id = $1", [][]byte{[]byte("1")}, nil, nil, nil).Read(); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		started, ddlDone := make(chan struct{}), make(chan struct{})
+		r := &stagedReader{parts: []string{"1\n2\n", "3\n"}, after: []chan struct{}{started, nil}, before: []chan struct{}{nil, ddlDone}}
+		copied := make(chan error, 1)
+		go func() {
+			tag, err := pc.CopyFrom(ctx, r, "COPY ap_c FROM STDIN")
+			if err == nil && tag.RowsAffected() != 3 {
+				err = fmt.Errorf("COPY: %s", tag)
+			}
+			copied <- err
+		}()
+		<-started
+		// (Another table: the transaction holds a lock on ap_u.)
+		exec(t, connect(t), "ALTER TABLE ap_d ADD COLUMN during_copy int")
+		close(ddlDone)
+		if err := <-copied; err != nil {
+			t.Fatalf("COPY across a schema change: %v", err)
+		}
+		exec(t, pc, "COMMIT")
+		if res := exec(t, connect(t), "/* dbproxy: primary */ SELECT count(*) FROM ap_c"); string(res[0].Rows[0][0]) != "3" {
+			t.Fatalf("rows copied: %s", res[0].Rows[0][0])
+		}
+	})
+
 	t.Run("off", func(t *testing.T) {
 		env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.AutoPrepare = false })
 		pc, err := pgconn.Connect(ctx, env.dsn(""))
@@ -198,4 +263,28 @@ func TestProxyAutoPrepare(t *testing.T) {
 		}
 		exec(t, pc, "COMMIT")
 	})
+}
+
+// stagedReader hands out parts one Read at a time; before part i it waits
+// for before[i] (if set), after handing it out it closes after[i] (if set).
+type stagedReader struct {
+	parts         []string
+	before, after []chan struct{}
+	i             int
+}
+
+func (r *stagedReader) Read(p []byte) (int, error) {
+	if r.i > 0 && r.after[r.i-1] != nil {
+		close(r.after[r.i-1])
+		r.after[r.i-1] = nil
+	}
+	if r.i == len(r.parts) {
+		return 0, io.EOF
+	}
+	if ch := r.before[r.i]; ch != nil {
+		<-ch
+	}
+	n := copy(p, r.parts[r.i])
+	r.i++
+	return n, nil
 }

@@ -59,6 +59,7 @@ type attachment struct {
 	lsnHeld     bool        // the ReadyForQuery ending the request before lsnSeg arrived and waits in heldRFQ
 	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
 	heldRFQ     pgproto3.ReadyForQuery
+	ddl         bool // a schema change was sent: Server.schemaChanged again when the transaction ends
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -333,8 +334,11 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 		fr.Send(m)
 		flush = true
 	case *pgproto3.Query:
-		// A simple query destroys the unnamed statement.
+		// A simple query destroys the unnamed statement, and its
+		// ReadyForQuery also ends whatever extended-protocol messages
+		// precede it (the proxy's injected Closes).
 		delete(att.bst.stmts, "")
+		att.unsynced = false
 		att.outstanding++
 		att.sentSeg++
 		att.wbytes += len(m.String)
@@ -342,6 +346,7 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 		c.appendCommitLSN(att, fr)
 		flush, end = true, true
 	case *pgproto3.FunctionCall:
+		att.unsynced = false // as for Query
 		att.outstanding++
 		att.sentSeg++
 		fr.Send(m)
@@ -729,6 +734,10 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		att.flushWanted = false
 		backendTx := m.TxStatus
 		c.lastTx = backendTx
+		if att.ddl && backendTx == 'I' {
+			att.ddl = false
+			c.srv.schemaChanged() // the change is visible to every session now
+		}
 		if att.swallowSeg == att.recvSeg {
 			// The end of an injected preamble: the client never asked.
 			att.swallowSeg = -1
@@ -1268,9 +1277,21 @@ func (c *clientConn) paramName(h uint64) string {
 }
 
 // closeStaleAuto closes every alias on att's backend after one of them
-// was found stale (its table changed), so that each is prepared anew on
-// its next use. Called with c.mu and att.wmu held.
+// was found stale (its table changed) or a schema change went through the
+// proxy since the backend's last check, so that each is prepared anew on
+// its next use. It acts only between requests. Called with c.mu and
+// att.wmu held.
 func (c *clientConn) closeStaleAuto(att *attachment, fr *pgproto3.Frontend) {
+	if att.unsynced || att.copying {
+		return // only between requests: never inside a batch or a COPY
+	}
+	if e := c.srv.schemaEpoch.Load(); att.bst.schemaEpoch != e {
+		// A schema change went through the proxy since this backend's
+		// statements were prepared: prepare them anew rather than have
+		// PostgreSQL fail them ("cached plan must not change result type").
+		att.bst.schemaEpoch = e
+		att.bst.staleAuto = att.bst.staleAuto || len(att.bst.auto) > 0
+	}
 	if !att.bst.staleAuto {
 		return
 	}

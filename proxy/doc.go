@@ -131,11 +131,15 @@
 //     sees the simple protocol's reply.
 //
 // At most 128 such statements are kept per backend (the oldest is closed
-// first). When PostgreSQL reports "cached plan must not change result
-// type" (a table changed under a prepared statement), every statement the
-// proxy prepared on that backend is closed; a parameterized simple query
-// outside a transaction block is then sent again, so the client sees no
-// error, while an unnamed extended statement fails that once. Differences
+// first). A schema change sent through the proxy (DDL other than creating
+// temporary tables) makes every backend close the statements the proxy
+// prepared there before their next use, once when the DDL is sent and
+// again when its transaction ends. When PostgreSQL still reports "cached
+// plan must not change result type" (a table changed by DDL that did not
+// go through this proxy), every statement the proxy prepared on that
+// backend is closed; a parameterized simple query outside a transaction
+// block is then sent again, so the client sees no error, while an unnamed
+// extended statement fails that once. Differences
 // from unprepared execution: error positions refer to the parameterized
 // text, and PostgreSQL may choose a generic plan after five executions
 // (plan_cache_mode governs it).

@@ -177,10 +177,20 @@ func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.wantCommitLSN(att, st)
+	if changesSchema(st) {
+		c.srv.schemaChanged()
+		att.ddl = true // and again when its transaction ends
+	}
 	if att.primary && writes(st) {
 		att.wrote = true
 		c.noteCacheWrite(st)
 	}
+}
+
+// changesSchema reports whether st may change the result type of
+// statements prepared earlier (DDL other than creating temporary tables).
+func changesSchema(st *router.Statement) bool {
+	return st != nil && st.Kind == router.KindDDL && len(st.CreatesTemp) == 0
 }
 
 func writes(st *router.Statement) bool {

@@ -51,6 +51,12 @@ type shardResult struct {
 // TRUNCATE, ...). Reads are sent with text results and converted to the
 // client's formats at the end. Nothing is left leased.
 func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgproto3.Bind, ps *preparedStmt) (*localResult, error) {
+	if changesSchema(p.stmt) {
+		// Before and after: a statement prepared meanwhile may have seen
+		// the old schema.
+		c.srv.schemaChanged()
+		defer c.srv.schemaChanged()
+	}
 	if p.sql != "" {
 		sql = p.sql
 	} else if ps != nil {

@@ -78,6 +78,7 @@ type Server struct {
 	sweeping      bool          // under mu
 	sweeps        atomic.Uint64 // connections the sweeper interrupted
 
+	schemaEpoch          atomic.Uint64 // counts schema changes sent through the proxy (aliases prepared before are closed)
 	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
@@ -339,3 +340,8 @@ func (s *Server) learnBackendParams(conn interface{ ParameterStatus(string) stri
 	}
 	s.learnParams(p)
 }
+
+// schemaChanged records a schema change sent through the proxy: the
+// statements it prepared on any backend before are closed on their next
+// use.
+func (s *Server) schemaChanged() { s.schemaEpoch.Add(1) }

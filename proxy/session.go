@@ -68,6 +68,7 @@ func stmtHash(query string, oids []uint32) uint64 {
 // the prepared statements it holds (name -> hash).
 type backendState struct {
 	fingerprint uint64
+	schemaEpoch uint64 // Server.schemaEpoch when the aliases were last checked (closeStaleAuto)
 	stmts       map[string]uint64
 	auto        []string // aliases of unnamed statements prepared here, oldest first
 	staleAuto   bool     // an alias failed with "cached plan must not change result type": close them all

@@ -748,6 +748,7 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 			m.TxStatus = c.sess.rs.TxStatus()
 		} else {
 			c.sess.rs.Observe(m.TxStatus)
+			c.syncListensLocked()
 		}
 		if c.lastTx == 'I' {
 			// The backend ran everything the session did: same settings.

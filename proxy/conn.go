@@ -74,6 +74,14 @@ type clientConn struct {
 	lastPump    chan struct{}
 	lastTx      byte
 	closeReason error // why the pump ended the connection
+
+	// LISTEN (notify.go), under mu: channels held with the notifier,
+	// channels subscribed to (the router session's committed LISTENs),
+	// and the session's ListenVersion they reflect.
+	listenHeld    map[string]bool
+	listenSubs    map[string]bool
+	listenVersion uint64
+	notes         notifyOut // notifications waiting to be written
 }
 
 func newClientConn(s *Server, nc net.Conn) *clientConn {
@@ -128,6 +136,7 @@ func (c *clientConn) serve() {
 	defer c.srv.reg.remove(c)
 	defer c.cancel()
 	defer c.netConn.Close()
+	defer c.dropListens()
 	defer c.teardown()
 
 	ctx := c.ctx

@@ -90,6 +90,27 @@
 // change streams (started by the caller) see every other write. See
 // cache.go for the details and limits.
 //
+// # LISTEN and NOTIFY
+//
+// LISTEN and UNLISTEN are answered by the proxy, never run on a pooled
+// backend (whose notifications would reach the next client to lease it).
+// Per shard, one goroutine holds a backend leased from the shard's
+// primary and LISTENs there on every channel a client listens on; each
+// NotificationResponse it receives is written to every client listening
+// on the channel, between messages, whatever the client is doing (also
+// deep idle), by a short-lived goroutine per client so that a slow client
+// delays no one. A LISTEN is answered once every shard listens on the
+// channel, so a NOTIFY (on any shard, also inside a transaction pinned to
+// one) committed after the answer is delivered. LISTEN and UNLISTEN
+// inside a transaction take effect at COMMIT, as in PostgreSQL; DISCARD
+// ALL and UNLISTEN * end every subscription. A LISTEN inside a
+// multi-statement string is refused (0A000). When a listening backend
+// fails, the clients listening are ended with FATAL 08006 (notifications
+// may have been lost; a client that reconnects and listens again knows to
+// catch up); a client that leaves 16 MiB of notifications unread is
+// closed. The listening backend is closed when the last listener leaves.
+// The payload's pid is the notifying backend's, as PostgreSQL sends it.
+//
 // # Cancellation
 //
 // A CancelRequest carrying a (pid, secret) the proxy issued is turned into
@@ -185,11 +206,13 @@
 // # Concurrency and lifecycle
 //
 // New starts nothing. Serve accepts until Close (or its ctx ends); the
-// Server owns one goroutine per connection, one pump per attached backend
-// and the deep-idle sweeper. Close stops accepting, ends idle sessions
+// Server owns one goroutine per connection, one pump per attached
+// backend, the deep-idle sweeper, one listener per shard while clients
+// LISTEN and one writer per client with notifications waiting. Close
+// stops accepting, ends idle sessions
 // at once with FATAL 57P01, lets open transactions finish until
 // Config.ShutdownTimeout or ctx's deadline, then ends the rest and waits
-// for every goroutine; it is idempotent. Reload swaps users, databases,
+// for every goroutine (the LISTEN fan-out's included); it is idempotent. Reload swaps users, databases,
 // the default staleness bound and the client limit. The Deps (router,
 // replica sets) belong to the caller and are not closed. All exported
 // methods are safe for concurrent use.

@@ -138,7 +138,10 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 	}
 	switch {
 	case p.local:
-		res, _ := c.localDecision(p)
+		res, err := c.localDecision(ctx, p)
+		if err != nil {
+			return c.localError(err, true)
+		}
 		return c.startLocalBatch(res)
 	case len(p.targets) > 1:
 		if att != nil && !p.pinned {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"strconv"
 	"strings"
 
@@ -91,8 +92,15 @@ func (c *clientConn) showResult(name string) (*localResult, error) {
 	}, nil
 }
 
-// localDecision carries out a router decision that sends nothing.
-func (c *clientConn) localDecision(p plan) (*localResult, error) {
+// localDecision carries out a router decision that sends nothing. A
+// LISTEN waits until the proxy listens on the channel (notify.go).
+func (c *clientConn) localDecision(ctx context.Context, p plan) (*localResult, error) {
+	if st := p.stmt; st != nil && st.Listen != nil && st.Listen.Op == router.ListenAdd {
+		if err := c.listen(ctx, st.Listen.Channel); err != nil {
+			c.observeDetached(err)
+			return nil, err
+		}
+	}
 	if st := p.stmt; st != nil {
 		c.mu.Lock()
 		if st.DeallocAll {

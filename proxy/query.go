@@ -37,7 +37,7 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	}
 	switch {
 	case p.local:
-		return c.answerLocal(c.localDecision(p))
+		return c.answerLocal(c.localDecision(ctx, p))
 	case len(p.targets) > 1:
 		if att != nil && !p.pinned {
 			c.releaseIdle(att)
@@ -128,6 +128,7 @@ var errNoBackend = &clientError{code: "25P02", message: "current transaction is 
 func (c *clientConn) observeDetached(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.syncListensLocked()
 	if err == nil {
 		if c.sess.rs.TxStatus() == 'I' {
 			c.sess.rs.Observe('I')

@@ -82,6 +82,7 @@ type Server struct {
 	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
+	notify               *notifier     // LISTEN/NOTIFY fan-out (notify.go)
 }
 
 type liveConfig struct {
@@ -139,6 +140,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := s.Reload(cfg.Reloadable()); err != nil {
 		return nil, err
 	}
+	s.notify = newNotifier(s)
 	return s, nil
 }
 
@@ -276,6 +278,7 @@ func (s *Server) Close(ctx context.Context) error {
 	s.baseCancel()
 	<-done
 	s.helpers.Wait()
+	s.notify.wait()
 	return err
 }
 

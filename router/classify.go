@@ -51,6 +51,7 @@ type analyzer struct {
 	ctes      map[string]bool
 	scopes    []scopeInfo
 	topSelect *pg_query.SelectStmt // the top-level SELECT (set-operation branches are marked)
+	listens   []ListenInfo         // LISTEN/UNLISTEN statements of the text
 
 	// per top-level statement
 	kind      Kind

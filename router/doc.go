@@ -81,7 +81,12 @@
 // front end reports each backend ReadyForQuery status with Observe and
 // each ErrorResponse with ObserveError; SET/RESET/DISCARD, SQL PREPARE and
 // DEALLOCATE take effect on Observe (SETs inside a transaction on COMMIT)
-// and Replay lists what to run on a fresh backend. SET/RESET of
+// and Replay lists what to run on a fresh backend. LISTEN and UNLISTEN
+// (alone in their text, outside a failed transaction) are ActionLocal:
+// the front end carries them out itself, and Listening reports the
+// channels in effect (a LISTEN inside a transaction once it commits; a
+// LISTEN the front end could not carry out is dropped by ObserveError).
+// In a multi-statement string they are refused with ErrUnsupported. SET/RESET of
 // dbproxy.causal_token and dbproxy.max_staleness are handled by the
 // session and never sent to PostgreSQL.
 //

@@ -259,6 +259,13 @@ func (r *Router) Route(ctx context.Context, s *Session, st *Statement, params []
 	if st.NumStatements == 1 && len(st.Sets) == 1 && st.Sets[0].Intercepted() {
 		return r.routeIntercepted(s, st)
 	}
+	if st.listenInMulti {
+		return Decision{}, errorf(ErrUnsupported, "LISTEN and UNLISTEN must be sent as statements of their own, not in a multi-statement string")
+	}
+	if st.Listen != nil && s.tx != txFailed {
+		s.routeListen(*st.Listen)
+		return Decision{Action: ActionLocal, Tag: st.Listen.Tag(), Statement: st, TopologyVersion: tv.t.Version()}, nil
+	}
 	if st.DeallocName != "" || st.DeallocAll {
 		s.applySession(st)
 		return Decision{Action: ActionLocal, Tag: "DEALLOCATE", Statement: st, TopologyVersion: tv.t.Version()}, nil
@@ -320,8 +327,9 @@ func (r *Router) routeTx(tv *topoView, s *Session, st *Statement) (Decision, err
 		case TxCommit, TxRollback:
 			if tx.Kind == TxCommit {
 				s.applySets(s.staged)
+				s.applyListens(s.stagedListens)
 			}
-			s.staged = nil
+			s.staged, s.stagedListens = nil, nil
 			s.endTx()
 			if tx.Chain {
 				s.tx = txPending

@@ -1,6 +1,8 @@
 package router
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/dbproxy/dbproxy/replica"
@@ -55,6 +57,10 @@ type Session struct {
 	temps    map[string]bool
 	version  uint64
 
+	listening     map[string]bool // channels of committed LISTENs
+	stagedListens []ListenInfo    // LISTEN/UNLISTEN inside the current transaction (applied on COMMIT)
+	listenVersion uint64
+
 	pending []func() // changes applied on Observe, dropped on ObserveError
 }
 
@@ -79,8 +85,9 @@ func (s *Session) Observe(txStatus byte) {
 	case 'I':
 		if s.ending == TxCommit {
 			s.applySets(s.staged)
+			s.applyListens(s.stagedListens)
 		}
-		s.staged = nil
+		s.staged, s.stagedListens = nil, nil
 		s.endTx()
 	case 'T':
 		if s.tx != txActive && s.lastValid {
@@ -262,6 +269,7 @@ func (s *Session) applySets(sets []SetInfo) {
 			s.settings = nil
 			s.dropAllPrepared()
 			clear(s.temps)
+			s.applyListens([]ListenInfo{{Op: ListenRemoveAll}})
 		case SetDiscardTemp:
 			clear(s.temps)
 		}
@@ -277,3 +285,51 @@ func (s *Session) removeSetting(name string) {
 		}
 	}
 }
+
+// routeListen records a LISTEN or UNLISTEN answered by the front end:
+// inside a transaction it takes effect when the transaction commits;
+// outside one on Observe (dropped by ObserveError, so that a front end
+// that failed to carry it out leaves the session unchanged).
+func (s *Session) routeListen(li ListenInfo) {
+	if s.tx != txIdle {
+		s.stagedListens = append(s.stagedListens, li)
+		return
+	}
+	s.pending = append(s.pending, func() { s.applyListens([]ListenInfo{li}) })
+}
+
+func (s *Session) applyListens(ls []ListenInfo) {
+	for _, li := range ls {
+		switch li.Op {
+		case ListenAdd:
+			if s.listening == nil {
+				s.listening = map[string]bool{}
+			}
+			if s.listening[li.Channel] {
+				continue
+			}
+			s.listening[li.Channel] = true
+		case ListenRemove:
+			if !s.listening[li.Channel] {
+				continue
+			}
+			delete(s.listening, li.Channel)
+		case ListenRemoveAll:
+			if len(s.listening) == 0 {
+				continue
+			}
+			clear(s.listening)
+		}
+		s.listenVersion++
+	}
+}
+
+// Listening returns the channels the session listens on (committed
+// LISTENs not undone by UNLISTEN or DISCARD ALL), sorted. A LISTEN inside
+// a transaction counts once the transaction commits.
+func (s *Session) Listening() []string {
+	return slices.Sorted(maps.Keys(s.listening))
+}
+
+// ListenVersion changes whenever Listening's result changes.
+func (s *Session) ListenVersion() uint64 { return s.listenVersion }

@@ -406,3 +406,97 @@ func TestFunctionCacheInvalidation(t *testing.T) {
 		t.Fatalf("after DDL the catalog must be asked again: %+v", d)
 	}
 }
+
+func TestSessionListen(t *testing.T) {
+	r := newTestRouter(t)
+	listening := func(s *Session, want ...string) {
+		t.Helper()
+		if got := s.Listening(); !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+			t.Fatalf("Listening() = %q, want %q", got, want)
+		}
+	}
+	if st := mustClassify(t, `LISTEN Jobs`); st.Listen == nil || *st.Listen != (ListenInfo{ListenAdd, "jobs"}) {
+		t.Fatalf("LISTEN Jobs: %+v", st.Listen)
+	}
+	if st := mustClassify(t, `UNLISTEN "Mixed"`); st.Listen == nil || *st.Listen != (ListenInfo{ListenRemove, "Mixed"}) {
+		t.Fatalf(`UNLISTEN "Mixed": %+v`, st.Listen)
+	}
+	if st := mustClassify(t, `UNLISTEN *`); st.Listen == nil || st.Listen.Op != ListenRemoveAll || st.Listen.Tag() != "UNLISTEN" {
+		t.Fatalf("UNLISTEN *: %+v", st.Listen)
+	}
+
+	s := r.NewSession()
+	if err := routeErr(t, r, s, "LISTEN a; SELECT 1"); sqlState(err) != "0A000" || !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("LISTEN in a multi-statement string: %v", err)
+	}
+
+	// Outside a transaction: applied on Observe, dropped on ObserveError.
+	v := s.ListenVersion()
+	d := route(t, r, s, "LISTEN a")
+	if d.Action != ActionLocal || d.Tag != "LISTEN" {
+		t.Fatalf("LISTEN a: %+v", d)
+	}
+	listening(s)
+	s.Observe('I')
+	listening(s, "a")
+	if s.ListenVersion() == v {
+		t.Fatal("ListenVersion unchanged by LISTEN")
+	}
+	route(t, r, s, "LISTEN b")
+	s.ObserveError()
+	s.Observe('I')
+	listening(s, "a")
+
+	// Inside a deferred transaction: on COMMIT only.
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "LISTEN b")
+	s.Observe('T')
+	listening(s, "a")
+	route(t, r, s, "ROLLBACK")
+	s.Observe('I')
+	listening(s, "a")
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "LISTEN b")
+	route(t, r, s, "COMMIT")
+	s.Observe('I')
+	listening(s, "a", "b")
+
+	// Inside a transaction on a backend: on its COMMIT, not its ROLLBACK.
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	s.Observe('T')
+	route(t, r, s, "UNLISTEN a")
+	route(t, r, s, "ROLLBACK")
+	s.Observe('I')
+	listening(s, "a", "b")
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	s.Observe('T')
+	route(t, r, s, "UNLISTEN a")
+	route(t, r, s, "LISTEN c")
+	route(t, r, s, "COMMIT")
+	s.Observe('I')
+	listening(s, "b", "c")
+
+	// In a failed transaction the statement goes to the backend (which
+	// answers 25P02).
+	route(t, r, s, "BEGIN")
+	route(t, r, s, "SELECT * FROM users WHERE id = 5")
+	s.Observe('E')
+	if d := route(t, r, s, "LISTEN d"); d.Action != ActionForward || !d.Pinned {
+		t.Fatalf("LISTEN in a failed transaction: %+v", d)
+	}
+	route(t, r, s, "ROLLBACK")
+	s.Observe('I')
+	listening(s, "b", "c")
+
+	// DISCARD ALL and UNLISTEN * forget every channel.
+	route(t, r, s, "DISCARD ALL")
+	s.Observe('I')
+	listening(s)
+	route(t, r, s, "LISTEN e")
+	s.Observe('I')
+	route(t, r, s, "UNLISTEN *")
+	s.Observe('I')
+	listening(s)
+}

@@ -324,8 +324,9 @@ type Statement struct {
 	ExecuteArgs          []KeyValue // SQL EXECUTE arguments: literals (Param == -1 for an expression)
 	DeallocName          string     // DEALLOCATE name ("" with DeallocAll for DEALLOCATE ALL)
 	DeallocAll           bool
-	CreatesTemp          []string // CREATE TEMP TABLE names (session-bound)
-	InvalidatesFunctions bool     // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
+	CreatesTemp          []string    // CREATE TEMP TABLE names (session-bound)
+	InvalidatesFunctions bool        // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
+	Listen               *ListenInfo // LISTEN or UNLISTEN as the only statement of the text
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)
@@ -339,8 +340,33 @@ type Statement struct {
 	mixedBroadcast bool         // multi-statement string mixing a broadcast with row writes
 	explain        bool         // EXPLAIN: one shard is representative, never scattered
 	hasTxControl   bool         // multi-statement string containing BEGIN/COMMIT/...
+	listenInMulti  bool         // multi-statement string containing LISTEN/UNLISTEN (refused by Route)
 
 	// set on statements instantiated from a shape template (shape.go)
 	shape *shapeEntry
 	lits  []string // literal values, in the order of the shape's $n
+}
+
+// ListenOp is what a LISTEN or UNLISTEN statement does.
+type ListenOp uint8
+
+const (
+	ListenAdd       ListenOp = iota + 1 // LISTEN channel
+	ListenRemove                        // UNLISTEN channel
+	ListenRemoveAll                     // UNLISTEN *
+)
+
+// ListenInfo describes a LISTEN or UNLISTEN statement. Channel is the
+// channel name as PostgreSQL folds it ("" for UNLISTEN *).
+type ListenInfo struct {
+	Op      ListenOp
+	Channel string
+}
+
+// Tag is the statement's command tag.
+func (l ListenInfo) Tag() string {
+	if l.Op == ListenAdd {
+		return "LISTEN"
+	}
+	return "UNLISTEN"
 }

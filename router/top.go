@@ -82,6 +82,12 @@ func classify(sql string) (*Statement, error) {
 			st.PrimaryReason = "transaction control in a multi-statement string"
 		}
 	}
+	switch {
+	case len(a.listens) == 1 && len(tree.Stmts) == 1:
+		st.Listen = &a.listens[0]
+	case len(a.listens) > 0:
+		st.listenInMulti = true
+	}
 	st.Kind = overall
 	switch st.Kind {
 	case KindWrite, KindDDL:
@@ -178,9 +184,15 @@ func (a *analyzer) top(raw *pg_query.RawStmt, text string) {
 	case *pg_query.Node_ListenStmt:
 		a.kind, a.command = KindUtility, "LISTEN"
 		a.mustPrimary("LISTEN is bound to a session on the primary")
+		a.listens = append(a.listens, ListenInfo{Op: ListenAdd, Channel: x.ListenStmt.Conditionname})
 	case *pg_query.Node_UnlistenStmt:
 		a.kind, a.command = KindUtility, "UNLISTEN"
 		a.mustPrimary("UNLISTEN is bound to a session on the primary")
+		li := ListenInfo{Op: ListenRemove, Channel: x.UnlistenStmt.Conditionname}
+		if li.Channel == "" {
+			li.Op = ListenRemoveAll
+		}
+		a.listens = append(a.listens, li)
 	case *pg_query.Node_NotifyStmt:
 		a.kind, a.command = KindWrite, "NOTIFY"
 		a.mustPrimary("NOTIFY cannot run on a standby")

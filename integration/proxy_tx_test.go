@@ -106,3 +106,98 @@ func TestProxyDeferredBegin(t *testing.T) {
 		})
 	}
 }
+
+// TestProxyCancelMultiShard checks that a CancelRequest stops a statement
+// running on several shards at once: each shard's backend cancels it, the
+// client gets 57014, and the connection and the pooled backends stay
+// usable.
+func TestProxyCancelMultiShard(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	env := startProxyEnv(t, ctx, clusters, nil)
+	pc := connectProxy(t, env)
+	simple(t, pc, "CREATE TABLE users (id int PRIMARY KEY)")
+	simple(t, pc, "INSERT INTO users (id) VALUES (1)") // shard s0
+	simple(t, pc, "INSERT INTO users (id) VALUES (5)") // shard s1
+
+	// The read runs on a standby of each shard (or its primary).
+	directs := make([][]*pgconn.PgConn, len(clusters))
+	for i, c := range clusters {
+		for _, n := range c.Nodes() {
+			d, err := pgconn.Connect(ctx, appConnString(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close(context.Background())
+			directs[i] = append(directs[i], d)
+		}
+	}
+	sleeping := func() bool {
+		for _, nodes := range directs {
+			if !anySleeping(t, [][]*pgconn.PgConn{nodes}) {
+				return false
+			}
+		}
+		return true
+	}
+
+	for _, proto := range []string{"simple", "extended"} {
+		t.Run(proto, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				const q = "SELECT id, pg_sleep(30) FROM users ORDER BY id"
+				if proto == "simple" {
+					_, err := pc.Exec(ctx, q).ReadAll()
+					done <- err
+					return
+				}
+				done <- pc.ExecParams(ctx, q, nil, nil, nil, nil).Read().Err
+			}()
+			deadline := time.Now().Add(20 * time.Second)
+			for !sleeping() {
+				if time.Now().After(deadline) {
+					t.Fatal("the statement does not run on both shards")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			start := time.Now()
+			if err := pc.CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+					t.Fatalf("cancelled multi-shard statement: %v, want 57014", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("CancelRequest did not stop the multi-shard statement")
+			}
+			t.Logf("cancelled in %v", time.Since(start))
+			for anySleeping(t, directs) {
+				if time.Since(start) > 20*time.Second {
+					t.Fatal("a shard still runs the cancelled statement")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			res := simple(t, pc, "SELECT count(*) FROM users")
+			if got := string(res[0].Rows[0][0]); got != "2" {
+				t.Fatalf("count after cancel: %s", got)
+			}
+		})
+	}
+}
+
+// anySleeping reports whether a node of directs runs pg_sleep(30).
+func anySleeping(t *testing.T, directs [][]*pgconn.PgConn) bool {
+	for _, nodes := range directs {
+		for _, d := range nodes {
+			res := simple(t, d, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()")
+			if string(res[0].Rows[0][0]) != "0" {
+				return true
+			}
+		}
+	}
+	return false
+}

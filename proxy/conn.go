@@ -74,6 +74,7 @@ type clientConn struct {
 	lastPump    chan struct{}
 	lastTx      byte
 	closeReason error // why the pump ended the connection
+	multiCancel context.CancelCauseFunc // cancels the multi-shard statement running (runMulti)
 
 	// LISTEN (notify.go), under mu: channels held with the notifier,
 	// channels subscribed to (the router session's committed LISTENs),
@@ -383,7 +384,13 @@ func (s *Server) cancelRequest(ctx context.Context, pid uint32, secret []byte) {
 		// Copied under the lock: a finished attachment is reused.
 		lease, node = att.lease, att.nodeName
 	}
+	multi := target.multiCancel
 	target.mu.Unlock()
+	if multi != nil {
+		// A multi-shard statement: its context reaches every shard's
+		// backend as a CancelRequest (replica's pooled connections).
+		multi(errCanceledByClient)
+	}
 	if lease == nil {
 		return
 	}

@@ -115,8 +115,11 @@
 //
 // A CancelRequest carrying a (pid, secret) the proxy issued is turned into
 // pgconn's CancelRequest on the backend currently leased by that client:
-// the running query is cancelled, the client connection stays usable.
-// Unknown keys are ignored, as PostgreSQL does.
+// the running query is cancelled, the client connection stays usable. A
+// multi-shard statement is cancelled on every shard it runs on (the
+// client gets 57014; a broadcast such as DDL stops where it was, the
+// shards it completed on keep it). Unknown keys are ignored, as
+// PostgreSQL does.
 //
 // # Connection states
 //

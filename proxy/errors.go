@@ -20,6 +20,9 @@ var (
 	ErrShuttingDown = errors.New("proxy: shutting down")
 	// errClientGone means the client closed its side (EOF or Terminate).
 	errClientGone = errors.New("proxy: client disconnected")
+	// errCanceledByClient ends a multi-shard statement the client sent a
+	// CancelRequest for (57014, PostgreSQL's message).
+	errCanceledByClient = &clientError{code: codeQueryCanceled, message: "canceling statement due to user request"}
 )
 
 // SQLSTATE codes used by the proxy itself: the catalogue. Messages that

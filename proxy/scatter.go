@@ -51,6 +51,17 @@ type shardResult struct {
 // TRUNCATE, ...). Reads are sent with text results and converted to the
 // client's formats at the end. Nothing is left leased.
 func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgproto3.Bind, ps *preparedStmt) (*localResult, error) {
+	// A CancelRequest of the client cancels ctx.
+	ctx, cancel := context.WithCancelCause(ctx)
+	c.mu.Lock()
+	c.multiCancel = cancel
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.multiCancel = nil
+		c.mu.Unlock()
+		cancel(nil)
+	}()
 	if changesSchema(p.stmt) {
 		// Before and after: a statement prepared meanwhile may have seen
 		// the old schema.
@@ -86,7 +97,7 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 			})
 		}
 		if err := g.Wait(); err != nil {
-			return nil, err
+			return nil, canceledBy(ctx, err)
 		}
 	} else {
 		// Broadcasts (DDL, ...) run shard by shard and stop at the first
@@ -94,7 +105,7 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 		for i, t := range p.targets {
 			r, oids, err := c.runOnShard(ctx, t, sql, bind, ps, i == 0 && bind != nil)
 			if err != nil {
-				return nil, fmt.Errorf("shard %d: %w", t.shard, err)
+				return nil, canceledBy(ctx, fmt.Errorf("shard %d: %w", t.shard, err))
 			}
 			if i == 0 {
 				paramOIDs = oids
@@ -151,6 +162,16 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 		}
 	}
 	return res, nil
+}
+
+// canceledBy returns errCanceledByClient for an error of a multi-shard
+// statement the client cancelled (a shard's 57014, or a lease wait the
+// cancellation ended), else err.
+func canceledBy(ctx context.Context, err error) error {
+	if context.Cause(ctx) == errCanceledByClient {
+		return errCanceledByClient
+	}
+	return err
 }
 
 // runOnShard leases a backend of t, runs sql there and releases it.

@@ -73,7 +73,7 @@ type clientConn struct {
 	spare       *attachment // a finished attachment no goroutine refers to, for the next attach (under mu)
 	lastPump    chan struct{}
 	lastTx      byte
-	closeReason error // why the pump ended the connection
+	closeReason error                   // why the pump ended the connection
 	multiCancel context.CancelCauseFunc // cancels the multi-shard statement running (runMulti)
 
 	// LISTEN (notify.go), under mu: channels held with the notifier,

@@ -169,7 +169,7 @@ func NewConnector(cfg *config.Config, opts ...Option) (*Connector, error) {
 	rc.MaxStaleness = cfg.Routing.MaxStaleness.D()
 	rc.Logger = o.logger
 	if o.functions {
-		rc.Functions = &functionCatalog{c: c}
+		rc.Functions = router.PgProcCatalog(c.queryPrimary)
 	}
 	r, err := router.New(rc)
 	if err != nil {
@@ -288,35 +288,18 @@ func (c *Connector) isClosed() bool {
 	return c.closed
 }
 
-// functionCatalog answers the router's volatility questions from pg_proc
-// on the default shard's primary.
-type functionCatalog struct{ c *Connector }
-
-func (f *functionCatalog) Volatility(ctx context.Context, schema, name string) (router.Volatility, bool, error) {
-	sets, err := f.c.runtime(ctx)
+// queryPrimary runs a catalog query (router.PgProcCatalog) on the
+// default shard's primary.
+func (c *Connector) queryPrimary(ctx context.Context, sql string, params ...[]byte) ([][][]byte, error) {
+	sets, err := c.runtime(ctx)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
-	set := sets[f.c.topo.DefaultShard()]
-	l, err := set.Primary().Acquire(ctx)
+	l, err := sets[c.topo.DefaultShard()].Primary().Acquire(ctx)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
-	const q = `SELECT DISTINCT p.provolatile FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE p.proname = $1 AND (CASE WHEN $2 = '' THEN n.nspname = ANY (current_schemas(true)) ELSE n.nspname = $2 END)`
-	res := l.Conn().ExecParams(ctx, q, [][]byte{[]byte(name), []byte(schema)}, nil, nil, nil).Read()
+	res := l.Conn().ExecParams(ctx, sql, params, nil, nil, nil).Read()
 	l.Release(res.Err)
-	if res.Err != nil {
-		return 0, false, res.Err
-	}
-	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
-		return 0, false, nil // unknown, or overloads of different volatility
-	}
-	switch string(res.Rows[0][0]) {
-	case "i":
-		return router.VolatilityImmutable, true, nil
-	case "s":
-		return router.VolatilityStable, true, nil
-	}
-	return router.VolatilityVolatile, true, nil
+	return res.Rows, res.Err
 }

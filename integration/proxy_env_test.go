@@ -74,7 +74,7 @@ func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Clus
 		mut(&cfg)
 	}
 	env.cfg = cfg
-	d := proxy.Deps{Router: newProxyTestRouter(t, clusters), Shards: env.sets}
+	d := proxy.Deps{Router: newProxyTestRouter(t, clusters, proxy.FunctionCatalog(env.sets[0])), Shards: env.sets}
 	for _, f := range deps {
 		f(&d)
 	}
@@ -112,8 +112,9 @@ func (e *proxyEnv) url(extra string) string {
 
 // newProxyTestRouter routes over shards s0 and s1 (one per cluster).
 // Sharded tables: users(id int), events(user_id int), kv(k text).
-// Everything else (pgbench's tables included) lives on s0.
-func newProxyTestRouter(t testing.TB, clusters []*pgcluster.Cluster) *router.Router {
+// Everything else (pgbench's tables included) lives on s0. functions is
+// the router's catalog of user-defined functions, as dbproxy serve sets it.
+func newProxyTestRouter(t testing.TB, clusters []*pgcluster.Cluster, functions router.FunctionCatalog) *router.Router {
 	t.Helper()
 	spec := shard.TopologySpec{
 		Tables: []shard.TableSpec{
@@ -139,6 +140,7 @@ func newProxyTestRouter(t testing.TB, clusters []*pgcluster.Cluster) *router.Rou
 	}
 	cfg := router.DefaultConfig()
 	cfg.Topology = router.NewStaticTopology(topo)
+	cfg.Functions = functions
 	r, err := router.New(cfg)
 	if err != nil {
 		t.Fatal(err)

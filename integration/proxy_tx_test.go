@@ -201,3 +201,46 @@ func anySleeping(t *testing.T, directs [][]*pgconn.PgConn) bool {
 	}
 	return false
 }
+
+// TestProxyUserFunctions checks that the proxy routes reads calling
+// user-defined functions by their volatility in pg_proc: immutable and
+// stable ones on a standby, volatile ones (and unknown names) on the
+// primary, and a function redefined through the proxy is looked up again.
+func TestProxyUserFunctions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	env := startProxyEnv(t, ctx, clusters, nil)
+	pc := connectProxy(t, env)
+	simple(t, pc, "CREATE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2'")
+	simple(t, pc, "CREATE FUNCTION today_utc() RETURNS date STABLE LANGUAGE sql AS $$SELECT (now() AT TIME ZONE 'UTC')::date$$")
+	simple(t, pc, "CREATE FUNCTION bump() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1'")
+	if err := clusters[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	onStandby := func(sql string) bool {
+		t.Helper()
+		res := simple(t, pc, sql)
+		return string(res[0].Rows[0][len(res[0].Rows[0])-1]) == "t"
+	}
+	for _, c := range []struct {
+		sql     string
+		standby bool
+	}{
+		{"SELECT twice(21), pg_is_in_recovery()", true},
+		{"SELECT today_utc() IS NOT NULL, pg_is_in_recovery()", true},
+		{"SELECT bump(), pg_is_in_recovery()", false},
+		{"SELECT public.twice(1), pg_is_in_recovery()", true},
+	} {
+		for i := 0; i < 3; i++ {
+			if got := onStandby(c.sql); got != c.standby {
+				t.Fatalf("%s: on a standby %v, want %v", c.sql, got, c.standby)
+			}
+		}
+	}
+	// Redefined as volatile: the cached answer is dropped by the DDL.
+	simple(t, pc, "CREATE OR REPLACE FUNCTION twice(int) RETURNS int VOLATILE LANGUAGE sql AS 'SELECT $1 * 2'")
+	if onStandby("SELECT twice(2), pg_is_in_recovery()") {
+		t.Fatal("a function redefined VOLATILE still runs on a standby")
+	}
+}

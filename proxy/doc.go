@@ -30,6 +30,10 @@
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the
 //     first shard's command tag.
 //
+// The Router should have FunctionCatalog as its router.Config.Functions
+// (dbproxy serve does): reads calling immutable or stable user-defined
+// functions then run on standbys; without it they go to the primary.
+//
 // # Pooling and session state
 //
 // With PoolTransaction (the default) a backend is leased for one

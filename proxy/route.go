@@ -189,3 +189,24 @@ func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
 	}
 	return p
 }
+
+// FunctionCatalog returns the router's catalog of user-defined function
+// volatility (router.PgProcCatalog) read on set's primary, for the Router
+// a Server routes with: reads calling immutable or stable user functions
+// may then run on standbys and be cached. The backends it uses stay fit
+// for the proxy's pool. Safe for concurrent use.
+func FunctionCatalog(set *replica.Set) router.FunctionCatalog {
+	return router.PgProcCatalog(func(ctx context.Context, sql string, params ...[]byte) ([][][]byte, error) {
+		l, err := set.Primary().Acquire(ctx)
+		if err != nil {
+			return nil, err
+		}
+		conn := l.Conn()
+		if bst, ok := conn.CustomData()[backendStateKey].(*backendState); ok {
+			delete(bst.stmts, "") // the query replaces the unnamed statement
+		}
+		res := conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
+		finishLease(l, res.Err)
+		return res.Rows, res.Err
+	})
+}

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	_ "embed"
 	"fmt"
 	"strconv"
@@ -193,4 +194,37 @@ func isAggregate(schema, name string) bool {
 		return false
 	}
 	return builtins()[name].aggregate
+}
+
+// QueryFunc runs sql with text parameters ($1, $2, ...) and returns the
+// rows' text values. It must honour ctx.
+type QueryFunc func(ctx context.Context, sql string, params ...[]byte) ([][][]byte, error)
+
+// PgProcCatalog returns a FunctionCatalog that reads pg_proc with query,
+// which a front end runs on its default shard's primary. A name without
+// schema resolves in the search path of the connection query uses; a
+// function is known only when every overload of that name has the same
+// volatility. Safe for concurrent use when query is.
+func PgProcCatalog(query QueryFunc) FunctionCatalog { return pgProcCatalog(query) }
+
+type pgProcCatalog QueryFunc
+
+const pgProcVolatility = `SELECT DISTINCT p.provolatile FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.proname = $1 AND (CASE WHEN $2 = '' THEN n.nspname = ANY (current_schemas(true)) ELSE n.nspname = $2 END)`
+
+func (q pgProcCatalog) Volatility(ctx context.Context, schema, name string) (Volatility, bool, error) {
+	rows, err := q(ctx, pgProcVolatility, []byte(name), []byte(schema))
+	if err != nil {
+		return 0, false, err
+	}
+	if len(rows) != 1 || len(rows[0]) != 1 {
+		return 0, false, nil // unknown, or overloads of different volatility
+	}
+	switch string(rows[0][0]) {
+	case "i":
+		return VolatilityImmutable, true, nil
+	case "s":
+		return VolatilityStable, true, nil
+	}
+	return VolatilityVolatile, true, nil
 }

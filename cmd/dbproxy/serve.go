@@ -131,7 +131,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 			return fail(err)
 		}
 	}
-	rt, err := newRouter(cfg, topo)
+	rt, err := newRouter(cfg, topo, proxy.FunctionCatalog(rp.sets[topo.DefaultShard()]))
 	if err != nil {
 		return fail(err)
 	}
@@ -309,10 +309,12 @@ func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, l
 	return c, nil
 }
 
-// newRouter builds the router over the static topology of the config.
-func newRouter(cfg *config.Config, topo *shard.Topology) (*router.Router, error) {
+// newRouter builds the router over the static topology of the config,
+// with functions as its catalog of user-defined functions (nil: none).
+func newRouter(cfg *config.Config, topo *shard.Topology, functions router.FunctionCatalog) (*router.Router, error) {
 	rc := router.DefaultConfig()
 	rc.Topology = router.NewStaticTopology(topo)
+	rc.Functions = functions
 	rc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
 	return router.New(rc)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestProxyMultiShardReadFirstShardEmpty reads through the proxy with an
@@ -113,6 +115,61 @@ func TestProxyMultiShardReadFirstShardEmpty(t *testing.T) {
 		args := append(append([]any{}, mode.args...), gone, missing)
 		if got := query(args...); got != "" {
 			t.Errorf("%s protocol, IN (%d, %d): got rows %q, want none", mode.name, gone, missing, got)
+		}
+	}
+}
+
+// TestProxyMultiShardRowLimits checks Execute row limits on a merged
+// multi-shard read: the proxy answers the same messages as PostgreSQL
+// does for the same rows in one table (PortalSuspended at each limit
+// reached, the completing Execute's own row count, nothing more after).
+func TestProxyMultiShardRowLimits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	env := startProxyEnv(t, ctx, clusters, nil)
+	pc := connectProxy(t, env)
+	simple(t, pc, "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
+	direct, err := pgconn.Connect(ctx, appConnString(clusters[0].Primary()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	simple(t, direct, "CREATE TABLE users_flat (id int PRIMARY KEY, name text NOT NULL)")
+	for id := 1; id <= 20; id++ {
+		simple(t, pc, fmt.Sprintf("INSERT INTO users (id, name) VALUES (%d, 'u%d')", id, id))
+		simple(t, direct, fmt.Sprintf("INSERT INTO users_flat (id, name) VALUES (%d, 'u%d')", id, id))
+	}
+	if err := clusters[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := clusters[1].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(table, from, to string, limits ...uint32) []pgproto3.FrontendMessage {
+		msgs := []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: "SELECT id, name FROM " + table + " WHERE id BETWEEN $1 AND $2 ORDER BY id"},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte(from), []byte(to)}},
+		}
+		for _, n := range limits {
+			msgs = append(msgs, &pgproto3.Execute{MaxRows: n})
+		}
+		return append(msgs, &pgproto3.Sync{})
+	}
+	for _, tc := range []struct {
+		from, to string
+		limits   []uint32
+	}{
+		{"3", "12", []uint32{2, 3, 0, 0}},
+		{"1", "20", []uint32{5, 5, 5, 5, 5}},
+		{"4", "8", []uint32{5, 1}},
+		{"4", "7", []uint32{10}},
+		{"100", "200", []uint32{1, 1}},
+	} {
+		want := wireExchange(t, ctx, appConnString(clusters[0].Primary()), exchange("users_flat", tc.from, tc.to, tc.limits...), 1)
+		got := wireExchange(t, ctx, env.dsn(""), exchange("users", tc.from, tc.to, tc.limits...), 1)
+		if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+			t.Fatalf("ids %s..%s, limits %v:\nproxy:  %q\ndirect: %q", tc.from, tc.to, tc.limits, got, want)
 		}
 	}
 }

@@ -230,5 +230,5 @@
 // but their names share one namespace per backend. COPY and
 // FunctionCall run on one backend. Multi-shard results are buffered in
 // memory and sent in text or, converted with pgtype, in binary format;
-// Execute's row limit (portal suspension) is not honoured for them.
+// an Execute row limit suspends the portal as PostgreSQL does.
 package proxy

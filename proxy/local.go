@@ -18,6 +18,7 @@ type localResult struct {
 	paramOIDs []uint32                    // for Describe of the statement
 	rows      [][][]byte                  // in the client's result formats
 	tag       string
+	partial   bool // an Execute's row limit suspended the portal (extended protocol)
 	notices   []*pgproto3.NoticeResponse
 }
 
@@ -168,8 +169,31 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 		}
 		out = append(out, res.rowDescription())
 	case *pgproto3.Execute:
-		out = append(out, res.messages(false)...)
-		res.rows, res.notices = nil, nil // a second Execute of the portal returns nothing more
+		if res.fields != nil && (m.MaxRows > 0 || res.partial) {
+			// As PostgreSQL: a row limit reached suspends the portal
+			// (even with no rows left); the Execute that completes a
+			// suspended portal reports the rows it sent itself.
+			n := len(res.rows)
+			if m.MaxRows > 0 {
+				n = min(n, int(m.MaxRows))
+			}
+			for _, nt := range res.notices {
+				out = append(out, nt)
+			}
+			for _, row := range res.rows[:n] {
+				out = append(out, &pgproto3.DataRow{Values: row})
+			}
+			res.rows, res.notices = res.rows[n:], nil
+			if m.MaxRows > 0 && n == int(m.MaxRows) {
+				res.partial = true
+				out = append(out, &pgproto3.PortalSuspended{})
+				break
+			}
+			out = append(out, &pgproto3.CommandComplete{CommandTag: []byte("SELECT " + strconv.Itoa(n))})
+		} else {
+			out = append(out, res.messages(false)...)
+		}
+		res.rows, res.notices, res.partial = nil, nil, false // a second Execute of the portal returns nothing more
 		if res.fields != nil {
 			res.tag = "SELECT 0"
 		}

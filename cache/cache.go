@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/dgraph-io/ristretto/v2"
 	"golang.org/x/sync/singleflight"
 )
@@ -83,8 +84,31 @@ type Cache struct {
 	lagMu sync.Mutex
 	lag   lagStats
 
+	door *doorkeeper // nil: fill on the first miss
+
 	hits, misses, fills, fillErrors, shared, stored  atomic.Uint64
 	bypass, tooLarge, raced, stale, evictions, inval atomic.Uint64
+	notAdmitted                                      atomic.Uint64
+}
+
+// doorkeeperSlots is the size of the doorkeeper's table (a power of 2).
+const doorkeeperSlots = 1 << 16
+
+// doorkeeper remembers the hashes of keys that missed, one per slot
+// (direct-mapped: a newer key takes an older one's slot), so that a key
+// is filled only on its second miss while still remembered.
+type doorkeeper struct{ slots []atomic.Uint64 }
+
+// admit reports whether the key with hash h missed before (and is still
+// remembered); otherwise it remembers it.
+func (d *doorkeeper) admit(h uint64) bool {
+	h |= 1 // 0 marks an empty slot
+	s := &d.slots[h&(doorkeeperSlots-1)]
+	if s.Load() == h {
+		return true
+	}
+	s.Store(h)
+	return false
 }
 
 // New builds a Cache. It starts ristretto's maintenance goroutines; Close
@@ -104,6 +128,9 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.FillAfterMisses == 2 {
+		c.door = &doorkeeper{slots: make([]atomic.Uint64, doorkeeperSlots)}
 	}
 	counters := cfg.NumCounters
 	if counters == 0 {
@@ -275,9 +302,13 @@ type fillResult struct {
 // change stream was up for the whole fill and none of the tables was
 // invalidated meanwhile, and it is at most MaxEntryBytes long.
 //
+// With Config.FillAfterMisses 2, the first miss of a key (while the
+// doorkeeper remembers it) returns ErrNotAdmitted at once without running
+// fill: the caller runs the read itself.
+//
 // It blocks while fill runs (or while waiting for a shared fill, until
-// ctx ends). Errors: ErrClosed after Close; ctx.Err(); otherwise the
-// fill's error, unchanged. Safe for concurrent use.
+// ctx ends). Errors: ErrClosed after Close; ErrNotAdmitted; ctx.Err();
+// otherwise the fill's error, unchanged. Safe for concurrent use.
 func (c *Cache) GetOrFill(ctx context.Context, key Key, tables []string, minLSN uint64, fill FillFunc) (value []byte, hit bool, err error) {
 	if c.closed.Load() {
 		return nil, false, ErrClosed
@@ -294,6 +325,10 @@ func (c *Cache) GetOrFill(ctx context.Context, key Key, tables []string, minLSN 
 		c.bypass.Add(1)
 		v, err := fill(ctx)
 		return v, false, err
+	}
+	if c.door != nil && !c.door.admit(xxhash.Sum64String(key.enc)) {
+		c.notAdmitted.Add(1)
+		return nil, false, ErrNotAdmitted
 	}
 	sh := c.shard(key.shard)
 	snap := c.snapshot(sh, tables)

@@ -649,3 +649,36 @@ func BenchmarkGetOrFillHitParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestFillAfterSecondMiss(t *testing.T) {
+	c, _ := newUpCache(t, func(cfg *Config) { cfg.FillAfterMisses = 2 })
+	ctx := context.Background()
+	var calls atomic.Int64
+	k := testKey("SELECT v FROM kv WHERE k=$1", "1")
+	if _, _, err := c.GetOrFill(ctx, k, []string{"kv"}, 0, constFill("one", &calls)); !errors.Is(err, ErrNotAdmitted) || calls.Load() != 0 {
+		t.Fatalf("first miss: %v, %d fills; want ErrNotAdmitted and no fill", err, calls.Load())
+	}
+	// Another key's first miss is not admitted either.
+	if _, _, err := c.GetOrFill(ctx, testKey("SELECT v FROM kv WHERE k=$1", "2"), []string{"kv"}, 0, constFill("two", &calls)); !errors.Is(err, ErrNotAdmitted) {
+		t.Fatalf("other key's first miss: %v", err)
+	}
+	v, hit, err := c.GetOrFill(ctx, k, []string{"kv"}, 0, constFill("one", &calls))
+	if err != nil || hit || string(v) != "one" || calls.Load() != 1 {
+		t.Fatalf("second miss = %q, %v, %v, %d fills; want a fill", v, hit, err, calls.Load())
+	}
+	c.store.Wait()
+	if v, hit, err := c.GetOrFill(ctx, k, []string{"kv"}, 0, constFill("x", &calls)); err != nil || !hit || string(v) != "one" {
+		t.Fatalf("after the fill = %q, %v, %v; want a hit", v, hit, err)
+	}
+	// Invalidated, the key is filled again at its next miss (still known).
+	c.Invalidate("kv")
+	if v, hit, err := c.GetOrFill(ctx, k, []string{"kv"}, 0, constFill("new", &calls)); err != nil || hit || string(v) != "new" {
+		t.Fatalf("after an invalidation = %q, %v, %v; want a fill", v, hit, err)
+	}
+	if st := c.Stats(); st.NotAdmitted != 2 || st.Fills != 2 {
+		t.Fatalf("stats: %d not admitted, %d fills; want 2, 2", st.NotAdmitted, st.Fills)
+	}
+	if err := (Config{MaxBytes: 1, MaxEntryBytes: 1, TTL: time.Second, FillAfterMisses: 3}).Validate(); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("FillAfterMisses 3: %v", err)
+	}
+}

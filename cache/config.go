@@ -28,6 +28,13 @@ type Config struct {
 	// ExcludeTables lists tables never cached, same patterns. A read is
 	// cacheable only if every table it reads is included and none excluded.
 	ExcludeTables []string
+	// FillAfterMisses is how many misses of a key, close enough together,
+	// it takes to fill it: 0 or 1 fills on the first miss; 2 fills on the
+	// second, so that keys read once (a random scan over a large table)
+	// never pay for a fill and never crowd hot keys out of the store
+	// (GetOrFill returns ErrNotAdmitted for the first miss). Misses are
+	// remembered in a direct-mapped table of 65,536 key hashes.
+	FillAfterMisses int
 	// Logger receives stream state changes and errors; nil discards.
 	Logger *slog.Logger
 	// Hooks are optional callbacks for metrics and tracing.
@@ -80,6 +87,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: TTL must be > 0, got %s", ErrInvalidConfig, c.TTL)
 	case c.NumCounters < 0:
 		return fmt.Errorf("%w: NumCounters must be >= 0, got %d", ErrInvalidConfig, c.NumCounters)
+	case c.FillAfterMisses < 0 || c.FillAfterMisses > 2:
+		return fmt.Errorf("%w: FillAfterMisses must be 0, 1 or 2, got %d", ErrInvalidConfig, c.FillAfterMisses)
 	}
 	for _, list := range [][]string{c.IncludeTables, c.ExcludeTables} {
 		for _, p := range list {

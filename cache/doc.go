@@ -17,7 +17,11 @@
 // Entries are bounded by total bytes (ristretto MaxCost, sampled-LFU
 // eviction with TinyLFU admission), by a per-entry TTL and by a maximum
 // entry size. Config.IncludeTables and ExcludeTables choose which tables'
-// reads may be cached.
+// reads may be cached. With Config.FillAfterMisses 2 (dbproxy's default)
+// a key is filled only at its second miss while a doorkeeper (65,536 key
+// hashes, direct-mapped) remembers the first: GetOrFill returns
+// ErrNotAdmitted for the first, and the front end runs that read as if
+// uncached, so reads of keys read once cost no fill and evict nothing.
 //
 // # Invalidation
 //

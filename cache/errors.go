@@ -15,6 +15,10 @@ var ErrInvalidConfig = errors.New("cache: invalid configuration")
 // the last stream error.
 var ErrStreamDown = errors.New("cache: change stream is down")
 
+// ErrNotAdmitted is returned by GetOrFill for a miss that is not filled
+// (Config.FillAfterMisses): the caller runs the read itself, uncached.
+var ErrNotAdmitted = errors.New("cache: miss not admitted for a fill")
+
 // ErrNotWatched is returned by WaitUp and Unwatch for a shard that has no
 // change stream.
 var ErrNotWatched = errors.New("cache: shard has no change stream")

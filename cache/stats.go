@@ -18,6 +18,9 @@ type Stats struct {
 	// Stored counts fill results handed to the store (it may still reject
 	// them under its admission policy).
 	Stored uint64
+	// NotAdmitted counts misses not filled because the key had not missed
+	// before (Config.FillAfterMisses).
+	NotAdmitted uint64
 	// Bypassed counts reads of tables that are not cacheable.
 	Bypassed uint64
 	// TooLarge counts fill results over MaxEntryBytes.
@@ -75,6 +78,7 @@ func (c *Cache) Stats() Stats {
 		Shared:        c.shared.Load(),
 		Stored:        c.stored.Load(),
 		Bypassed:      c.bypass.Load(),
+		NotAdmitted:   c.notAdmitted.Load(),
 		TooLarge:      c.tooLarge.Load(),
 		Raced:         c.raced.Load(),
 		Stale:         c.stale.Load(),

@@ -137,6 +137,7 @@ func (c *Config) CacheConfig() cache.Config {
 	cc.TTL = time.Duration(c.Cache.TTL)
 	cc.IncludeTables = append([]string(nil), c.Cache.IncludeTables...)
 	cc.ExcludeTables = append([]string(nil), c.Cache.ExcludeTables...)
+	cc.FillAfterMisses = c.Cache.FillAfterMisses
 	return cc
 }
 

@@ -188,6 +188,9 @@ type Cache struct {
 	// table it reads matches an include pattern and no exclude pattern.
 	IncludeTables []string `toml:"include_tables"`
 	ExcludeTables []string `toml:"exclude_tables"`
+	// FillAfterMisses (1 or 2) is the miss of a key that fills it: 2 keeps
+	// reads of keys read once (random scans) off the cache entirely.
+	FillAfterMisses int `toml:"fill_after_misses"`
 }
 
 // Default returns a configuration with every default filled in and no
@@ -225,12 +228,13 @@ func Default() *Config {
 			HalfOpenTrials: 3,
 		},
 		Cache: Cache{
-			Enabled:       false,
-			MaxBytes:      64 << 20,
-			TTL:           Duration(60 * time.Second),
-			MaxEntryBytes: 1 << 20,
-			IncludeTables: []string{"*"},
-			ExcludeTables: []string{},
+			Enabled:         false,
+			MaxBytes:        64 << 20,
+			TTL:             Duration(60 * time.Second),
+			MaxEntryBytes:   1 << 20,
+			IncludeTables:   []string{"*"},
+			ExcludeTables:   []string{},
+			FillAfterMisses: 2,
 		},
 	}
 }

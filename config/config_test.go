@@ -169,6 +169,7 @@ func TestDefault(t *testing.T) {
 		"min_requests": c.Breaker.MinRequests == 20, "open_for": c.Breaker.OpenFor.D() == 5*time.Second, "half_open_trials": c.Breaker.HalfOpenTrials == 3,
 		"cache.enabled": !c.Cache.Enabled, "max_bytes": c.Cache.MaxBytes == 64<<20, "ttl": c.Cache.TTL.D() == time.Minute,
 		"max_entry_bytes": c.Cache.MaxEntryBytes == 1<<20, "include_tables": reflect.DeepEqual(c.Cache.IncludeTables, []string{"*"}),
+		"fill_after_misses": c.Cache.FillAfterMisses == 2,
 	}
 	for k, ok := range want {
 		if !ok.(bool) {

@@ -331,6 +331,9 @@ func (c *Config) validateCache(el *errorList) {
 	positive(el, "cache.max_bytes", cc.MaxBytes)
 	positiveDur(el, "cache.ttl", cc.TTL)
 	positive(el, "cache.max_entry_bytes", cc.MaxEntryBytes)
+	if cc.FillAfterMisses < 1 || cc.FillAfterMisses > 2 {
+		el.invalid("cache.fill_after_misses", "must be 1 or 2 (got %d)", cc.FillAfterMisses)
+	}
 	if cc.MaxEntryBytes > 0 && cc.MaxBytes > 0 && cc.MaxEntryBytes > cc.MaxBytes {
 		el.invalid("cache.max_entry_bytes", "must not exceed cache.max_bytes (%d > %d)", cc.MaxEntryBytes, cc.MaxBytes)
 	}

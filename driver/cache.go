@@ -130,6 +130,9 @@ func (cn *conn) cachedQuery(ctx context.Context, d router.Decision, st *router.S
 		return nil, lastErr
 	}
 	v, _, err := c.GetOrFill(ctx, key, tables, uint64(target.MinLSN), fill)
+	if errors.Is(err, cache.ErrNotAdmitted) {
+		v, err = fill(ctx) // a key's first miss: read it uncached
+	}
 	if err != nil {
 		if isServerError(err) {
 			cn.sess.ObserveError()

@@ -26,7 +26,7 @@ var (
 	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
 	descDeepIdle     = prometheus.NewDesc("dbproxy_clients_deep_idle", "Idle client connections that gave their protocol buffers back.", nil, nil)
 	descCommitLSN    = prometheus.NewDesc("dbproxy_commit_lsn_reads_total", "Commit positions read for causal tokens, by how (piggybacked: in the committing request's flush; query: a round trip of its own).", []string{"how"}, nil)
-	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large).", []string{"op"}, nil)
+	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large, not_admitted).", []string{"op"}, nil)
 	descCacheBytes   = prometheus.NewDesc("dbproxy_cache_bytes", "Bytes held by the result cache.", nil, nil)
 	descCacheLag     = prometheus.NewDesc("dbproxy_cache_invalidation_lag_seconds", "Time from a primary's commit to the cache invalidation (EWMA).", nil, nil)
 	descCacheStream  = prometheus.NewDesc("dbproxy_cache_stream_up", "1 while the shard's change stream is up (the cache serves the shard only then).", []string{"shard"}, nil)
@@ -84,7 +84,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	cs := c.rp.cache.Stats()
 	for op, v := range map[string]uint64{"hit": cs.Hits, "miss": cs.Misses, "fill": cs.Fills, "eviction": cs.Evictions,
-		"invalidation": cs.Invalidations, "raced": cs.Raced, "too_large": cs.TooLarge} {
+		"invalidation": cs.Invalidations, "raced": cs.Raced, "too_large": cs.TooLarge, "not_admitted": cs.NotAdmitted} {
 		counter(descCacheOps, v, op)
 	}
 	gauge(descCacheBytes, float64(cs.Bytes))

@@ -134,7 +134,9 @@
 // cacheable reads when the cache is on (a result over cache.max_entry_bytes
 // is returned but not stored). Reads of a prepared statement run with SQL
 // EXECUTE are cached under the EXECUTE text, and SQL EXECUTE of a write does
-// not invalidate its tables early (the change stream does).
+// not invalidate its tables early (the change stream does). LISTEN and
+// UNLISTEN fail with 0A000 (database/sql cannot deliver notifications), and
+// so does COPY FROM STDIN into a sharded table.
 //
 // # Imports
 //

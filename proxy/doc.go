@@ -28,7 +28,15 @@
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the
-//     first shard's command tag.
+//     first shard's command tag;
+//   - COPY FROM STDIN into a sharded table (a simple query outside a
+//     transaction) is split: the proxy answers CopyInResponse, reads the
+//     rows (text, CSV with quoted newlines, binary), finds each row's
+//     shard from its key columns and streams it into the same COPY on
+//     that shard's primary, each inside a transaction committed only when
+//     every shard took its rows; any error (a bad or NULL key, a
+//     constraint violation on one shard, CopyFail) rolls every shard back
+//     (see copysplit.go).
 //
 // The Router should have FunctionCatalog as its router.Config.Functions
 // (dbproxy serve does): reads calling immutable or stable user-defined

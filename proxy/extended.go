@@ -137,6 +137,9 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 		return c.localError(err, true)
 	}
 	switch {
+	case p.split != nil:
+		c.observeDetached(errCopySplitExtended)
+		return c.localError(errCopySplitExtended, true)
 	case p.local:
 		res, err := c.localDecision(ctx, p)
 		if err != nil {

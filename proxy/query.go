@@ -38,6 +38,11 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	switch {
 	case p.local:
 		return c.answerLocal(c.localDecision(ctx, p))
+	case p.split != nil:
+		if att != nil {
+			c.releaseIdle(att)
+		}
+		return c.copyInSplit(ctx, p, st, m.String)
 	case len(p.targets) > 1:
 		if att != nil && !p.pinned {
 			c.releaseIdle(att)

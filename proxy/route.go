@@ -23,9 +23,10 @@ type target struct {
 
 // plan is the proxy's reading of a router.Decision.
 type plan struct {
-	local    bool   // answer with CommandComplete(tag), send nothing
-	tag      string //
-	pinned   bool   // run on the transaction's backend
+	local    bool              // answer with CommandComplete(tag), send nothing
+	tag      string            //
+	pinned   bool              // run on the transaction's backend
+	split    *router.CopySplit // COPY FROM STDIN whose rows go to their keys' shards (copysplit.go)
 	targets  []target
 	preamble []string // run first on a newly leased backend (deferred BEGIN, ...)
 	sql      string   // multi-shard rewrite ("" = as received)
@@ -175,7 +176,7 @@ func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgp
 }
 
 func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
-	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge, cacheable: d.Cacheable, eff: d.Statement}
+	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge, cacheable: d.Cacheable, eff: d.Statement, split: d.CopySplit}
 	if d.Action == router.ActionLocal {
 		p.local = true
 		return p

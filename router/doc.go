@@ -86,7 +86,11 @@
 // the front end carries them out itself, and Listening reports the
 // channels in effect (a LISTEN inside a transaction once it commits; a
 // LISTEN the front end could not carry out is dropped by ObserveError).
-// In a multi-statement string they are refused with ErrUnsupported. SET/RESET of
+// In a multi-statement string they are refused with ErrUnsupported.
+// COPY FROM STDIN into a sharded table without a key filter routes to every
+// shard with Decision.CopySplit (the table's key and the topology) and
+// Statement.CopyIn (columns, format and options): the front end sends each
+// row to its key's shard. SET/RESET of
 // dbproxy.causal_token and dbproxy.max_staleness are handled by the
 // session and never sent to PostgreSQL.
 //

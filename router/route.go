@@ -221,6 +221,18 @@ type Decision struct {
 
 	Statement       *Statement // the statement routed (for EXECUTE: the prepared one)
 	TopologyVersion uint64
+
+	// CopySplit: COPY FROM STDIN into a sharded table outside a
+	// transaction. Shards lists every shard; the front end sends each row
+	// to the shard Topology.Locate gives for its key (Statement.CopyIn
+	// tells how to read the rows).
+	CopySplit *CopySplit
+}
+
+// CopySplit is what a front end needs to split COPY rows among shards.
+type CopySplit struct {
+	Table    shard.TableSpec // the sharded table: key columns and types
+	Topology *shard.Topology // the snapshot the decision was made with
 }
 
 // MultiShard reports whether the decision involves more than one shard.
@@ -478,6 +490,15 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 		return Decision{}, errorf(ErrUnsupported, "a multi-statement string mixes a statement for every shard (%s) with row writes; send them separately", eff.Command)
 	case eff.broadcast:
 		ids = r.broadcastShards(tv, eff)
+	case eff.CopyIn != nil && tv.table(eff.CopyIn.Table) != nil && len(eff.Keys) == 0:
+		// COPY FROM STDIN into a sharded table: the front end sends each
+		// row to its key's shard.
+		for _, si := range tv.t.Shards() {
+			ids = append(ids, si.ID)
+		}
+		if len(ids) > 1 {
+			d.CopySplit = &CopySplit{Table: *tv.table(eff.CopyIn.Table), Topology: tv.t}
+		}
 	default:
 		var err error
 		ids, err = r.shardsFor(tv, eff, params)

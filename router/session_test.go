@@ -500,3 +500,34 @@ func TestSessionListen(t *testing.T) {
 	s.Observe('I')
 	listening(s)
 }
+
+func TestCopyInSplit(t *testing.T) {
+	r := newTestRouter(t)
+	st := mustClassify(t, `COPY public.users (id, "Name") FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ';', NULL 'n/a')`)
+	ci := st.CopyIn
+	if ci == nil || ci.Table.QualifiedName() != "public.users" || !slices.Equal(ci.Columns, []string{"id", "Name"}) ||
+		ci.Format != "csv" || !ci.Header || ci.Delimiter != ';' || ci.Quote != '"' || ci.Escape != '"' || ci.Null != "n/a" {
+		t.Fatalf("CopyIn = %+v", ci)
+	}
+	if ci := mustClassify(t, `COPY users FROM STDIN`).CopyIn; ci == nil || ci.Columns != nil || ci.Format != "text" || ci.Delimiter != '\t' || ci.Null != `\N` || ci.Header {
+		t.Fatalf("text defaults: %+v", ci)
+	}
+	if ci := mustClassify(t, `COPY users FROM STDIN (FORMAT binary)`).CopyIn; ci == nil || ci.Format != "binary" {
+		t.Fatalf("binary: %+v", ci)
+	}
+	if ci := mustClassify(t, `COPY users FROM '/tmp/x'`).CopyIn; ci != nil {
+		t.Fatalf("COPY FROM a file: %+v", ci)
+	}
+	s := r.NewSession()
+	d := route(t, r, s, `COPY users (id) FROM STDIN`)
+	if d.CopySplit == nil || len(d.Shards) != 2 || d.Target != TargetPrimary || d.CopySplit.Table.Name != "users" || d.CopySplit.Topology == nil {
+		t.Fatalf("COPY into a sharded table: %+v", d)
+	}
+	if d := route(t, r, s, `COPY settings FROM STDIN`); d.CopySplit != nil || len(d.Shards) != 1 {
+		t.Fatalf("COPY into an unsharded table: %+v", d)
+	}
+	route(t, r, s, "BEGIN")
+	if err := routeErr(t, r, s, `COPY users FROM STDIN`); !errors.Is(err, ErrCrossShardTransaction) {
+		t.Fatalf("COPY into a sharded table inside a transaction: %v", err)
+	}
+}

@@ -327,6 +327,7 @@ type Statement struct {
 	CreatesTemp          []string    // CREATE TEMP TABLE names (session-bound)
 	InvalidatesFunctions bool        // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
 	Listen               *ListenInfo // LISTEN or UNLISTEN as the only statement of the text
+	CopyIn               *CopyInInfo // COPY table FROM STDIN as the only statement of the text
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)
@@ -369,4 +370,18 @@ func (l ListenInfo) Tag() string {
 		return "LISTEN"
 	}
 	return "UNLISTEN"
+}
+
+// CopyInInfo describes COPY table [(columns)] FROM STDIN: what a front end
+// needs to split the rows among shards.
+type CopyInInfo struct {
+	Table   TableRef // the target table
+	Columns []string // the column list as folded by the parser; nil: every column of the table
+	Format  string   // "text", "csv" or "binary"
+	// Text and CSV options (PostgreSQL's defaults when not written).
+	Delimiter byte
+	Quote     byte   // CSV
+	Escape    byte   // CSV
+	Null      string // the NULL marker
+	Header    bool   // the first line is a header (CSV or text, HEADER or HEADER MATCH)
 }

@@ -82,6 +82,9 @@ func classify(sql string) (*Statement, error) {
 			st.PrimaryReason = "transaction control in a multi-statement string"
 		}
 	}
+	if len(a.copyIns) == 1 && len(tree.Stmts) == 1 {
+		st.CopyIn = &a.copyIns[0]
+	}
 	switch {
 	case len(a.listens) == 1 && len(tree.Stmts) == 1:
 		st.Listen = &a.listens[0]
@@ -527,7 +530,9 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) {
 	if c.IsFrom {
 		a.kind = KindWrite
 		a.mustPrimary("COPY FROM writes")
-		a.addRef(c.Relation, sc, AccessWrite)
+		if i := a.addRef(c.Relation, sc, AccessWrite); i >= 0 && c.Filename == "" && !c.IsProgram {
+			a.copyIns = append(a.copyIns, copyInInfo(a.st.Tables[i], c))
+		}
 		a.walkNode(c.WhereClause, sc)
 		return
 	}
@@ -653,4 +658,60 @@ func altValues(c conj, ref, sc int) []ColumnValue {
 		}
 	}
 	return out
+}
+
+// copyInInfo reads the options of COPY ... FROM STDIN (PostgreSQL's
+// defaults for what is not written; values are validated by PostgreSQL).
+func copyInInfo(t TableRef, c *pg_query.CopyStmt) CopyInInfo {
+	ci := CopyInInfo{Table: t, Format: "text"}
+	for _, n := range c.Attlist {
+		if s := n.GetString_(); s != nil {
+			ci.Columns = append(ci.Columns, s.Sval)
+		}
+	}
+	str := func(d *pg_query.DefElem) string {
+		if s := d.Arg.GetString_(); s != nil {
+			return s.Sval
+		}
+		return ""
+	}
+	var delim, quote, escape, null *string
+	for _, o := range c.Options {
+		d := o.GetDefElem()
+		if d == nil {
+			continue
+		}
+		v := str(d)
+		switch d.Defname {
+		case "format":
+			ci.Format = strings.ToLower(v)
+		case "delimiter":
+			delim = &v
+		case "quote":
+			quote = &v
+		case "escape":
+			escape = &v
+		case "null":
+			null = &v
+		case "header":
+			ci.Header = d.Arg == nil || defBool(d.Arg) || strings.EqualFold(v, "match")
+		}
+	}
+	first := func(p *string, def byte) byte {
+		if p != nil && len(*p) > 0 {
+			return (*p)[0]
+		}
+		return def
+	}
+	if ci.Format == "csv" {
+		ci.Delimiter, ci.Quote = first(delim, ','), first(quote, '"')
+		ci.Escape = first(escape, ci.Quote)
+		ci.Null = ""
+	} else {
+		ci.Delimiter, ci.Null = first(delim, '\t'), `\N`
+	}
+	if null != nil {
+		ci.Null = *null
+	}
+	return ci
 }

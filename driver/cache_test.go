@@ -260,3 +260,31 @@ func TestConnectorCacheLifecycle(t *testing.T) {
 	}
 	_ = cn.Close()
 }
+
+// TestListenRefused: LISTEN/UNLISTEN are refused with 0A000 (no backend
+// is needed to say so).
+func TestListenRefused(t *testing.T) {
+	cfg, err := mustDSN(t, "shards=s0:127.0.0.1:1;user=app;password=app;database=app;probe_timeout=200ms;acquire_timeout=300ms").Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(cfg, WithoutFunctionCatalog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cn, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	for _, sql := range []string{"LISTEN jobs", "UNLISTEN *"} {
+		_, err := cn.(driver.ExecerContext).ExecContext(ctx, sql, nil)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" {
+			t.Fatalf("%s: %v, want 0A000", sql, err)
+		}
+	}
+}

@@ -452,8 +452,8 @@ func (cn *conn) runStatement(ctx context.Context, st *router.Statement, args *en
 	case st.Listen != nil && d.Action == router.ActionLocal:
 		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000", Message: "dbproxy driver: " + st.Listen.Tag() + " is not supported: database/sql has no way to deliver notifications",
 			Hint: "listen on a connection of its own (pgx's WaitForNotification), directly or through dbproxy serve"}
-	case d.CopySplit != nil:
-		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000", Message: "dbproxy driver: COPY FROM STDIN is not supported",
+	case d.CopySplit != nil, d.CopyConcat:
+		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000", Message: "dbproxy driver: COPY of a sharded table is not supported",
 			Hint: "use INSERT, or COPY through dbproxy serve"}
 	case d.Action == router.ActionLocal:
 		if wantRows {

@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +132,88 @@ func TestProxyCopySplit(t *testing.T) {
 		}
 	}
 	check(t)
+
+	t.Run("COPY TO STDOUT concatenates the shards", func(t *testing.T) {
+		directLines := func(sql string) []string {
+			var all []string
+			for _, c := range clusters {
+				d, err := pgconn.Connect(ctx, appConnString(c.Primary()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var buf bytes.Buffer
+				_, err = d.CopyTo(ctx, &buf, sql)
+				_ = d.Close(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				all = append(all, strings.SplitAfter(buf.String(), "\n")...)
+			}
+			return all
+		}
+		sortedRows := func(lines []string) []string {
+			var out []string
+			for _, l := range lines {
+				if l != "" {
+					out = append(out, l)
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		for _, sql := range []string{"COPY users TO STDOUT", "COPY users (name, id) TO STDOUT WITH (FORMAT csv)"} {
+			var buf bytes.Buffer
+			tag, err := pc.CopyTo(ctx, &buf, sql)
+			if err != nil || tag.RowsAffected() != int64(len(want)) {
+				t.Fatalf("%s: %v %v", sql, tag, err)
+			}
+			got, wantLines := sortedRows(strings.SplitAfter(buf.String(), "\n")), sortedRows(directLines(sql))
+			if !slices.Equal(got, wantLines) {
+				t.Fatalf("%s: %d lines through the proxy, %d from the shards", sql, len(got), len(wantLines))
+			}
+		}
+		var buf bytes.Buffer
+		if _, err := pc.CopyTo(ctx, &buf, "COPY users TO STDOUT WITH (FORMAT csv, HEADER true)"); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+		if lines[0] != "id,name" || slices.Contains(lines[1:], "id,name") {
+			t.Fatalf("CSV header: first line %q, %d lines", lines[0], len(lines))
+		}
+		// Binary: one signature, one trailer, every tuple.
+		buf.Reset()
+		if _, err := pc.CopyTo(ctx, &buf, "COPY users TO STDOUT WITH (FORMAT binary)"); err != nil {
+			t.Fatal(err)
+		}
+		b := buf.Bytes()
+		const sig = "PGCOPY\n\xff\r\n\x00"
+		if !bytes.HasPrefix(b, []byte(sig)) || bytes.Count(b, []byte(sig)) != 1 {
+			t.Fatal("binary COPY: not exactly one signature")
+		}
+		pos, tuples := len(sig)+8, 0
+		for {
+			n := int(int16(binary.BigEndian.Uint16(b[pos:])))
+			pos += 2
+			if n == -1 {
+				break
+			}
+			for f := 0; f < n; f++ {
+				l := int(int32(binary.BigEndian.Uint32(b[pos:])))
+				pos += 4 + max(l, 0)
+			}
+			tuples++
+		}
+		if tuples != len(want) || pos != len(b) {
+			t.Fatalf("binary COPY: %d tuples (want %d), trailer at %d of %d bytes", tuples, len(want), pos, len(b))
+		}
+		// psql's \copy to a file.
+		outPath := filepath.Join(dir, "out.txt")
+		runClient(t, env, fmt.Sprintf("\\copy users to '%s'\n", outPath), pgBin(t, "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-At")
+		data, err := os.ReadFile(outPath)
+		if err != nil || strings.Count(string(data), "\n") != len(want) {
+			t.Fatalf("psql \\copy to: %d lines, %v", strings.Count(string(data), "\n"), err)
+		}
+	})
 
 	// Failures leave nothing behind.
 	for _, tc := range []struct {

@@ -691,3 +691,119 @@ func (sp *copySplitter) truncated(last bool) error {
 	}
 	return &clientError{code: "22P04", message: "unexpected EOF in COPY data"}
 }
+
+// copyOutConcat runs COPY table TO STDOUT of a sharded table: the same
+// COPY on each shard in turn (a standby as the router picks, one lease at
+// a time), relayed as one COPY: the first shard's CopyOutResponse, every
+// shard's rows (later shards' header line or binary header, and all but
+// the last shard's binary trailer, left out), one CopyDone and the total
+// row count.
+func (c *clientConn) copyOutConcat(ctx context.Context, p plan, st *router.Statement, sql string) stateFn {
+	ci := st.CopyOut
+	ctx, cancel := context.WithCancelCause(ctx)
+	c.mu.Lock()
+	c.multiCancel = cancel
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.multiCancel = nil
+		c.mu.Unlock()
+		cancel(nil)
+	}()
+	var total int64
+	var failed error
+	for i, t := range p.targets {
+		n, err := c.copyOutShard(ctx, t, sql, ci, i == 0, i == len(p.targets)-1)
+		total += n
+		if err != nil {
+			failed = canceledBy(ctx, err)
+			break
+		}
+	}
+	c.observeDetached(failed)
+	if failed != nil {
+		if errors.Is(failed, errClientGone) {
+			return c.stateClosing
+		}
+		return c.answerLocal(nil, failed)
+	}
+	if err := c.send(&pgproto3.CopyDone{}); err != nil {
+		return c.stateClosing
+	}
+	return c.answerLocal(&localResult{tag: "COPY " + strconv.FormatInt(total, 10)}, nil)
+}
+
+// copyOutShard relays one shard's part of copyOutConcat and returns its
+// row count.
+func (c *clientConn) copyOutShard(ctx context.Context, t target, sql string, ci *router.CopyInInfo, first, last bool) (int64, error) {
+	lease, bst, _, err := c.leaseFor(ctx, t, nil)
+	if err != nil {
+		return 0, err
+	}
+	delete(bst.stmts, "")
+	conn := lease.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = conn.CancelRequest(context.WithoutCancel(ctx)) })
+	defer stop()
+	fr := conn.Frontend()
+	fr.Send(&pgproto3.Query{String: sql})
+	if err := fr.Flush(); err != nil {
+		lease.Discard(err)
+		return 0, err
+	}
+	binaryFormat := ci.Format == "binary"
+	skipHead := !first && (ci.Header || binaryFormat) // later shards' header line or binary header
+	var held []byte                                   // the last CopyData, held back to drop a binary trailer
+	var rows int64
+	var failed error
+	release := func(err error) { finishLease(lease, err) }
+	for {
+		msg, err := fr.Receive()
+		if err != nil {
+			lease.Discard(err)
+			return rows, err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyOutResponse:
+			if first {
+				if err := c.send(m); err != nil {
+					failed = errClientGone
+				}
+			}
+		case *pgproto3.CopyData:
+			data := m.Data
+			if skipHead {
+				skipHead = false
+				if binaryFormat {
+					data = data[min(len(data), len(binaryCopySignature)+8):]
+				} else {
+					data = nil // the header line is a message of its own
+				}
+			}
+			if len(held) > 0 && failed == nil {
+				if err := c.sendNoFlush(&pgproto3.CopyData{Data: held}); err != nil {
+					failed = errClientGone
+				}
+			}
+			held = append(held[:0], data...)
+		case *pgproto3.CopyDone:
+			if binaryFormat && !last && len(held) >= 2 && held[len(held)-2] == 0xff && held[len(held)-1] == 0xff {
+				held = held[:len(held)-2]
+			}
+			if len(held) > 0 && failed == nil {
+				if err := c.sendNoFlush(&pgproto3.CopyData{Data: held}); err != nil {
+					failed = errClientGone
+				}
+			}
+			held = nil
+		case *pgproto3.CommandComplete:
+			rows = pgconn.NewCommandTag(string(m.CommandTag)).RowsAffected()
+		case *pgproto3.ErrorResponse:
+			if failed == nil {
+				failed = pgconn.ErrorResponseToPgError(m)
+			}
+		case *pgproto3.ReadyForQuery:
+			release(failed)
+			return rows, failed
+		}
+	}
+}

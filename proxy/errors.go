@@ -23,9 +23,9 @@ var (
 	// errCanceledByClient ends a multi-shard statement the client sent a
 	// CancelRequest for (57014, PostgreSQL's message).
 	errCanceledByClient = &clientError{code: codeQueryCanceled, message: "canceling statement due to user request"}
-	// errCopySplitExtended refuses COPY FROM STDIN into a sharded table
-	// over the extended protocol (the proxy splits only simple queries).
-	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY FROM STDIN into a sharded table must be sent as a simple query"}
+	// errCopySplitExtended refuses COPY of a sharded table over the
+	// extended protocol (the proxy splits only simple queries).
+	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY of a sharded table must be sent as a simple query"}
 )
 
 // SQLSTATE codes used by the proxy itself: the catalogue. Messages that

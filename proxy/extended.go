@@ -137,7 +137,7 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 		return c.localError(err, true)
 	}
 	switch {
-	case p.split != nil:
+	case p.split != nil, p.concat:
 		c.observeDetached(errCopySplitExtended)
 		return c.localError(errCopySplitExtended, true)
 	case p.local:

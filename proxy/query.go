@@ -38,9 +38,12 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	switch {
 	case p.local:
 		return c.answerLocal(c.localDecision(ctx, p))
-	case p.split != nil:
+	case p.split != nil, p.concat:
 		if att != nil {
 			c.releaseIdle(att)
+		}
+		if p.concat {
+			return c.copyOutConcat(ctx, p, st, m.String)
 		}
 		return c.copyInSplit(ctx, p, st, m.String)
 	case len(p.targets) > 1:

@@ -27,6 +27,7 @@ type plan struct {
 	tag      string            //
 	pinned   bool              // run on the transaction's backend
 	split    *router.CopySplit // COPY FROM STDIN whose rows go to their keys' shards (copysplit.go)
+	concat   bool              // COPY table TO STDOUT of every shard, one after the other (copysplit.go)
 	targets  []target
 	preamble []string // run first on a newly leased backend (deferred BEGIN, ...)
 	sql      string   // multi-shard rewrite ("" = as received)
@@ -176,7 +177,7 @@ func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgp
 }
 
 func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
-	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge, cacheable: d.Cacheable, eff: d.Statement, split: d.CopySplit}
+	p := plan{stmt: st, tag: d.Tag, pinned: d.Pinned, preamble: d.Preamble, sql: d.SQL, merge: d.Merge, cacheable: d.Cacheable, eff: d.Statement, split: d.CopySplit, concat: d.CopyConcat}
 	if d.Action == router.ActionLocal {
 		p.local = true
 		return p

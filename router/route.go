@@ -222,6 +222,11 @@ type Decision struct {
 	Statement       *Statement // the statement routed (for EXECUTE: the prepared one)
 	TopologyVersion uint64
 
+	// CopyConcat: COPY table TO STDOUT of a sharded table; the front end
+	// sends the shards' rows one shard after the other (Shards' order) as
+	// one COPY (Statement.CopyOut tells the format).
+	CopyConcat bool
+
 	// CopySplit: COPY FROM STDIN into a sharded table outside a
 	// transaction. Shards lists every shard; the front end sends each row
 	// to the shard Topology.Locate gives for its key (Statement.CopyIn
@@ -511,6 +516,8 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 			}
 			if eff.explain {
 				ids = ids[:1] // one shard's plan is representative
+			} else if eff.CopyOut != nil {
+				d.CopyConcat = true
 			} else {
 				merge = eff.scatter.get()
 				if st.ExecuteName != "" {
@@ -1003,8 +1010,8 @@ func unionBranches(st *Statement, list []shardedRef) bool {
 
 // checkMultiShard refuses statements that cannot run on several shards.
 func (r *Router) checkMultiShard(tv *topoView, st *Statement) error {
-	if st.explain {
-		return nil
+	if st.explain || st.CopyOut != nil {
+		return nil // COPY table TO STDOUT: the front end concatenates the shards' rows
 	}
 	name := ""
 	cols := ""

@@ -523,6 +523,12 @@ func TestCopyInSplit(t *testing.T) {
 	if d.CopySplit == nil || len(d.Shards) != 2 || d.Target != TargetPrimary || d.CopySplit.Table.Name != "users" || d.CopySplit.Topology == nil {
 		t.Fatalf("COPY into a sharded table: %+v", d)
 	}
+	if d := route(t, r, s, `COPY users TO STDOUT (FORMAT binary)`); !d.CopyConcat || len(d.Shards) != 2 || d.Statement.CopyOut == nil || d.Statement.CopyOut.Format != "binary" {
+		t.Fatalf("COPY out of a sharded table: %+v", d)
+	}
+	if d := route(t, r, s, `COPY (SELECT * FROM users WHERE id = 5) TO STDOUT`); d.CopyConcat || len(d.Shards) != 1 {
+		t.Fatalf("COPY of a keyed query: %+v", d)
+	}
 	if d := route(t, r, s, `COPY settings FROM STDIN`); d.CopySplit != nil || len(d.Shards) != 1 {
 		t.Fatalf("COPY into an unsharded table: %+v", d)
 	}

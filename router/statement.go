@@ -328,6 +328,7 @@ type Statement struct {
 	InvalidatesFunctions bool        // CREATE/ALTER/DROP FUNCTION/PROCEDURE/SCHEMA, ...: drop the function cache
 	Listen               *ListenInfo // LISTEN or UNLISTEN as the only statement of the text
 	CopyIn               *CopyInInfo // COPY table FROM STDIN as the only statement of the text
+	CopyOut              *CopyInInfo // COPY table TO STDOUT as the only statement of the text (same fields)
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)

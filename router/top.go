@@ -85,6 +85,9 @@ func classify(sql string) (*Statement, error) {
 	if len(a.copyIns) == 1 && len(tree.Stmts) == 1 {
 		st.CopyIn = &a.copyIns[0]
 	}
+	if len(a.copyOuts) == 1 && len(tree.Stmts) == 1 {
+		st.CopyOut = &a.copyOuts[0]
+	}
 	switch {
 	case len(a.listens) == 1 && len(tree.Stmts) == 1:
 		st.Listen = &a.listens[0]
@@ -538,7 +541,9 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) {
 	}
 	a.kind = KindRead
 	if c.Relation != nil {
-		a.addRef(c.Relation, sc, AccessRead)
+		if i := a.addRef(c.Relation, sc, AccessRead); i >= 0 && c.Query == nil && c.Filename == "" && !c.IsProgram {
+			a.copyOuts = append(a.copyOuts, copyInInfo(a.st.Tables[i], c))
+		}
 	}
 	if c.Query != nil {
 		before := a.kind

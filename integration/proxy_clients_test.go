@@ -537,20 +537,7 @@ func testProxyCancel(t *testing.T, env *proxyEnv) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	start = time.Now()
-	if err := pc.CancelRequest(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-			t.Fatalf("cancelled query: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("cancel did not stop pg_sleep(30)")
-	}
-	t.Logf("cancelled in %v", time.Since(start))
+	cancelRequest(t, ctx, pc, done)
 	res, err := pc.Exec(ctx, "select 7").ReadAll()
 	if err != nil || string(res[0].Rows[0][0]) != "7" {
 		t.Fatalf("after cancel: %v %v", res, err)
@@ -965,4 +952,24 @@ func TestProxyLifecycle(t *testing.T) {
 			t.Fatalf("drained transaction committed %d rows, %v", n, err)
 		}
 	})
+}
+
+// cancelRequest sends pc's CancelRequest and checks that the statement
+// running (its error comes on done) ends with 57014 within 20 s.
+func cancelRequest(t *testing.T, ctx context.Context, pc *pgconn.PgConn, done <-chan error) {
+	t.Helper()
+	start := time.Now()
+	if err := pc.CancelRequest(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+			t.Fatalf("cancelled statement: %v, want 57014", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("CancelRequest did not stop the statement within 20 s")
+	}
+	t.Logf("cancelled in %v", time.Since(start))
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
@@ -21,10 +20,7 @@ import (
 // the token covers the commit, so another session holding it reads the
 // write although the standby has not replayed it.
 func TestProxyCommitPosition(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	setup, err := pgconn.Connect(ctx, env.dsn(""))
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -25,10 +24,7 @@ import (
 // fails anywhere (a duplicate key on one shard, CopyFail, a NULL or
 // malformed key, a key column left out) leaves no row on any shard.
 func TestProxyCopySplit(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	pc := connectProxy(t, env)
 	simple(t, pc, "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
 

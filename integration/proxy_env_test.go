@@ -147,3 +147,14 @@ func newProxyTestRouter(t testing.TB, clusters []*pgcluster.Cluster, functions r
 	}
 	return r
 }
+
+// newProxyTest starts two clusters and a proxy over them (mut adjusts the
+// proxy config) for a test that takes at most five minutes; everything is
+// stopped by t.Cleanup.
+func newProxyTest(t *testing.T, mut func(*proxy.Config)) (context.Context, []*pgcluster.Cluster, *proxyEnv) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	clusters := startProxyClusters(t, ctx)
+	return ctx, clusters, startProxyEnv(t, ctx, clusters, mut)
+}

@@ -84,10 +84,7 @@ func (n *notes) none(t *testing.T) {
 // backend goes away with the last listener; a failed listening backend
 // ends the listening clients with 08006 and a new LISTEN works again.
 func TestProxyListenNotify(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	b := connectProxy(t, env) // the notifying client
 	simple(t, b, "CREATE TABLE users (id int PRIMARY KEY)")
 

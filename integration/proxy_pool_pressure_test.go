@@ -23,10 +23,7 @@ import (
 // that needs the server's answer (Parse + Describe + Sync) gets 53300 and
 // its ReadyForQuery when the pool stays exhausted.
 func TestProxyPreparesUnderPoolPressure(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) {})
+	ctx, clusters, env := newProxyTest(t, func(c *proxy.Config) {})
 	// A second set of replica sets with a pool of 2 and a short acquire
 	// timeout, and a proxy over them.
 	sets := map[shard.ID]*replica.Set{}

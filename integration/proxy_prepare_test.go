@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,10 +19,7 @@ import (
 // answers the plain protocol gives, and survive a table changing under
 // them ("cached plan must not change result type").
 func TestProxyAutoPrepare(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	connect := func(t *testing.T) *pgconn.PgConn {
 		t.Helper()
 		pc, err := pgconn.Connect(ctx, env.dsn(""))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,10 +21,7 @@ import (
 // the extended protocol (binary parameters, as database/sql with pgx sends
 // them) and the simple protocol are checked.
 func TestProxyMultiShardReadFirstShardEmpty(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 
 	db, err := sql.Open("pgx", env.url(""))
 	if err != nil {
@@ -124,10 +120,7 @@ func TestProxyMultiShardReadFirstShardEmpty(t *testing.T) {
 // does for the same rows in one table (PortalSuspended at each limit
 // reached, the completing Execute's own row count, nothing more after).
 func TestProxyMultiShardRowLimits(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	pc := connectProxy(t, env)
 	simple(t, pc, "CREATE TABLE users (id int PRIMARY KEY, name text NOT NULL)")
 	direct, err := pgconn.Connect(ctx, appConnString(clusters[0].Primary()))

@@ -16,10 +16,7 @@ import (
 // aborts the transaction as PostgreSQL would — over the simple and the
 // extended protocol.
 func TestProxyDeferredBegin(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, _, env := newProxyTest(t, nil)
 	setup := connectProxy(t, env)
 	simple(t, setup, "CREATE TABLE dbt (id int PRIMARY KEY)")
 
@@ -112,10 +109,7 @@ func TestProxyDeferredBegin(t *testing.T) {
 // client gets 57014, and the connection and the pooled backends stay
 // usable.
 func TestProxyCancelMultiShard(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	pc := connectProxy(t, env)
 	simple(t, pc, "CREATE TABLE users (id int PRIMARY KEY)")
 	simple(t, pc, "INSERT INTO users (id) VALUES (1)") // shard s0
@@ -162,19 +156,7 @@ func TestProxyCancelMultiShard(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			start := time.Now()
-			if err := pc.CancelRequest(ctx); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case err := <-done:
-				var pgErr *pgconn.PgError
-				if !errors.As(err, &pgErr) || pgErr.Code != "57014" {
-					t.Fatalf("cancelled multi-shard statement: %v, want 57014", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Fatal("CancelRequest did not stop the multi-shard statement")
-			}
-			t.Logf("cancelled in %v", time.Since(start))
+			cancelRequest(t, ctx, pc, done)
 			for anySleeping(t, directs) {
 				if time.Since(start) > 20*time.Second {
 					t.Fatal("a shard still runs the cancelled statement")
@@ -207,10 +189,7 @@ func anySleeping(t *testing.T, directs [][]*pgconn.PgConn) bool {
 // stable ones on a standby, volatile ones (and unknown names) on the
 // primary, and a function redefined through the proxy is looked up again.
 func TestProxyUserFunctions(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	clusters := startProxyClusters(t, ctx)
-	env := startProxyEnv(t, ctx, clusters, nil)
+	ctx, clusters, env := newProxyTest(t, nil)
 	pc := connectProxy(t, env)
 	simple(t, pc, "CREATE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2'")
 	simple(t, pc, "CREATE FUNCTION today_utc() RETURNS date STABLE LANGUAGE sql AS $$SELECT (now() AT TIME ZONE 'UTC')::date$$")

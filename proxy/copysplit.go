@@ -53,16 +53,8 @@ type copyShardResult struct {
 // copyInSplit runs a simple-protocol COPY FROM STDIN into a sharded table.
 func (c *clientConn) copyInSplit(ctx context.Context, p plan, st *router.Statement, sql string) stateFn {
 	ci := st.CopyIn
-	ctx, cancel := context.WithCancelCause(ctx)
-	c.mu.Lock()
-	c.multiCancel = cancel
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.multiCancel = nil
-		c.mu.Unlock()
-		cancel(nil)
-	}()
+	ctx, done := c.cancellable(ctx)
+	defer done()
 
 	shards := make([]*copyShard, len(p.targets))
 	index := map[shard.ID]*copyShard{}
@@ -700,16 +692,8 @@ func (sp *copySplitter) truncated(last bool) error {
 // row count.
 func (c *clientConn) copyOutConcat(ctx context.Context, p plan, st *router.Statement, sql string) stateFn {
 	ci := st.CopyOut
-	ctx, cancel := context.WithCancelCause(ctx)
-	c.mu.Lock()
-	c.multiCancel = cancel
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.multiCancel = nil
-		c.mu.Unlock()
-		cancel(nil)
-	}()
+	ctx, done := c.cancellable(ctx)
+	defer done()
 	var total int64
 	var failed error
 	for i, t := range p.targets {

@@ -51,17 +51,8 @@ type shardResult struct {
 // TRUNCATE, ...). Reads are sent with text results and converted to the
 // client's formats at the end. Nothing is left leased.
 func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgproto3.Bind, ps *preparedStmt) (*localResult, error) {
-	// A CancelRequest of the client cancels ctx.
-	ctx, cancel := context.WithCancelCause(ctx)
-	c.mu.Lock()
-	c.multiCancel = cancel
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.multiCancel = nil
-		c.mu.Unlock()
-		cancel(nil)
-	}()
+	ctx, done := c.cancellable(ctx) // a CancelRequest of the client cancels ctx
+	defer done()
 	if changesSchema(p.stmt) {
 		// Before and after: a statement prepared meanwhile may have seen
 		// the old schema.
@@ -162,6 +153,22 @@ func (c *clientConn) runMulti(ctx context.Context, p plan, sql string, bind *pgp
 		}
 	}
 	return res, nil
+}
+
+// cancellable returns ctx cancelled by a CancelRequest of the client while
+// the proxy runs a statement on backends of its own (no attachment); call
+// done when the statement ends.
+func (c *clientConn) cancellable(ctx context.Context) (_ context.Context, done func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	c.mu.Lock()
+	c.multiCancel = cancel
+	c.mu.Unlock()
+	return ctx, func() {
+		c.mu.Lock()
+		c.multiCancel = nil
+		c.mu.Unlock()
+		cancel(nil)
+	}
 }
 
 // canceledBy returns errCanceledByClient for an error of a multi-shard

@@ -50,10 +50,11 @@ import (
 // pump gave the backend back): its next read then fails at once and goes
 // on the same way.
 //
-// No client write happens while the Backend is away: the connection has
-// no backend attached and its last pump has ended, and any other write
-// comes from the reader, which takes a Backend first (also for the FATAL
-// of a shutdown that ends the wait).
+// No write through a Backend happens while it is away: the connection
+// has no backend attached and its last pump has ended, and any other
+// write comes from the reader, which takes a Backend first (also for the
+// FATAL of a shutdown that ends the wait). Notifications (notify.go) are
+// written to the connection directly, under wmu, and need no Backend.
 //
 // Stack depth matters here: a goroutine's stack is halved by the garbage
 // collector only while less than a quarter of it is in use, and a

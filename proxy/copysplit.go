@@ -40,6 +40,7 @@ const binaryCopySignature = "PGCOPY\n\xff\r\n\x00"
 type copyShard struct {
 	lease *replica.Lease
 	pw    *io.PipeWriter
+	w     io.Writer // where the gathered rows go (pw)
 	buf   []byte
 	done  chan copyShardResult
 	began bool
@@ -96,7 +97,7 @@ func (c *clientConn) copyInSplit(ctx context.Context, p plan, st *router.Stateme
 	}
 	for _, s := range shards {
 		pr, pw := io.Pipe()
-		s.pw, s.done = pw, make(chan copyShardResult, 1)
+		s.pw, s.w, s.done = pw, pw, make(chan copyShardResult, 1)
 		conn := s.lease.Conn()
 		go func() {
 			tag, err := conn.CopyFrom(ctx, pr, sql)
@@ -338,7 +339,7 @@ func (sp *copySplitter) flush(s *copyShard) error {
 	if len(s.buf) == 0 {
 		return nil
 	}
-	_, err := s.pw.Write(s.buf)
+	_, err := s.w.Write(s.buf)
 	s.buf = s.buf[:0]
 	return err
 }

@@ -3,9 +3,11 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -221,5 +223,53 @@ func TestProxyUserFunctions(t *testing.T) {
 	simple(t, pc, "CREATE OR REPLACE FUNCTION twice(int) RETURNS int VOLATILE LANGUAGE sql AS 'SELECT $1 * 2'")
 	if onStandby("SELECT twice(2), pg_is_in_recovery()") {
 		t.Fatal("a function redefined VOLATILE still runs on a standby")
+	}
+}
+
+// TestProxyAdvisoryLocks checks that transaction pooling refuses
+// session-level advisory locks (0A000 with a hint, nothing left locked on
+// the primary) and runs transaction-level ones, and that session pooling
+// runs session-level ones.
+func TestProxyAdvisoryLocks(t *testing.T) {
+	ctx, clusters, env := newProxyTest(t, nil)
+	pc := connectProxy(t, env)
+	code := func(err error) string {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Hint != "" {
+			return pgErr.Code
+		}
+		return fmt.Sprint(err)
+	}
+	for _, sql := range []string{"SELECT pg_advisory_lock(7)", "SELECT pg_try_advisory_lock(7)", "SELECT pg_advisory_lock_shared(7)"} {
+		if _, err := pc.Exec(ctx, sql).ReadAll(); code(err) != "0A000" {
+			t.Fatalf("%s: %v, want 0A000 with a hint", sql, err)
+		}
+	}
+	simple(t, pc, "BEGIN")
+	if _, err := pc.Exec(ctx, "SELECT pg_try_advisory_lock(7)").ReadAll(); code(err) != "0A000" {
+		t.Fatalf("in a transaction: %v, want 0A000", err)
+	}
+	simple(t, pc, "ROLLBACK")
+	simple(t, pc, "BEGIN")
+	if res := simple(t, pc, "SELECT pg_try_advisory_xact_lock(7)"); string(res[0].Rows[0][0]) != "t" {
+		t.Fatalf("pg_try_advisory_xact_lock: %q", res[0].Rows[0][0])
+	}
+	simple(t, pc, "COMMIT")
+	direct, err := pgconn.Connect(ctx, appConnString(clusters[0].Primary()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	if res := simple(t, direct, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"); string(res[0].Rows[0][0]) != "0" {
+		t.Fatalf("%s advisory locks held after the transactions", res[0].Rows[0][0])
+	}
+
+	senv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession })
+	sc := connectProxy(t, senv)
+	if res := simple(t, sc, "SELECT pg_try_advisory_lock(8)"); string(res[0].Rows[0][0]) != "t" {
+		t.Fatalf("session pooling: pg_try_advisory_lock: %q", res[0].Rows[0][0])
+	}
+	if res := simple(t, sc, "SELECT pg_advisory_unlock(8)"); string(res[0].Rows[0][0]) != "t" {
+		t.Fatalf("session pooling: pg_advisory_unlock: %q", res[0].Rows[0][0])
 	}
 }

@@ -54,6 +54,12 @@
 // interrupted), is discarded, never pooled: a client that disconnects
 // mid-transaction has its transaction rolled back by PostgreSQL.
 //
+// Session-level advisory locks (pg_advisory_lock, pg_try_advisory_lock
+// and their _shared forms) are refused with 0A000 under PoolTransaction:
+// the lock would stay on a pooled backend after the transaction and the
+// client's unlock would go elsewhere; transaction-level ones
+// (pg_advisory_xact_lock) work.
+//
 // State lives with the client and is replayed on whatever backend it
 // lands on: the SET parameters (and startup parameters) tracked by the
 // router session are replayed with RESET ALL + SET ... only when the

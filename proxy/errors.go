@@ -23,6 +23,12 @@ var (
 	// errCanceledByClient ends a multi-shard statement the client sent a
 	// CancelRequest for (57014, PostgreSQL's message).
 	errCanceledByClient = &clientError{code: codeQueryCanceled, message: "canceling statement due to user request"}
+	// errSessionLock refuses session-level advisory locks under
+	// transaction pooling: the lock would outlive the transaction on a
+	// pooled backend, and the client's unlock would go elsewhere.
+	errSessionLock = &clientError{code: codeFeatureNotSupported,
+		message: "session-level advisory locks are not supported with transaction pooling: the lock would stay on a pooled backend after the transaction",
+		hint:    `use pg_advisory_xact_lock inside a transaction, or server.pool_mode = "session"`}
 	// errCopySplitExtended refuses COPY of a sharded table over the
 	// extended protocol (the proxy splits only simple queries).
 	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY of a sharded table must be sent as a simple query"}

@@ -150,6 +150,9 @@ func (c *clientConn) classify(sql string) (*router.Statement, error) {
 // decide asks the router where a request goes. bind and ps are set for
 // extended-protocol requests. It is called with no request in flight.
 func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgproto3.Bind, ps *preparedStmt) (plan, error) {
+	if st.SessionLock && c.srv.cfg.PoolMode == PoolTransaction {
+		return plan{}, errSessionLock
+	}
 	var params []router.Param
 	if bind != nil {
 		params = make([]router.Param, len(bind.Parameters))

@@ -481,6 +481,9 @@ func (a *analyzer) funcCall(f *pg_query.FuncCall) {
 		a.noCache = true
 	case funcPrimary:
 		a.mustPrimary(why)
+		if sessionLockFunctions[name] && (schema == "" || schema == "pg_catalog") {
+			a.st.SessionLock = true
+		}
 	case funcUser:
 		// cacheability decided by Route through the FunctionCatalog
 		ref := FuncRef{Schema: schema, Name: name}

@@ -117,6 +117,13 @@ var primaryOnlyFunctions = map[string]string{
 	"dblink_exec": "runs remote SQL",
 }
 
+// sessionLockFunctions take advisory locks held until the session
+// releases them (not the transaction): Statement.SessionLock.
+var sessionLockFunctions = map[string]bool{
+	"pg_advisory_lock": true, "pg_advisory_lock_shared": true,
+	"pg_try_advisory_lock": true, "pg_try_advisory_lock_shared": true,
+}
+
 // readSafeVolatileFunctions are volatile (or session-dependent) built-ins
 // that cannot write: a read calling them still runs on a standby, but its
 // result is not cacheable. Extension functions commonly installed

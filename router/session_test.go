@@ -512,8 +512,20 @@ func TestCopyInSplit(t *testing.T) {
 	if ci := mustClassify(t, `COPY users FROM STDIN`).CopyIn; ci == nil || ci.Columns != nil || ci.Format != "text" || ci.Delimiter != '\t' || ci.Null != `\N` || ci.Header {
 		t.Fatalf("text defaults: %+v", ci)
 	}
+	// Texts differing only in option literals keep their own options.
+	for _, d := range []string{";", "|", ";"} {
+		if ci := mustClassify(t, "COPY users FROM STDIN WITH (FORMAT csv, DELIMITER '"+d+"')").CopyIn; ci == nil || ci.Delimiter != d[0] {
+			t.Fatalf("DELIMITER %q: %+v", d, ci)
+		}
+	}
 	if ci := mustClassify(t, `COPY users FROM STDIN (FORMAT binary)`).CopyIn; ci == nil || ci.Format != "binary" {
 		t.Fatalf("binary: %+v", ci)
+	}
+	if st := mustClassify(t, `SELECT pg_try_advisory_lock(42)`); !st.SessionLock {
+		t.Fatal("pg_try_advisory_lock: no SessionLock")
+	}
+	if st := mustClassify(t, `SELECT pg_advisory_xact_lock(42)`); st.SessionLock {
+		t.Fatal("pg_advisory_xact_lock: SessionLock")
 	}
 	if ci := mustClassify(t, `COPY users FROM '/tmp/x'`).CopyIn; ci != nil {
 		t.Fatalf("COPY FROM a file: %+v", ci)

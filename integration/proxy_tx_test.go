@@ -273,3 +273,52 @@ func TestProxyAdvisoryLocks(t *testing.T) {
 		t.Fatalf("session pooling: pg_advisory_unlock: %q", res[0].Rows[0][0])
 	}
 }
+
+// TestProxyTempTables checks that transaction pooling refuses temporary
+// tables that would outlive their transaction (0A000 with a hint) and runs
+// ON COMMIT DROP ones, and that under session pooling a backend a client
+// left a temporary table on is closed, never pooled for another client.
+func TestProxyTempTables(t *testing.T) {
+	ctx, clusters, env := newProxyTest(t, nil)
+	pc := connectProxy(t, env)
+	for _, sql := range []string{"CREATE TEMP TABLE tt (x int)", "CREATE TEMP TABLE tt AS SELECT 1 AS x", "SELECT 1 AS x INTO TEMP tt"} {
+		_, err := pc.Exec(ctx, sql).ReadAll()
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" || pgErr.Hint == "" {
+			t.Fatalf("%s: %v, want 0A000 with a hint", sql, err)
+		}
+	}
+	simple(t, pc, "BEGIN")
+	simple(t, pc, "CREATE TEMP TABLE tt (x int) ON COMMIT DROP")
+	simple(t, pc, "INSERT INTO tt VALUES (1), (2)")
+	if res := simple(t, pc, "SELECT count(*) FROM tt"); string(res[0].Rows[0][0]) != "2" {
+		t.Fatalf("ON COMMIT DROP table: %q rows", res[0].Rows[0][0])
+	}
+	simple(t, pc, "COMMIT")
+
+	senv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession })
+	sc := connectProxy(t, senv)
+	simple(t, sc, "CREATE TEMP TABLE kept (x int)")
+	simple(t, sc, "INSERT INTO kept VALUES (1)")
+	res := simple(t, sc, "SELECT pg_backend_pid(), count(*) FROM kept")
+	pid := string(res[0].Rows[0][0])
+	if err := sc.Close(ctx); err != nil { // the session's backend goes
+		t.Fatal(err)
+	}
+	direct, err := pgconn.Connect(ctx, appConnString(clusters[0].Primary()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res := simple(t, direct, "SELECT count(*) FROM pg_stat_activity WHERE pid = "+pid)
+		if string(res[0].Rows[0][0]) == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %s with a temporary table still open: pooled for other clients", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

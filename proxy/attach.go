@@ -474,6 +474,16 @@ func (c *clientConn) teardown() {
 		att.lease.Discard(nil)
 		return
 	}
+	c.releaseBackend(att)
+}
+
+// releaseBackend gives an idle backend back to its pool, or closes it
+// when a session left a temporary table on it.
+func (c *clientConn) releaseBackend(att *attachment) {
+	if att.bst.temp {
+		att.lease.Discard(nil)
+		return
+	}
 	att.lease.Release(nil)
 }
 
@@ -823,7 +833,7 @@ func (c *clientConn) detach(ctx context.Context, att *attachment, rfq *pgproto3.
 	att.wrote = false
 	c.mu.Unlock()
 	if release {
-		att.lease.Release(nil)
+		c.releaseBackend(att)
 		c.setState(stateIdle)
 	}
 	if err := c.send(msgs...); err != nil {

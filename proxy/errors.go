@@ -29,6 +29,13 @@ var (
 	errSessionLock = &clientError{code: codeFeatureNotSupported,
 		message: "session-level advisory locks are not supported with transaction pooling: the lock would stay on a pooled backend after the transaction",
 		hint:    `use pg_advisory_xact_lock inside a transaction, or server.pool_mode = "session"`}
+	// errTempTable refuses temporary tables that outlive their
+	// transaction under transaction pooling: the session's next
+	// transaction may run on another backend, and the table would stay on
+	// a pooled one.
+	errTempTable = &clientError{code: codeFeatureNotSupported,
+		message: "temporary tables that outlive their transaction are not supported with transaction pooling: the next transaction may run on another backend",
+		hint:    `create it inside a transaction with ON COMMIT DROP, or use server.pool_mode = "session"`}
 	// errCopySplitExtended refuses COPY of a sharded table over the
 	// extended protocol (the proxy splits only simple queries).
 	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY of a sharded table must be sent as a simple query"}

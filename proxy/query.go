@@ -163,7 +163,7 @@ func (c *clientConn) releaseIdle(att *attachment) {
 	c.mu.Unlock()
 	if parked {
 		<-att.done
-		att.lease.Release(nil)
+		c.releaseBackend(att)
 		return
 	}
 	c.interrupt(att)
@@ -189,6 +189,9 @@ func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 	if changesSchema(st) {
 		c.srv.schemaChanged()
 		att.ddl = true // and again when its transaction ends
+	}
+	if st.TempKept {
+		att.bst.temp = true // never pooled again (releaseBackend)
 	}
 	if att.primary && writes(st) {
 		att.wrote = true

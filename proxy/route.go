@@ -150,8 +150,13 @@ func (c *clientConn) classify(sql string) (*router.Statement, error) {
 // decide asks the router where a request goes. bind and ps are set for
 // extended-protocol requests. It is called with no request in flight.
 func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgproto3.Bind, ps *preparedStmt) (plan, error) {
-	if st.SessionLock && c.srv.cfg.PoolMode == PoolTransaction {
-		return plan{}, errSessionLock
+	if c.srv.cfg.PoolMode == PoolTransaction {
+		switch {
+		case st.SessionLock:
+			return plan{}, errSessionLock
+		case st.TempKept:
+			return plan{}, errTempTable
+		}
 	}
 	var params []router.Param
 	if bind != nil {

@@ -186,6 +186,9 @@ func (a *analyzer) selectStmt(s *pg_query.SelectStmt, parent int) int {
 		a.setKind(KindWrite)
 		a.mustPrimary("SELECT INTO creates a table")
 		a.addRef(s.IntoClause.Rel, sc, AccessWrite)
+		if s.IntoClause.Rel.GetRelpersistence() == "t" && s.IntoClause.OnCommit != pg_query.OnCommitAction_ONCOMMIT_DROP {
+			a.st.TempKept = true
+		}
 	}
 	var conds, eqOnly []*pg_query.Node
 	var usingEqs [][2]colRef

@@ -258,6 +258,7 @@ func (a *analyzer) top(raw *pg_query.RawStmt, text string) {
 			a.kind = KindUtility
 			a.mustPrimary("temporary table is bound to a session")
 			a.st.CreatesTemp = append(a.st.CreatesTemp, x.CreateStmt.Relation.GetRelname())
+			a.st.TempKept = a.st.TempKept || x.CreateStmt.Oncommit != pg_query.OnCommitAction_ONCOMMIT_DROP
 			a.addRef(x.CreateStmt.Relation, a.newScope(-1), AccessDDL)
 			return
 		}
@@ -271,6 +272,7 @@ func (a *analyzer) top(raw *pg_query.RawStmt, text string) {
 			a.kind = KindUtility
 			a.mustPrimary("temporary table is bound to a session")
 			a.st.CreatesTemp = append(a.st.CreatesTemp, x.CreateTableAsStmt.Into.GetRel().GetRelname())
+			a.st.TempKept = a.st.TempKept || x.CreateTableAsStmt.Into.GetOnCommit() != pg_query.OnCommitAction_ONCOMMIT_DROP
 			a.stmt(x.CreateTableAsStmt.Query, -1)
 			return
 		}

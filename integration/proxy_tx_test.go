@@ -281,7 +281,8 @@ func TestProxyAdvisoryLocks(t *testing.T) {
 func TestProxyTempTables(t *testing.T) {
 	ctx, clusters, env := newProxyTest(t, nil)
 	pc := connectProxy(t, env)
-	for _, sql := range []string{"CREATE TEMP TABLE tt (x int)", "CREATE TEMP TABLE tt AS SELECT 1 AS x", "SELECT 1 AS x INTO TEMP tt"} {
+	for _, sql := range []string{"CREATE TEMP TABLE tt (x int)", "CREATE TEMP TABLE tt AS SELECT 1 AS x", "SELECT 1 AS x INTO TEMP tt",
+		"DECLARE c CURSOR WITH HOLD FOR SELECT 1"} {
 		_, err := pc.Exec(ctx, sql).ReadAll()
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" || pgErr.Hint == "" {
@@ -294,10 +295,18 @@ func TestProxyTempTables(t *testing.T) {
 	if res := simple(t, pc, "SELECT count(*) FROM tt"); string(res[0].Rows[0][0]) != "2" {
 		t.Fatalf("ON COMMIT DROP table: %q rows", res[0].Rows[0][0])
 	}
+	simple(t, pc, "DECLARE c CURSOR FOR SELECT generate_series(1, 3)")
+	if res := simple(t, pc, "FETCH 2 FROM c"); len(res[0].Rows) != 2 {
+		t.Fatalf("FETCH in the transaction: %d rows", len(res[0].Rows))
+	}
 	simple(t, pc, "COMMIT")
 
 	senv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession })
 	sc := connectProxy(t, senv)
+	simple(t, sc, "DECLARE h CURSOR WITH HOLD FOR SELECT generate_series(1, 3)")
+	if res := simple(t, sc, "FETCH 2 FROM h"); len(res[0].Rows) != 2 {
+		t.Fatalf("session pooling: FETCH from a WITH HOLD cursor: %d rows", len(res[0].Rows))
+	}
 	simple(t, sc, "CREATE TEMP TABLE kept (x int)")
 	simple(t, sc, "INSERT INTO kept VALUES (1)")
 	res := simple(t, sc, "SELECT pg_backend_pid(), count(*) FROM kept")

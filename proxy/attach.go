@@ -478,9 +478,10 @@ func (c *clientConn) teardown() {
 }
 
 // releaseBackend gives an idle backend back to its pool, or closes it
-// when a session left a temporary table on it.
+// when a session left state on it that another session could see
+// (backendState.tainted).
 func (c *clientConn) releaseBackend(att *attachment) {
-	if att.bst.temp {
+	if att.bst.tainted {
 		att.lease.Discard(nil)
 		return
 	}

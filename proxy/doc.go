@@ -59,9 +59,10 @@
 // the lock would stay on a pooled backend after the transaction and the
 // client's unlock would go elsewhere; transaction-level ones
 // (pg_advisory_xact_lock) work. So are temporary tables that would outlive
-// their transaction (no ON COMMIT DROP); under PoolSession a backend a
-// client created a temporary table on is closed when the client gives it
-// up, never pooled for another client.
+// their transaction (no ON COMMIT DROP) and cursors WITH HOLD. Under
+// PoolSession they work: FETCH, MOVE and CLOSE run on the backend the
+// session holds, and a backend a client left such state on is closed when
+// the client gives it up, never pooled for another client.
 //
 // State lives with the client and is replayed on whatever backend it
 // lands on: the SET parameters (and startup parameters) tracked by the

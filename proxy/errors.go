@@ -36,6 +36,10 @@ var (
 	errTempTable = &clientError{code: codeFeatureNotSupported,
 		message: "temporary tables that outlive their transaction are not supported with transaction pooling: the next transaction may run on another backend",
 		hint:    `create it inside a transaction with ON COMMIT DROP, or use server.pool_mode = "session"`}
+	// errHoldCursor refuses cursors WITH HOLD under transaction pooling.
+	errHoldCursor = &clientError{code: codeFeatureNotSupported,
+		message: "cursors WITH HOLD are not supported with transaction pooling: the cursor would stay on a pooled backend after the transaction",
+		hint:    `fetch from a cursor without WITH HOLD inside the transaction, or use server.pool_mode = "session"`}
 	// errCopySplitExtended refuses COPY of a sharded table over the
 	// extended protocol (the proxy splits only simple queries).
 	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY of a sharded table must be sent as a simple query"}

@@ -60,6 +60,9 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	if next, ok := c.cachedQuery(ctx, att, p, st, m.String); ok {
 		return next
 	}
+	if att != nil && !p.pinned && isCursorCommand(st) {
+		p.pinned = true // session pooling: the cursor is on the backend the session holds
+	}
 	att, err = c.use(ctx, att, p)
 	if err != nil {
 		return c.localError(err, false)
@@ -190,13 +193,26 @@ func (c *clientConn) noteStatement(att *attachment, st *router.Statement) {
 		c.srv.schemaChanged()
 		att.ddl = true // and again when its transaction ends
 	}
-	if st.TempKept {
-		att.bst.temp = true // never pooled again (releaseBackend)
+	if st.TempKept || st.HoldCursor || st.SessionLock {
+		att.bst.tainted = true // session state outlives the session's use: never pooled again (releaseBackend)
 	}
 	if att.primary && writes(st) {
 		att.wrote = true
 		c.noteCacheWrite(st)
 	}
+}
+
+// isCursorCommand reports whether st works on a cursor declared earlier
+// (FETCH, MOVE, CLOSE): it runs where the session's backend is.
+func isCursorCommand(st *router.Statement) bool {
+	if st.NumStatements != 1 {
+		return false
+	}
+	switch st.Command {
+	case "FETCH", "MOVE", "CLOSE":
+		return true
+	}
+	return false
 }
 
 // changesSchema reports whether st may change the result type of

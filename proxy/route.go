@@ -156,6 +156,8 @@ func (c *clientConn) decide(ctx context.Context, st *router.Statement, bind *pgp
 			return plan{}, errSessionLock
 		case st.TempKept:
 			return plan{}, errTempTable
+		case st.HoldCursor:
+			return plan{}, errHoldCursor
 		}
 	}
 	var params []router.Param

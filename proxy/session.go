@@ -69,7 +69,7 @@ func stmtHash(query string, oids []uint32) uint64 {
 type backendState struct {
 	fingerprint uint64
 	schemaEpoch uint64 // Server.schemaEpoch when the aliases were last checked (closeStaleAuto)
-	temp        bool   // a session created a temporary table here (session pooling): closed, never pooled again
+	tainted     bool   // a session left state here (temporary table, WITH HOLD cursor, advisory lock; session pooling): closed, never pooled again
 	stmts       map[string]uint64
 	auto        []string // aliases of unnamed statements prepared here, oldest first
 	staleAuto   bool     // an alias failed with "cached plan must not change result type": close them all

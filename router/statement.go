@@ -329,6 +329,7 @@ type Statement struct {
 	Listen               *ListenInfo // LISTEN or UNLISTEN as the only statement of the text
 	SessionLock          bool        // takes a session-level advisory lock (pg_advisory_lock, pg_try_advisory_lock, _shared)
 	TempKept             bool        // creates a temporary table that outlives its transaction (no ON COMMIT DROP)
+	HoldCursor           bool        // DECLARE ... CURSOR WITH HOLD (outlives its transaction)
 	CopyIn               *CopyInInfo // COPY table FROM STDIN as the only statement of the text
 	CopyOut              *CopyInInfo // COPY table TO STDOUT as the only statement of the text (same fields)
 

@@ -239,6 +239,10 @@ func (a *analyzer) top(raw *pg_query.RawStmt, text string) {
 	case *pg_query.Node_DeclareCursorStmt:
 		a.kind, a.command = KindRead, "DECLARE CURSOR"
 		a.noCache = true
+		a.st.HoldCursor = x.DeclareCursorStmt.Options&cursorOptHold != 0
+		if a.st.HoldCursor {
+			a.mustPrimary("a cursor WITH HOLD outlives its transaction on the backend that declared it")
+		}
 		a.stmt(x.DeclareCursorStmt.Query, -1)
 	case *pg_query.Node_FetchStmt:
 		a.kind, a.command = KindUtility, "FETCH"
@@ -666,6 +670,9 @@ func altValues(c conj, ref, sc int) []ColumnValue {
 	}
 	return out
 }
+
+// cursorOptHold is PostgreSQL's CURSOR_OPT_HOLD (DECLARE ... WITH HOLD).
+const cursorOptHold = 0x0020
 
 // copyInInfo reads the options of COPY ... FROM STDIN (PostgreSQL's
 // defaults for what is not written; values are validated by PostgreSQL).

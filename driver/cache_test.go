@@ -261,8 +261,9 @@ func TestConnectorCacheLifecycle(t *testing.T) {
 	_ = cn.Close()
 }
 
-// TestListenRefused: LISTEN/UNLISTEN are refused with 0A000 (no backend
-// is needed to say so).
+// TestListenRefused: LISTEN/UNLISTEN, session-level advisory locks,
+// temporary tables and WITH HOLD cursors are refused with 0A000 (no
+// backend is needed to say so).
 func TestListenRefused(t *testing.T) {
 	cfg, err := mustDSN(t, "shards=s0:127.0.0.1:1;user=app;password=app;database=app;probe_timeout=200ms;acquire_timeout=300ms").Config()
 	if err != nil {
@@ -280,7 +281,7 @@ func TestListenRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cn.Close()
-	for _, sql := range []string{"LISTEN jobs", "UNLISTEN *"} {
+	for _, sql := range []string{"LISTEN jobs", "UNLISTEN *", "SELECT pg_advisory_lock(1)", "CREATE TEMP TABLE t (x int)", "DECLARE c CURSOR WITH HOLD FOR SELECT 1"} {
 		_, err := cn.(driver.ExecerContext).ExecContext(ctx, sql, nil)
 		var pgErr *pgconn.PgError
 		if !errors.As(err, &pgErr) || pgErr.Code != "0A000" {

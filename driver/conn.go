@@ -452,6 +452,10 @@ func (cn *conn) runStatement(ctx context.Context, st *router.Statement, args *en
 	case st.Listen != nil && d.Action == router.ActionLocal:
 		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000", Message: "dbproxy driver: " + st.Listen.Tag() + " is not supported: database/sql has no way to deliver notifications",
 			Hint: "listen on a connection of its own (pgx's WaitForNotification), directly or through dbproxy serve"}
+	case st.SessionLock, st.TempKept, st.HoldCursor:
+		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000",
+			Message: "dbproxy driver: session-level advisory locks, temporary tables and cursors WITH HOLD that outlive their transaction are not supported: the backend connection is leased per transaction",
+			Hint:    "use pg_advisory_xact_lock, ON COMMIT DROP, or a cursor inside the transaction"}
 	case d.CopySplit != nil, d.CopyConcat:
 		return nil, &pgconn.PgError{Severity: "ERROR", Code: "0A000", Message: "dbproxy driver: COPY of a sharded table is not supported",
 			Hint: "use INSERT, or COPY through dbproxy serve"}

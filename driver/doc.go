@@ -136,7 +136,9 @@
 // EXECUTE are cached under the EXECUTE text, and SQL EXECUTE of a write does
 // not invalidate its tables early (the change stream does). LISTEN and
 // UNLISTEN fail with 0A000 (database/sql cannot deliver notifications), and
-// so does COPY FROM STDIN into a sharded table.
+// so do COPY of a sharded table, session-level advisory locks, temporary
+// tables without ON COMMIT DROP and cursors WITH HOLD (backends are leased
+// per transaction).
 //
 // # Imports
 //

@@ -780,8 +780,33 @@ except psycopg2.errors.FeatureNotSupported:
 cur.execute("set application_name = 'py'")
 cur.execute("show application_name")
 assert cur.fetchone()[0] == "py"
+
+# LISTEN/NOTIFY: autocommit, and psycopg2's default (LISTEN inside the
+# transaction it opens, effective at commit).
+import select, time
+def wait_notify(c):
+    deadline = time.time() + 10
+    c.poll()
+    while not c.notifies and time.time() < deadline:
+        select.select([c], [], [], 1)
+        c.poll()
+    assert c.notifies, "no notification"
+    return c.notifies.pop(0)
+l1 = psycopg2.connect(host=%q, port=%s, user="app", password="app", dbname="app", sslmode="disable")
+l1.autocommit = True
+l1.cursor().execute("LISTEN py_chan")
+l2 = psycopg2.connect(host=%q, port=%s, user="app", password="app", dbname="app", sslmode="disable")
+l2.cursor().execute("LISTEN py_tx")
+cur.execute("NOTIFY py_tx, 'before commit'")
+l2.commit()
+cur.execute("NOTIFY py_chan, 'hello'")
+cur.execute("NOTIFY py_tx, 'after commit'")
+n = wait_notify(l1)
+assert (n.channel, n.payload) == ("py_chan", "hello"), n
+n = wait_notify(l2)
+assert (n.channel, n.payload) == ("py_tx", "after commit"), n
 print("psycopg2 ok")
-`, host, port)
+`, host, port, host, port, host, port)
 	out := runClient(t, env, "", py, "-c", script)
 	if !strings.Contains(out, "psycopg2 ok") {
 		t.Fatalf("psycopg2: %s", out)

@@ -93,6 +93,9 @@ func TestProxyListenNotify(t *testing.T) {
 	simple(t, a.pc, `LISTEN "Marker"`)
 	simple(t, b, "NOTIFY jobs, 'one'")
 	a.expect(t, "jobs", "one")
+	if st := env.srv.Stats(); st.ListenChannels != 2 || st.ListenerShards != 2 {
+		t.Fatalf("stats: %d channels, %d listening shards; want 2, 2", st.ListenChannels, st.ListenerShards)
+	}
 	if a.pc.PID() == 0 {
 		t.Fatal("no backend key data")
 	}

@@ -416,6 +416,18 @@ func (l *listener) handle(msg pgproto3.BackendMessage) error {
 	return nil
 }
 
+// stats returns the channels held and the listeners with a backend.
+func (n *notifier) stats() (channels, listeners int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, l := range n.listeners {
+		if l.lease != nil {
+			listeners++
+		}
+	}
+	return len(n.chans), listeners
+}
+
 // wait waits for the notifier's goroutines after every client connection
 // has ended and the Server's base context is cancelled.
 func (n *notifier) wait() { n.wg.Wait() }

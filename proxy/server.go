@@ -291,6 +291,7 @@ func (s *Server) Stats() Stats {
 			st.Clients += int(n)
 		}
 	}
+	st.ListenChannels, st.ListenerShards = s.notify.stats()
 	st.CommitLSNPiggybacked = s.commitLSNPiggybacked.Load()
 	st.CommitLSNQueries = s.commitLSNQueries.Load()
 	for _, c := range s.reg.all() {

@@ -122,6 +122,12 @@ type Stats struct {
 	// their own (a round trip to the primary) after it.
 	CommitLSNPiggybacked uint64
 	CommitLSNQueries     uint64
+
+	// LISTEN fan-out (notify.go): channels some client listens on (or has
+	// a LISTEN pending on in its transaction), and shards whose listening
+	// backend is connected.
+	ListenChannels int
+	ListenerShards int
 }
 
 // ClientStats describes one client connection.

@@ -25,6 +25,7 @@ var (
 	descAccepted     = prometheus.NewDesc("dbproxy_clients_accepted_total", "Client connections accepted.", nil, nil)
 	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
 	descDeepIdle     = prometheus.NewDesc("dbproxy_clients_deep_idle", "Idle client connections that gave their protocol buffers back.", nil, nil)
+	descListen       = prometheus.NewDesc("dbproxy_listen_channels", "Channels clients LISTEN on through the proxy.", nil, nil)
 	descCommitLSN    = prometheus.NewDesc("dbproxy_commit_lsn_reads_total", "Commit positions read for causal tokens, by how (piggybacked: in the committing request's flush; query: a round trip of its own).", []string{"how"}, nil)
 	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large, not_admitted).", []string{"op"}, nil)
 	descCacheBytes   = prometheus.NewDesc("dbproxy_cache_bytes", "Bytes held by the result cache.", nil, nil)
@@ -34,7 +35,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descDeepIdle, descCommitLSN,
+		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descDeepIdle, descListen, descCommitLSN,
 		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
@@ -77,6 +78,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAccepted, st.Accepted)
 	counter(descRejected, st.Rejected)
 	gauge(descDeepIdle, float64(st.DeepIdle))
+	gauge(descListen, float64(st.ListenChannels))
 	counter(descCommitLSN, st.CommitLSNPiggybacked, "piggybacked")
 	counter(descCommitLSN, st.CommitLSNQueries, "query")
 	if c.rp.cache == nil {

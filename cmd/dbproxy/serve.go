@@ -258,7 +258,7 @@ func (rp *runningProxy) report() *statusReport {
 		}
 	}
 	st := rp.srv.Stats()
-	rep.Clients, rep.DeepIdle = st.ByState, st.DeepIdle
+	rep.Clients, rep.DeepIdle, rep.ListenChannels = st.ByState, st.DeepIdle, st.ListenChannels
 	if rp.cache != nil {
 		rep.Cache = rp.cache.Stats()
 	}

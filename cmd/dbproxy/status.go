@@ -27,6 +27,9 @@ type statusReport struct {
 	// DeepIdle counts idle clients that gave their protocol buffers back
 	// (included in Clients["idle"]).
 	DeepIdle int `json:"deep_idle,omitempty"`
+	// ListenChannels counts the channels clients LISTEN on through the
+	// proxy (one listening backend per shard primary serves them all).
+	ListenChannels int `json:"listen_channels,omitempty"`
 	// Cache holds the cache statistics (proxy source with the cache on).
 	Cache any `json:"cache,omitempty"`
 }
@@ -188,5 +191,8 @@ func printStatus(w io.Writer, rep *statusReport) {
 	tw.Flush()
 	if len(rep.Clients) > 0 {
 		fmt.Fprintf(w, "clients by state: %v (deep idle: %d)\n", rep.Clients, rep.DeepIdle)
+	}
+	if rep.ListenChannels > 0 {
+		fmt.Fprintf(w, "LISTEN channels: %d\n", rep.ListenChannels)
 	}
 }

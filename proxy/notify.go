@@ -249,7 +249,11 @@ func (l *listener) run(ctx context.Context) {
 			n.srv.log.Warn("notification listener failed", "shard", l.id, "err", err)
 		}
 		for _, c := range victims {
-			c.endWith(errListenerLost)
+			n.wg.Add(1)
+			go func() { // a client that does not read must not hold up the others
+				defer n.wg.Done()
+				c.endWith(errListenerLost)
+			}()
 		}
 	}
 }
@@ -507,8 +511,10 @@ func (c *clientConn) writeNotifications() {
 // error, then the socket is closed (the reader then tears down).
 func (c *clientConn) endWith(err error) {
 	buf, encErr := errorResponse(err, "FATAL").Encode(nil)
-	c.wmu.Lock()
+	// The deadline first: it also ends a write blocked on a client that
+	// does not read, which holds wmu.
 	_ = c.netConn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	c.wmu.Lock()
 	if encErr == nil {
 		if c.fe != nil && c.unflushed > 0 {
 			_ = c.flushClientLocked(true)

@@ -3,12 +3,16 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
+	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+// listeningBackends selects the proxy's listening backends in
+// pg_stat_activity (their last query is a LISTEN or UNLISTEN).
+const listeningBackends = "FROM pg_stat_activity WHERE datname = 'app' AND query ~ '^(UN)?LISTEN ' AND pid <> pg_backend_pid()"
 
 // notes is a client connection through the proxy with the notifications
 // it received.
@@ -175,6 +179,19 @@ func TestProxyListenNotify(t *testing.T) {
 		d.expect(t, "fan", "idle")
 	})
 
+	t.Run("session pooling", func(t *testing.T) {
+		senv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.PoolMode = proxy.PoolSession })
+		s := connectListener(t, senv)
+		simple(t, s.pc, "LISTEN sess")
+		// The session's own backend does not listen: the proxy does.
+		if res := simple(t, s.pc, "SELECT count(*) FROM pg_listening_channels()"); string(res[0].Rows[0][0]) != "0" {
+			t.Fatalf("the session's backend listens on %s channels", res[0].Rows[0][0])
+		}
+		sb := connectProxy(t, senv)
+		simple(t, sb, "NOTIFY sess, 'held'")
+		s.expect(t, "sess", "held")
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		_, err := b.Exec(ctx, "LISTEN x; SELECT 1").ReadAll()
 		var pgErr *pgconn.PgError
@@ -199,7 +216,7 @@ func TestProxyListenNotify(t *testing.T) {
 	defer direct.Close(context.Background())
 	listenerPID := func() string {
 		t.Helper()
-		res := simple(t, direct, "SELECT coalesce(string_agg(pid::text, ','), '') FROM pg_stat_activity WHERE datname = 'app' AND query ~ '^(UN)?LISTEN ' AND pid <> pg_backend_pid()")
+		res := simple(t, direct, "SELECT coalesce(string_agg(pid::text, ','), '') "+listeningBackends)
 		return string(res[0].Rows[0][0])
 	}
 
@@ -208,7 +225,7 @@ func TestProxyListenNotify(t *testing.T) {
 		if pid == "" {
 			t.Fatal("no listening backend on shard s1")
 		}
-		simple(t, direct, fmt.Sprintf("SELECT pg_terminate_backend(%s)", pid))
+		simple(t, direct, "SELECT pg_terminate_backend(pid) "+listeningBackends)
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		err := a.pc.WaitForNotification(ctx)

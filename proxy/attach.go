@@ -1029,6 +1029,27 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 	return lease, bst, deferred, nil
 }
 
+// leaseForQuery leases a backend of t for a query of the proxy's own (a
+// simple query, or the unnamed extended-protocol statement), which
+// replaces the backend's unnamed statement.
+func (c *clientConn) leaseForQuery(ctx context.Context, t target) (*replica.Lease, error) {
+	lease, _, _, err := c.leaseFor(ctx, t, nil)
+	if err != nil {
+		return nil, err
+	}
+	forgetUnnamed(lease.Conn())
+	return lease, nil
+}
+
+// forgetUnnamed records that a query of the proxy's own is about to
+// replace conn's unnamed statement, so that the backend state (kept in
+// conn's CustomData) does not offer the client's one as prepared.
+func forgetUnnamed(conn *pgconn.PgConn) {
+	if bst, ok := conn.CustomData()[backendStateKey].(*backendState); ok {
+		delete(bst.stmts, "")
+	}
+}
+
 // sendPreamble runs a decision's preamble (a deferred BEGIN) on a backend
 // that is already attached, as a Query whose results the pump drops.
 func (c *clientConn) sendPreamble(att *attachment, preamble []string) error {

@@ -239,12 +239,11 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 	fill := func(fctx context.Context) ([]byte, error) {
 		t := r.t
 		t.pick.MinLSN = max(t.pick.MinLSN, replica.LSN(cache.FillMinLSN(fctx)))
-		lease, bst, _, err := c.leaseFor(fctx, t, nil)
+		lease, err := c.leaseForQuery(fctx, t) // the fill uses the unnamed statement
 		if err != nil {
 			return nil, err
 		}
 		conn := lease.Conn()
-		delete(bst.stmts, "") // the fill uses the unnamed statement
 		v, err := recordResult(fctx, conn, r)
 		var pgErr *pgconn.PgError
 		switch {

@@ -76,11 +76,10 @@ func (c *clientConn) copyInSplit(ctx context.Context, p plan, st *router.Stateme
 		return c.answerLocal(nil, canceledBy(ctx, err))
 	}
 	for i, t := range p.targets {
-		lease, bst, _, err := c.leaseFor(ctx, t, nil)
+		lease, err := c.leaseForQuery(ctx, t) // the COPY and its transaction run as simple queries
 		if err != nil {
 			return fail(err)
 		}
-		delete(bst.stmts, "") // the COPY and its transaction run as simple queries
 		shards[i] = &copyShard{lease: lease}
 		index[t.shard] = shards[i]
 	}
@@ -364,21 +363,25 @@ func (sp *copySplitter) toShard(row []byte) error {
 	return sp.add(s, row)
 }
 
-// rowError names the row (1-based, as PostgreSQL's CONTEXT does).
+// errNullKey is a row whose shard key column is NULL (23502).
+var errNullKey = &clientError{code: "23502", message: "the shard key column is NULL"}
+
+// rowError names the row (1-based, as PostgreSQL's CONTEXT does: the line
+// of a text or CSV stream, header included; the tuple of a binary one) and
+// keeps err's SQLSTATE (22P04 bad_copy_file_format when it has none).
 func (sp *copySplitter) rowError(err error) error {
-	code := "22P04" // bad_copy_file_format
+	code := "22P04"
 	var coded interface{ SQLState() string }
 	if errors.As(err, &coded) {
 		code = coded.SQLState()
 	}
-	return &clientError{code: code, message: fmt.Sprintf("COPY %s, line %d: %v", sp.table, sp.rows+1+boolInt(sp.ci.Header), err)}
-}
-
-func boolInt(b bool) int64 {
-	if b {
-		return 1
+	unit, n := "line", sp.rows+1
+	if sp.ci.Format == "binary" {
+		unit = "row"
+	} else if sp.ci.Header {
+		n++
 	}
-	return 0
+	return &clientError{code: code, message: fmt.Sprintf("COPY %s, %s %d: %v", sp.table, unit, n, err)}
 }
 
 // lines routes the complete lines of b (text or CSV) and returns how many
@@ -400,18 +403,19 @@ func (sp *copySplitter) lines(b []byte, last bool) (int, error) {
 			row = append(append([]byte(nil), line...), '\n')
 			start = len(b)
 		}
-		switch {
-		case sp.header:
+		if sp.header {
 			sp.header = false
 			if err := sp.toAll(row); err != nil {
 				return start, err
 			}
 			continue
-		case bytes.Equal(bytes.TrimSuffix(line, []byte{'\r'}), []byte(`\.`)):
+		}
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		if bytes.Equal(line, []byte(`\.`)) {
 			sp.ended = true
 			return start, sp.toAll(row)
 		}
-		if err := sp.lineKey(bytes.TrimSuffix(line, []byte{'\r'}), csv); err != nil {
+		if err := sp.lineKey(line, csv); err != nil {
 			return start, err
 		}
 		if err := sp.toShard(row); err != nil {
@@ -454,7 +458,7 @@ func (sp *copySplitter) lineKey(line []byte, csv bool) error {
 				continue
 			}
 			if !quoted && string(raw) == sp.ci.Null {
-				return &clientError{code: "23502", message: fmt.Sprintf("COPY %s, line %d: the shard key column is NULL", sp.table, sp.rows+1+boolInt(sp.ci.Header))}
+				return sp.rowError(errNullKey)
 			}
 			var v string
 			switch {
@@ -653,7 +657,7 @@ func (sp *copySplitter) binary(b []byte, last bool) (int, error) {
 					continue
 				}
 				if l == -1 {
-					return pos, &clientError{code: "23502", message: fmt.Sprintf("COPY %s, row %d: the shard key column is NULL", sp.table, sp.rows+1)}
+					return pos, sp.rowError(errNullKey)
 				}
 				key, err := shard.DecodeBinaryKey(sp.types[k], b[p:p+l])
 				if err != nil {
@@ -721,11 +725,10 @@ func (c *clientConn) copyOutConcat(ctx context.Context, p plan, st *router.State
 // copyOutShard relays one shard's part of copyOutConcat and returns its
 // row count.
 func (c *clientConn) copyOutShard(ctx context.Context, t target, sql string, ci *router.CopyInInfo, first, last bool) (int64, error) {
-	lease, bst, _, err := c.leaseFor(ctx, t, nil)
+	lease, err := c.leaseForQuery(ctx, t)
 	if err != nil {
 		return 0, err
 	}
-	delete(bst.stmts, "")
 	conn := lease.Conn()
 	stop := context.AfterFunc(ctx, func() { _ = conn.CancelRequest(context.WithoutCancel(ctx)) })
 	defer stop()

@@ -214,9 +214,7 @@ func FunctionCatalog(set *replica.Set) router.FunctionCatalog {
 			return nil, err
 		}
 		conn := l.Conn()
-		if bst, ok := conn.CustomData()[backendStateKey].(*backendState); ok {
-			delete(bst.stmts, "") // the query replaces the unnamed statement
-		}
+		forgetUnnamed(conn)
 		res := conn.ExecParams(ctx, sql, params, nil, nil, nil).Read()
 		finishLease(l, res.Err)
 		return res.Rows, res.Err

@@ -183,11 +183,10 @@ func canceledBy(ctx context.Context, err error) error {
 
 // runOnShard leases a backend of t, runs sql there and releases it.
 func (c *clientConn) runOnShard(ctx context.Context, t target, sql string, bind *pgproto3.Bind, ps *preparedStmt, describe bool) (shardResult, []uint32, error) {
-	lease, bst, _, err := c.leaseFor(ctx, t, nil)
+	lease, err := c.leaseForQuery(ctx, t)
 	if err != nil {
 		return shardResult{}, nil, err
 	}
-	delete(bst.stmts, "") // whatever runs here replaces the unnamed statement
 	conn := lease.Conn()
 	var out shardResult
 	var oids []uint32

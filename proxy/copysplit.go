@@ -217,7 +217,7 @@ func msgType(m pgproto3.FrontendMessage) byte {
 
 // copySplitter reads a COPY data stream and routes whole rows.
 type copySplitter struct {
-	ci       *router.CopyInInfo
+	ci       *router.CopyInfo
 	table    string
 	topo     *shard.Topology
 	types    []shard.KeyType
@@ -235,7 +235,7 @@ type copySplitter struct {
 
 // newCopySplitter works out where the key columns are in a row: from the
 // COPY's column list, or from the table's columns (read with conn).
-func newCopySplitter(ctx context.Context, ci *router.CopyInInfo, split *router.CopySplit, conn *pgconn.PgConn) (*copySplitter, error) {
+func newCopySplitter(ctx context.Context, ci *router.CopyInfo, split *router.CopySplit, conn *pgconn.PgConn) (*copySplitter, error) {
 	cols := ci.Columns
 	if cols == nil {
 		name := quoteIdent(ci.Table.Name)
@@ -724,7 +724,7 @@ func (c *clientConn) copyOutConcat(ctx context.Context, p plan, st *router.State
 
 // copyOutShard relays one shard's part of copyOutConcat and returns its
 // row count.
-func (c *clientConn) copyOutShard(ctx context.Context, t target, sql string, ci *router.CopyInInfo, first, last bool) (int64, error) {
+func (c *clientConn) copyOutShard(ctx context.Context, t target, sql string, ci *router.CopyInfo, first, last bool) (int64, error) {
 	lease, err := c.leaseForQuery(ctx, t)
 	if err != nil {
 		return 0, err

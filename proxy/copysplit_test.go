@@ -58,7 +58,7 @@ func TestCopyCSVFields(t *testing.T) {
 // memory, and what each shard should get.
 type splitFixture struct {
 	topo  *shard.Topology
-	ci    *router.CopyInInfo
+	ci    *router.CopyInfo
 	outs  map[shard.ID]*bytes.Buffer
 	want  map[shard.ID]*bytes.Buffer
 	input []byte
@@ -72,7 +72,7 @@ func newSplitFixture(t testing.TB, format string, header bool) *splitFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ci := &router.CopyInInfo{Table: router.TableRef{Name: "users"}, Columns: []string{"name", "id"}, Format: format, Header: header, Delimiter: '\t', Null: `\N`}
+	ci := &router.CopyInfo{Table: router.TableRef{Name: "users"}, Columns: []string{"name", "id"}, Format: format, Header: header, Delimiter: '\t', Null: `\N`}
 	if format == "csv" {
 		ci.Delimiter, ci.Quote, ci.Escape, ci.Null = ',', '"', '"', ""
 	}

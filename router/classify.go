@@ -52,8 +52,8 @@ type analyzer struct {
 	scopes    []scopeInfo
 	topSelect *pg_query.SelectStmt // the top-level SELECT (set-operation branches are marked)
 	listens   []ListenInfo         // LISTEN/UNLISTEN statements of the text
-	copyIns   []CopyInInfo         // COPY ... FROM STDIN statements of the text
-	copyOuts  []CopyInInfo         // COPY table TO STDOUT statements of the text
+	copyIns   []CopyInfo           // COPY ... FROM STDIN statements of the text
+	copyOuts  []CopyInfo           // COPY table TO STDOUT statements of the text
 
 	// per top-level statement
 	kind      Kind

@@ -330,8 +330,8 @@ type Statement struct {
 	SessionLock          bool        // takes a session-level advisory lock (pg_advisory_lock, pg_try_advisory_lock, _shared)
 	TempKept             bool        // creates a temporary table that outlives its transaction (no ON COMMIT DROP)
 	HoldCursor           bool        // DECLARE ... CURSOR WITH HOLD (outlives its transaction)
-	CopyIn               *CopyInInfo // COPY table FROM STDIN as the only statement of the text
-	CopyOut              *CopyInInfo // COPY table TO STDOUT as the only statement of the text (same fields)
+	CopyIn               *CopyInfo   // COPY table FROM STDIN as the only statement of the text
+	CopyOut              *CopyInfo   // COPY table TO STDOUT as the only statement of the text
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)
@@ -376,10 +376,10 @@ func (l ListenInfo) Tag() string {
 	return "UNLISTEN"
 }
 
-// CopyInInfo describes COPY table [(columns)] FROM STDIN: what a front end
-// needs to split the rows among shards.
-type CopyInInfo struct {
-	Table   TableRef // the target table
+// CopyInfo describes COPY table [(columns)] FROM STDIN or TO STDOUT: what
+// a front end needs to split the rows among shards or join theirs.
+type CopyInfo struct {
+	Table   TableRef // the table
 	Columns []string // the column list as folded by the parser; nil: every column of the table
 	Format  string   // "text", "csv" or "binary"
 	// Text and CSV options (PostgreSQL's defaults when not written).

@@ -540,7 +540,7 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) {
 		a.kind = KindWrite
 		a.mustPrimary("COPY FROM writes")
 		if i := a.addRef(c.Relation, sc, AccessWrite); i >= 0 && c.Filename == "" && !c.IsProgram {
-			a.copyIns = append(a.copyIns, copyInInfo(a.st.Tables[i], c))
+			a.copyIns = append(a.copyIns, copyInfo(a.st.Tables[i], c))
 		}
 		a.walkNode(c.WhereClause, sc)
 		return
@@ -548,7 +548,7 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) {
 	a.kind = KindRead
 	if c.Relation != nil {
 		if i := a.addRef(c.Relation, sc, AccessRead); i >= 0 && c.Query == nil && c.Filename == "" && !c.IsProgram {
-			a.copyOuts = append(a.copyOuts, copyInInfo(a.st.Tables[i], c))
+			a.copyOuts = append(a.copyOuts, copyInfo(a.st.Tables[i], c))
 		}
 	}
 	if c.Query != nil {
@@ -674,10 +674,10 @@ func altValues(c conj, ref, sc int) []ColumnValue {
 // cursorOptHold is PostgreSQL's CURSOR_OPT_HOLD (DECLARE ... WITH HOLD).
 const cursorOptHold = 0x0020
 
-// copyInInfo reads the options of COPY ... FROM STDIN (PostgreSQL's
+// copyInfo reads the options of COPY ... FROM STDIN or TO STDOUT (PostgreSQL's
 // defaults for what is not written; values are validated by PostgreSQL).
-func copyInInfo(t TableRef, c *pg_query.CopyStmt) CopyInInfo {
-	ci := CopyInInfo{Table: t, Format: "text"}
+func copyInfo(t TableRef, c *pg_query.CopyStmt) CopyInfo {
+	ci := CopyInfo{Table: t, Format: "text"}
 	for _, n := range c.Attlist {
 		if s := n.GetString_(); s != nil {
 			ci.Columns = append(ci.Columns, s.Sval)

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/dbproxy/dbproxy/internal/sockio"
 	"io"
 	"log/slog"
 	"net"
@@ -207,7 +208,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		s.startConn(nc)
+		s.startConn(sockio.Wrap(nc))
 	}
 }
 

@@ -3,7 +3,9 @@ package replica
 import (
 	"context"
 	"fmt"
+	"github.com/dbproxy/dbproxy/internal/sockio"
 	"hash/fnv"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +87,14 @@ func newNode(s *Set, nc NodeConfig) (*Node, error) {
 	// pooled connection survives cancellation.
 	connCfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: s.cfg.ProbeTimeout}
+	}
+	dial := connCfg.DialFunc
+	connCfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return sockio.Wrap(c), nil
 	}
 	// Probes keep pgconn's default: a timed-out probe closes its connection.
 	probeCfg, err := pgconn.ParseConfig(nc.ConnString)

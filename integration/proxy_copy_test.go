@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -213,6 +214,50 @@ func TestProxyCopySplit(t *testing.T) {
 		}
 		if tuples != len(want) || pos != len(b) {
 			t.Fatalf("binary COPY: %d tuples (want %d), trailer at %d of %d bytes", tuples, len(want), pos, len(b))
+		}
+		// COPY (SELECT ...) TO STDOUT over both shards: the query runs on
+		// each and its rows are concatenated; with an ORDER BY, LIMIT or
+		// an aggregate it would need merging and is refused.
+		for _, tc := range []struct{ sql, where string }{
+			{"COPY (SELECT id, upper(name) FROM users WHERE id % 3 = 0) TO STDOUT", "id % 3 = 0"},
+			{"COPY (SELECT name, id FROM users WHERE name <> '') TO STDOUT WITH (FORMAT csv)", "name <> ''"},
+		} {
+			sql := tc.sql
+			res, err := pc.Exec(ctx, "SELECT count(*) FROM users WHERE "+tc.where).ReadAll()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, err := strconv.ParseInt(string(res[0].Rows[0][0]), 10, 64)
+			if err != nil || rows == 0 {
+				t.Fatalf("count for %s: %d %v", sql, rows, err)
+			}
+			var buf bytes.Buffer
+			tag, err := pc.CopyTo(ctx, &buf, sql)
+			if err != nil || tag.RowsAffected() != rows {
+				t.Fatalf("%s: %v %v, want COPY %d", sql, tag, err, rows)
+			}
+			got, wantLines := sortedRows(strings.SplitAfter(buf.String(), "\n")), sortedRows(directLines(sql))
+			if !slices.Equal(got, wantLines) {
+				t.Fatalf("%s: %d lines through the proxy, %d from the shards", sql, len(got), len(wantLines))
+			}
+		}
+		buf.Reset()
+		tag, err := pc.CopyTo(ctx, &buf, "COPY (SELECT id AS key, name FROM users) TO STDOUT WITH (FORMAT csv, HEADER)")
+		if err != nil || tag.RowsAffected() != int64(len(want)) {
+			t.Fatalf("COPY (query) with a CSV header: %v %v, want COPY %d", tag, err, len(want))
+		}
+		lines = strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+		if lines[0] != "key,name" || slices.Contains(lines[1:], "key,name") {
+			t.Fatalf("COPY (query) CSV header: first line %q, %d lines", lines[0], len(lines))
+		}
+		for _, sql := range []string{
+			"COPY (SELECT id FROM users ORDER BY id) TO STDOUT",
+			"COPY (SELECT count(*) FROM users) TO STDOUT",
+		} {
+			_, err := pc.CopyTo(ctx, io.Discard, sql)
+			if c := code(err); c != "0A000" {
+				t.Fatalf("%s: %v (SQLSTATE %q), want 0A000", sql, err, c)
+			}
 		}
 		// psql's \copy to a file.
 		outPath := filepath.Join(dir, "out.txt")

@@ -689,7 +689,8 @@ func (sp *copySplitter) truncated(last bool) error {
 	return &clientError{code: "22P04", message: "unexpected EOF in COPY data"}
 }
 
-// copyOutConcat runs COPY table TO STDOUT of a sharded table: the same
+// copyOutConcat runs COPY table TO STDOUT of a sharded table, or COPY
+// (SELECT ...) TO STDOUT over several shards: the same
 // COPY on each shard in turn (a standby as the router picks, one lease at
 // a time), relayed as one COPY: the first shard's CopyOutResponse, every
 // shard's rows (later shards' header line or binary header, and all but

@@ -36,8 +36,9 @@
 //     that shard's primary, each inside a transaction committed only when
 //     every shard took its rows; any error (a bad or NULL key, a
 //     constraint violation on one shard, CopyFail) rolls every shard back
-//     (see copysplit.go); COPY table TO STDOUT of a sharded table runs on
-//     each shard in turn and is relayed as one COPY (one header, one
+//     (see copysplit.go); COPY table TO STDOUT of a sharded table (and
+//     COPY (SELECT ...) TO STDOUT the router lets run on several shards)
+//     runs on each shard in turn and is relayed as one COPY (one header, one
 //     binary signature and trailer, the total row count).
 //
 // The Router should have FunctionCatalog as its router.Config.Functions

@@ -27,7 +27,7 @@ type plan struct {
 	tag      string            //
 	pinned   bool              // run on the transaction's backend
 	split    *router.CopySplit // COPY FROM STDIN whose rows go to their keys' shards (copysplit.go)
-	concat   bool              // COPY table TO STDOUT of every shard, one after the other (copysplit.go)
+	concat   bool              // COPY ... TO STDOUT of several shards, one after the other (copysplit.go)
 	targets  []target
 	preamble []string // run first on a newly leased backend (deferred BEGIN, ...)
 	sql      string   // multi-shard rewrite ("" = as received)

@@ -53,7 +53,7 @@ type analyzer struct {
 	topSelect *pg_query.SelectStmt // the top-level SELECT (set-operation branches are marked)
 	listens   []ListenInfo         // LISTEN/UNLISTEN statements of the text
 	copyIns   []CopyInfo           // COPY ... FROM STDIN statements of the text
-	copyOuts  []CopyInfo           // COPY table TO STDOUT statements of the text
+	copyOuts  []CopyInfo           // COPY table TO STDOUT and COPY (SELECT ...) TO STDOUT statements of the text
 
 	// per top-level statement
 	kind      Kind

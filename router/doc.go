@@ -90,9 +90,11 @@
 // COPY FROM STDIN into a sharded table without a key filter routes to every
 // shard with Decision.CopySplit (the table's key and the topology) and
 // Statement.CopyIn (columns, format and options): the front end sends each
-// row to its key's shard. COPY table TO STDOUT of a sharded table routes
-// to every shard with Decision.CopyConcat: the front end relays the
-// shards' rows one after the other as one COPY. SET/RESET of
+// row to its key's shard. COPY table TO STDOUT of a sharded table, and
+// COPY (SELECT ...) TO STDOUT of a query over several shards whose rows
+// need no merging (no ORDER BY, LIMIT/OFFSET, aggregates; ErrUnsupported
+// otherwise), route to those shards with Decision.CopyConcat: the front
+// end relays the shards' rows one after the other as one COPY. SET/RESET of
 // dbproxy.causal_token and dbproxy.max_staleness are handled by the
 // session and never sent to PostgreSQL.
 //

@@ -91,6 +91,14 @@ const parseVersion int32 = 170007
 
 func refuse(why string) *scatterPlan { return &scatterPlan{refuse: why} }
 
+// concatenates reports whether the shards' rows, one shard after another,
+// are the statement's result: nothing to sort, aggregate, limit or hide.
+func (sp *scatterPlan) concatenates() bool {
+	p := sp.plan
+	return sp.refuse == "" && len(p.Sort) == 0 && len(p.Aggregates) == 0 && p.Limit < 0 && p.Offset == 0 &&
+		p.HiddenColumns == 0 && sp.limitParam == 0 && sp.offsetParam == 0
+}
+
 // lazyScatter plans a single top-level SELECT for several shards on first
 // use: planning clones and deparses the tree, which most statements (routed
 // to one shard) never need. The text is parsed again then; Parse is
@@ -126,6 +134,9 @@ func planScatterSQL(sql string) (sp *scatterPlan) {
 		return refuse("a statement that could not be planned again")
 	}
 	sel := tree.Stmts[0].Stmt.GetSelectStmt()
+	if cp := tree.Stmts[0].Stmt.GetCopyStmt(); cp != nil {
+		sel = cp.GetQuery().GetSelectStmt() // COPY (SELECT ...) TO STDOUT
+	}
 	if sel == nil {
 		return refuse("a statement that could not be planned again")
 	}

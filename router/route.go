@@ -222,7 +222,8 @@ type Decision struct {
 	Statement       *Statement // the statement routed (for EXECUTE: the prepared one)
 	TopologyVersion uint64
 
-	// CopyConcat: COPY table TO STDOUT of a sharded table; the front end
+	// CopyConcat: COPY table TO STDOUT of a sharded table, or COPY
+	// (SELECT ...) TO STDOUT over several shards; the front end
 	// sends the shards' rows one shard after the other (Shards' order) as
 	// one COPY (Statement.CopyOut tells the format).
 	CopyConcat bool
@@ -1010,8 +1011,23 @@ func unionBranches(st *Statement, list []shardedRef) bool {
 
 // checkMultiShard refuses statements that cannot run on several shards.
 func (r *Router) checkMultiShard(tv *topoView, st *Statement) error {
-	if st.explain || st.CopyOut != nil {
+	if st.explain || st.CopyOut != nil && !st.CopyOut.Query {
 		return nil // COPY table TO STDOUT: the front end concatenates the shards' rows
+	}
+	if st.CopyOut != nil {
+		// COPY (SELECT ...) TO STDOUT: concatenated like a table, so only
+		// a query whose rows need no merging can run on several shards.
+		sp := st.scatter.get()
+		if sp == nil {
+			return errorf(ErrShardKeyRequired, "this COPY (query) TO STDOUT cannot run on several shards; fix the shard key")
+		}
+		if sp.refuse != "" {
+			return errorf(ErrShardKeyRequired, "COPY (query) TO STDOUT needs several shards, but %s is not supported; fix the shard key", sp.refuse)
+		}
+		if !sp.concatenates() {
+			return errorf(ErrUnsupported, "COPY (query) TO STDOUT over several shards relays each shard's rows in turn: ORDER BY, LIMIT/OFFSET and aggregates need a single shard; run the query as a SELECT (merged across shards) or fix the shard key")
+		}
+		return nil
 	}
 	name := ""
 	cols := ""

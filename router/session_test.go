@@ -541,6 +541,35 @@ func TestCopyInSplit(t *testing.T) {
 	if d := route(t, r, s, `COPY (SELECT * FROM users WHERE id = 5) TO STDOUT`); d.CopyConcat || len(d.Shards) != 1 {
 		t.Fatalf("COPY of a keyed query: %+v", d)
 	}
+	for _, q := range []string{
+		`COPY (SELECT id, name FROM users WHERE name <> 'x') TO STDOUT (FORMAT csv, HEADER)`,
+		`COPY (SELECT id FROM users UNION ALL SELECT id FROM users) TO STDOUT`,
+	} {
+		d := route(t, r, s, q)
+		if !d.CopyConcat || len(d.Shards) != 2 || d.Statement.CopyOut == nil || !d.Statement.CopyOut.Query {
+			t.Fatalf("%s: %+v", q, d)
+		}
+	}
+	if ci := mustClassify(t, `COPY (SELECT 1) TO STDOUT (FORMAT csv, HEADER)`).CopyOut; ci == nil || !ci.Query || ci.Format != "csv" || !ci.Header {
+		t.Fatalf("COPY (SELECT 1): %+v", ci)
+	}
+	for _, q := range []string{`COPY (SELECT 1) TO '/tmp/x'`, `COPY (DELETE FROM users RETURNING id) TO STDOUT`} {
+		if ci := mustClassify(t, q).CopyOut; ci != nil {
+			t.Fatalf("%s: CopyOut %+v", q, ci)
+		}
+	}
+	for q, want := range map[string]*Error{
+		`COPY (SELECT id FROM users ORDER BY id) TO STDOUT`:    ErrUnsupported,
+		`COPY (SELECT id FROM users LIMIT 10) TO STDOUT`:       ErrUnsupported,
+		`COPY (SELECT count(*) FROM users) TO STDOUT`:          ErrUnsupported,
+		`COPY (SELECT DISTINCT name FROM users) TO STDOUT`:     ErrShardKeyRequired,
+		`COPY (SELECT id FROM users UNION SELECT 1) TO STDOUT`: ErrShardKeyRequired,
+		`COPY (DELETE FROM users RETURNING id) TO STDOUT`:      ErrShardKeyRequired,
+	} {
+		if err := routeErr(t, r, s, q); !errors.Is(err, want) {
+			t.Fatalf("%s: %v, want %v", q, err, want)
+		}
+	}
 	if d := route(t, r, s, `COPY settings FROM STDIN`); d.CopySplit != nil || len(d.Shards) != 1 {
 		t.Fatalf("COPY into an unsharded table: %+v", d)
 	}

@@ -331,7 +331,7 @@ type Statement struct {
 	TempKept             bool        // creates a temporary table that outlives its transaction (no ON COMMIT DROP)
 	HoldCursor           bool        // DECLARE ... CURSOR WITH HOLD (outlives its transaction)
 	CopyIn               *CopyInfo   // COPY table FROM STDIN as the only statement of the text
-	CopyOut              *CopyInfo   // COPY table TO STDOUT as the only statement of the text
+	CopyOut              *CopyInfo   // COPY table TO STDOUT or COPY (SELECT ...) TO STDOUT as the only statement of the text
 
 	Hints     Hints
 	HintError error // a malformed dbproxy hint (Route refuses the statement with 22023)
@@ -379,7 +379,8 @@ func (l ListenInfo) Tag() string {
 // CopyInfo describes COPY table [(columns)] FROM STDIN or TO STDOUT: what
 // a front end needs to split the rows among shards or join theirs.
 type CopyInfo struct {
-	Table   TableRef // the table
+	Table   TableRef // the table (zero for COPY (query) TO STDOUT)
+	Query   bool     // COPY (SELECT ...) TO STDOUT: the rows of a query, not of Table
 	Columns []string // the column list as folded by the parser; nil: every column of the table
 	Format  string   // "text", "csv" or "binary"
 	// Text and CSV options (PostgreSQL's defaults when not written).

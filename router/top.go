@@ -107,7 +107,7 @@ func classify(sql string) (*Statement, error) {
 	st.scopes = a.scopes
 	st.Keys = resolveKeys(st)
 	if len(tree.Stmts) == 1 && st.Kind == KindRead && !st.explain {
-		if sel := tree.Stmts[0].Stmt.GetSelectStmt(); sel != nil {
+		if sel := tree.Stmts[0].Stmt.GetSelectStmt(); sel != nil || st.CopyOut != nil && st.CopyOut.Query {
 			st.scatter = &lazyScatter{sql: sql}
 		}
 	}
@@ -553,11 +553,21 @@ func (a *analyzer) copyStmt(c *pg_query.CopyStmt) {
 	}
 	if c.Query != nil {
 		before := a.kind
+		if sel := c.Query.GetSelectStmt(); sel != nil {
+			a.topSelect = sel // its UNION ALL branches are top-level ones, as in a plain SELECT
+		}
 		a.stmt(c.Query, -1)
 		switch c.Query.GetNode().(type) {
 		case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
 			a.kind = KindWrite
 			a.mustPrimary("COPY (data-modifying statement) TO")
+		case *pg_query.Node_SelectStmt:
+			a.kind = before
+			if c.Filename == "" && !c.IsProgram {
+				ci := copyInfo(TableRef{}, c)
+				ci.Query = true
+				a.copyOuts = append(a.copyOuts, ci)
+			}
 		default:
 			a.kind = before
 		}

@@ -604,13 +604,7 @@ func testProxyBadInput(t *testing.T, env *proxyEnv) {
 		}
 		return err
 	}
-	code := func(err error) string {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return pgErr.Code
-		}
-		return ""
-	}
+	code := errCode
 	base := "host=" + host + " port=" + port + " sslmode=disable "
 	if err := try(base + "user=app password=wrong dbname=app"); code(err) != "28P01" {
 		t.Errorf("wrong password: %v", err)

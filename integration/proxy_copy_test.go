@@ -33,13 +33,7 @@ func TestProxyCopySplit(t *testing.T) {
 	copyIn := func(sql, data string) (pgconn.CommandTag, error) {
 		return pc.CopyFrom(ctx, strings.NewReader(data), sql)
 	}
-	code := func(err error) string {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return pgErr.Code
-		}
-		return ""
-	}
+	code := errCode
 
 	// Text: 1..1000, names with escapes.
 	var text strings.Builder

@@ -39,13 +39,7 @@ func TestProxyDeferredBegin(t *testing.T) {
 			return r.Rows[0], nil
 		},
 	}
-	code := func(err error) string {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			return pgErr.Code
-		}
-		return ""
-	}
+	code := errCode
 	for name, exec := range protocols {
 		t.Run(name, func(t *testing.T) {
 			must := func(pc *pgconn.PgConn, sql string) [][]byte {

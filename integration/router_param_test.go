@@ -178,7 +178,12 @@ func readParamResult(rr *pgconn.ResultReader) paramResult {
 	return r
 }
 
+// errCode is err's SQLSTATE, "" for no error, or "client: " and the error
+// for one that did not come from PostgreSQL or the proxy.
 func errCode(err error) string {
+	if err == nil {
+		return ""
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		return pe.Code

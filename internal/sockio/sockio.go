@@ -16,19 +16,18 @@ import (
 // (deadlines, Close, addresses) is the wrapped connection's.
 type Conn struct {
 	net.Conn
-	rc syscall.RawConn
+	rc   syscall.RawConn
+	r, w half
+}
 
-	rmu    sync.Mutex // serialises Read; guards the fields below
-	rbuf   []byte
-	rn     int
-	rerrno syscall.Errno
-	readFn func(fd uintptr) bool
-
-	wmu     sync.Mutex // serialises Write; guards the fields below
-	wbuf    []byte
-	wn      int
-	werrno  syscall.Errno
-	writeFn func(fd uintptr) bool
+// half is the state of one direction's call in progress, kept in the Conn
+// so that a call allocates nothing.
+type half struct {
+	mu    sync.Mutex // serialises the direction's calls; guards the rest
+	buf   []byte
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool // the RawConn callback, bound once
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn or *net.UnixConn,
@@ -48,8 +47,8 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{Conn: c, rc: rc}
-	w.readFn = w.read
-	w.writeFn = w.write
+	w.r.fn = w.read
+	w.w.fn = w.write
 	return w
 }
 
@@ -62,42 +61,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	c.rmu.Lock()
-	c.rbuf, c.rn, c.rerrno = p, 0, 0
-	err := c.rc.Read(c.readFn)
-	n, errno := c.rn, c.rerrno
-	c.rbuf = nil
-	c.rmu.Unlock()
-	if err != nil {
-		return 0, c.opError("read", err)
-	}
-	if errno != 0 {
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
-	}
-	if n == 0 {
+	n, err := c.run(&c.r, false, p)
+	if err == nil && n == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
-}
-
-// read is the RawConn callback of Read: false means "wait until readable".
-func (c *Conn) read(fd uintptr) bool {
-	p := c.rbuf
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case 0:
-			c.rn = int(r)
-			return true
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		default:
-			c.rerrno = e
-			return true
-		}
-	}
+	return n, err
 }
 
 // Write writes all of p, waiting (write deadline included) while the
@@ -106,36 +74,69 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	c.wmu.Lock()
-	c.wbuf, c.wn, c.werrno = p, 0, 0
-	err := c.rc.Write(c.writeFn)
-	n, errno := c.wn, c.werrno
-	c.wbuf = nil
-	c.wmu.Unlock()
+	return c.run(&c.w, true, p)
+}
+
+// run makes one Read or Write call: h's callback under the RawConn, which
+// waits for readiness whenever the callback returns false.
+func (c *Conn) run(h *half, write bool, p []byte) (int, error) {
+	h.mu.Lock()
+	h.buf, h.n, h.errno = p, 0, 0
+	var err error
+	op := "read"
+	if write {
+		op = "write"
+		err = c.rc.Write(h.fn)
+	} else {
+		err = c.rc.Read(h.fn)
+	}
+	n, errno := h.n, h.errno
+	h.buf = nil
+	h.mu.Unlock()
 	if err != nil {
-		return n, c.opError("write", err)
+		return n, c.opError(op, err)
 	}
 	if errno != 0 {
-		return n, c.opError("write", os.NewSyscallError("write", errno))
+		return n, c.opError(op, os.NewSyscallError(op, errno))
 	}
 	return n, nil
 }
 
-// write is the RawConn callback of Write: false means "wait until
-// writable"; it resumes where the last call stopped.
-func (c *Conn) write(fd uintptr) bool {
-	p := c.wbuf
-	for c.wn < len(p) {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.wn])), uintptr(len(p)-c.wn))
+// read is the RawConn callback of Read: false means "wait until readable".
+func (c *Conn) read(fd uintptr) bool {
+	p := c.r.buf
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch e {
 		case 0:
-			c.wn += int(r)
+			c.r.n = int(r)
+			return true
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
 			return false
 		default:
-			c.werrno = e
+			c.r.errno = e
+			return true
+		}
+	}
+}
+
+// write is the RawConn callback of Write: false means "wait until
+// writable"; it resumes where the last call stopped.
+func (c *Conn) write(fd uintptr) bool {
+	p := c.w.buf
+	for c.w.n < len(p) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[c.w.n])), uintptr(len(p)-c.w.n))
+		switch e {
+		case 0:
+			c.w.n += int(r)
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.w.errno = e
 			return true
 		}
 	}

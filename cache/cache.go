@@ -429,6 +429,19 @@ func (c *Cache) runFill(ctx context.Context, key Key, tables []string, snap snap
 // the change stream delivers the commit. It does not block on I/O and is
 // safe for concurrent use.
 func (c *Cache) Invalidate(tables ...string) {
+	c.InvalidateAfter(nil, tables...)
+}
+
+// InvalidateAfter is Invalidate for a front end that knows where its
+// writes committed: committed returns, for a shard name, the position
+// (LSN) its writes there committed at, 0 for none (a session's causal
+// token). Before the entries are dropped, each shard's fill position
+// (FillMinLSN) is raised to at least that position, so a fill that starts
+// afterwards reads from a backend that has replayed the writes. Without
+// it, until the change stream applied the commit, a read with no token
+// could refill the old value from a replica behind the write and have it
+// served. It does not block on I/O and is safe for concurrent use.
+func (c *Cache) InvalidateAfter(committed func(shard string) uint64, tables ...string) {
 	if len(tables) == 0 {
 		return
 	}
@@ -442,6 +455,13 @@ func (c *Cache) Invalidate(tables ...string) {
 		shards = append(shards, s)
 	}
 	c.mu.Unlock()
+	if committed != nil {
+		for _, s := range shards {
+			// Before the bumps: a fill whose epoch snapshot includes them
+			// reads pending afterwards (see shardState).
+			storeMax(&s.pending, committed(s.name))
+		}
+	}
 	for _, s := range shards {
 		s.bump(keys)
 	}

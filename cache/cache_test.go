@@ -519,6 +519,55 @@ func TestFillMinLSN(t *testing.T) {
 	}
 }
 
+// TestInvalidateAfter: a front end's invalidation with its commit
+// positions raises those shards' fill floor (never lowers it), so a fill
+// started before the change stream applied the commit cannot read the old
+// rows from a replica behind it; the entry filled before is dropped.
+func TestInvalidateAfter(t *testing.T) {
+	c, sh := newUpCache(t, nil)
+	other := c.shard("s1")
+	c.streamUp(other, 100, "test")
+	k := testKey("q")
+	fillAndWait(t, c, k, []string{"kv"}, "old")
+	fillMin := func() uint64 {
+		var seen uint64
+		_, _, err := c.GetOrFill(context.Background(), testKey("q2"), []string{"kv"}, 0, func(ctx context.Context) ([]byte, error) {
+			seen = FillMinLSN(ctx)
+			return []byte("x"), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seen
+	}
+	if got := fillMin(); got != 100 {
+		t.Fatalf("FillMinLSN before = %d, want 100 (the stream's position)", got)
+	}
+	c.InvalidateAfter(func(shard string) uint64 {
+		if shard == "s0" {
+			return 5000
+		}
+		return 0
+	}, "kv")
+	if _, ok := c.Get(k, 0); ok {
+		t.Error("entry served after InvalidateAfter")
+	}
+	if got := fillMin(); got != 5000 {
+		t.Fatalf("FillMinLSN after = %d, want 5000 (the write's commit position)", got)
+	}
+	if got := other.pending.Load(); got != 100 {
+		t.Fatalf("s1's fill position = %d, want 100 (no write there)", got)
+	}
+	c.InvalidateAfter(func(string) uint64 { return 4000 }, "kv")
+	c.applyCommit(sh, []string{"kv"}, false, 4500, time.Now())
+	if got := fillMin(); got != 5000 {
+		t.Fatalf("FillMinLSN after older positions = %d, want 5000 (never lowered)", got)
+	}
+	if got := sh.applied.Load(); got != 4500 {
+		t.Fatalf("applied = %d, want 4500 (InvalidateAfter does not claim the stream applied anything)", got)
+	}
+}
+
 func TestCloseIdempotent(t *testing.T) {
 	c, err := New(DefaultConfig())
 	if err != nil {

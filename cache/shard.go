@@ -22,7 +22,7 @@ import (
 type shardState struct {
 	name    string
 	state   atomic.Uint64
-	pending atomic.Uint64 // LSN of the commit being (or last) applied
+	pending atomic.Uint64 // LSN of the commit being (or last) applied, or higher (InvalidateAfter)
 	applied atomic.Uint64 // LSN up to which every commit is applied
 
 	mu     sync.Mutex

@@ -493,10 +493,14 @@ func (c *Connector) primaryConnString(name string) (string, error) {
 	return "", fmt.Errorf("shard %s has no primary", name)
 }
 
-// invalidate drops cached reads of tables after a committed write.
+// invalidate drops cached reads of tables after a committed write; call it
+// after recordCommit, so that the session's causal positions become the
+// cache's fill floor (no read refills the old rows from a replica behind
+// the write).
 func (cn *conn) invalidate(tables []string) {
 	if c := cn.cache; c != nil && len(tables) > 0 {
-		c.Invalidate(tables...)
+		tok := cn.sess.CausalToken()
+		c.InvalidateAfter(func(shard string) uint64 { return uint64(tok.LSN(shard)) }, tables...)
 	}
 }
 

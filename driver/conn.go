@@ -685,10 +685,12 @@ func (cn *conn) afterStatement(ctx context.Context, b *backend, st *router.State
 		cn.txBroken = fmt.Errorf("dbproxy driver: the transaction ended early (%s)", describeEnd(tag, err))
 	}
 	if cn.txWrote && b.primary && !strings.HasPrefix(tag, "ROLLBACK") && err == nil {
-		cn.invalidate(cn.txTables) // the change stream will too; this is sooner
-		if lsn, lerr := b.lease.CurrentLSN(ctx); lerr == nil {
+		lsn, lerr := b.lease.CurrentLSN(ctx)
+		if lerr == nil {
 			cn.recordCommit(b.shard, lsn, o.tracker)
-		} else if !isServerError(lerr) {
+		}
+		cn.invalidate(cn.txTables) // the change stream will too; this is sooner
+		if lerr != nil && !isServerError(lerr) {
 			cn.txWrote, cn.trackers, cn.txTables = false, cn.trackers[:0], cn.txTables[:0]
 			b.lease.Discard(lerr)
 			return

@@ -131,11 +131,11 @@ func (cn *conn) broadcast(ctx context.Context, d router.Decision, st *router.Sta
 		}
 		tag, err := cn.exec(ctx, b, st, sqlText, args)
 		if err == nil && writes(st) && b.pc.TxStatus() == 'I' {
-			cn.invalidate(writtenTables(nil, st))
 			lsn, lerr := b.lease.CurrentLSN(ctx)
 			if lerr == nil {
 				cn.recordCommit(t.ID, lsn, o.tracker)
 			}
+			cn.invalidate(writtenTables(nil, st))
 			err = lerr
 		}
 		if err == nil && b.pc.TxStatus() != 'I' {

@@ -640,7 +640,9 @@ func (c *clientConn) invalidateStatement(st *router.Statement) {
 
 // invalidateCacheWrites invalidates the tables written since the backend
 // was last idle; the pump calls it when the backend is idle again, before
-// the client gets ReadyForQuery.
+// the client gets ReadyForQuery. The session's causal positions (its
+// writes' commit positions) become the cache's fill floor, so no read,
+// from any session, refills the old rows from a replica behind them.
 func (c *clientConn) invalidateCacheWrites() {
 	if c.srv.cache == nil {
 		return
@@ -648,8 +650,9 @@ func (c *clientConn) invalidateCacheWrites() {
 	c.mu.Lock()
 	w := c.cacheState.written
 	c.cacheState.written = nil
+	tok := c.sess.rs.CausalToken()
 	c.mu.Unlock()
 	if len(w) > 0 {
-		c.srv.cache.Invalidate(w...)
+		c.srv.cache.InvalidateAfter(func(shard string) uint64 { return uint64(tok.LSN(shard)) }, w...)
 	}
 }

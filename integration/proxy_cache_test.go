@@ -67,6 +67,10 @@ func TestProxyCache(t *testing.T) {
 // testProxyCacheSession checks hits while the client keeps a parked
 // backend (session pooling), and read-your-writes on that backend.
 func testProxyCacheSession(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	// Each mode's session starts from the last one's causal token, as an
+	// application hands it on: a fresh session without it may read a
+	// standby that has not replayed the last session's writes yet.
+	token := ""
 	for _, mode := range []string{"simple_protocol", "cache_statement"} {
 		t.Run(mode, func(t *testing.T) {
 			conn, err := pgx.Connect(ctx, env.dsn("default_query_exec_mode="+mode))
@@ -74,6 +78,12 @@ func testProxyCacheSession(t *testing.T, ctx context.Context, env *proxyEnv, cc 
 				t.Fatal(err)
 			}
 			defer conn.Close(ctx)
+			defer func() { token = conn.PgConn().ParameterStatus("dbproxy.causal_token") }()
+			if token != "" {
+				if _, err := conn.Exec(ctx, "SET dbproxy.causal_token = '"+token+"'"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			const id = 9
 			// A statement that keeps a backend parked for the session.
 			if _, err := conn.Exec(ctx, `SELECT 1`); err != nil {

@@ -95,7 +95,11 @@
 // invalidation lag, Stats().InvalidationLag) a read without a token may be
 // served the previous value: the cache is eventually consistent, bounded by
 // the lag, and read-your-writes through tokens. A front end may call
-// Invalidate after its own writes to shorten that window for its sessions.
+// Invalidate after its own writes to shorten that window; it should call
+// InvalidateAfter with the writes' commit positions instead, which also
+// raises the shards' FillMinLSN to them, or a fill racing with the
+// invalidation could read the old rows from a replica behind the write
+// and store them until the stream applies the commit.
 //
 // # What the stream cannot see
 //

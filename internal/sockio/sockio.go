@@ -150,5 +150,10 @@ func (c *Conn) opError(op string, err error) error {
 	if oe, ok := err.(*net.OpError); ok {
 		err = oe.Err
 	}
-	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	la := c.LocalAddr()
+	network := ""
+	if la != nil {
+		network = la.Network()
+	}
+	return &net.OpError{Op: op, Net: network, Source: la, Addr: c.RemoteAddr(), Err: err}
 }

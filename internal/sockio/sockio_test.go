@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -102,6 +103,44 @@ func TestLargeTransfer(t *testing.T) {
 	}
 	if !bytes.Equal(back, out[:size/2]) {
 		t.Fatal("received different bytes")
+	}
+}
+
+// TestUnixSocket: a Unix stream connection (an unnamed client end) is
+// wrapped and works, errors included.
+func TestUnixSocket(t *testing.T) {
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.Close()
+	}()
+	nc, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ok := Wrap(nc).(*Conn)
+	if !ok {
+		t.Fatalf("Wrap(%T) did not wrap", nc)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo = %q, %v", buf, err)
+	}
+	c.SetReadDeadline(time.Now())
+	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline = %v", err)
 	}
 }
 

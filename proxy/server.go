@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/dbproxy/dbproxy/internal/sockio"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dbproxy/dbproxy/cache"
+	"github.com/dbproxy/dbproxy/internal/sockio"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
 	"github.com/dbproxy/dbproxy/shard"

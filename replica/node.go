@@ -3,13 +3,13 @@ package replica
 import (
 	"context"
 	"fmt"
-	"github.com/dbproxy/dbproxy/internal/sockio"
 	"hash/fnv"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/dbproxy/dbproxy/internal/sockio"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 )

@@ -1014,21 +1014,6 @@ func (r *Router) checkMultiShard(tv *topoView, st *Statement) error {
 	if st.explain || st.CopyOut != nil && !st.CopyOut.Query {
 		return nil // COPY table TO STDOUT: the front end concatenates the shards' rows
 	}
-	if st.CopyOut != nil {
-		// COPY (SELECT ...) TO STDOUT: concatenated like a table, so only
-		// a query whose rows need no merging can run on several shards.
-		sp := st.scatter.get()
-		if sp == nil {
-			return errorf(ErrShardKeyRequired, "this COPY (query) TO STDOUT cannot run on several shards; fix the shard key")
-		}
-		if sp.refuse != "" {
-			return errorf(ErrShardKeyRequired, "COPY (query) TO STDOUT needs several shards, but %s is not supported; fix the shard key", sp.refuse)
-		}
-		if !sp.concatenates() {
-			return errorf(ErrUnsupported, "COPY (query) TO STDOUT over several shards relays each shard's rows in turn: ORDER BY, LIMIT/OFFSET and aggregates need a single shard; run the query as a SELECT (merged across shards) or fix the shard key")
-		}
-		return nil
-	}
 	name := ""
 	cols := ""
 	for _, t := range st.Tables {
@@ -1041,9 +1026,15 @@ func (r *Router) checkMultiShard(tv *topoView, st *Statement) error {
 		return errorf(ErrShardKeyRequired, "table %s is sharded by (%s) and this %s cannot run on several shards; fix the shard key",
 			name, cols, st.Command)
 	}
-	if sp := st.scatter.get(); sp.refuse != "" {
+	sp := st.scatter.get()
+	if sp.refuse != "" {
 		return errorf(ErrShardKeyRequired, "table %s is sharded by (%s) and the statement needs several shards, but %s is not supported; fix the shard key",
 			name, cols, sp.refuse)
+	}
+	if st.CopyOut != nil && !sp.concatenates() {
+		// COPY (SELECT ...) TO STDOUT is relayed like a table's COPY, one
+		// shard after another: only rows that need no merging qualify.
+		return errorf(ErrUnsupported, "COPY (query) TO STDOUT over several shards relays each shard's rows in turn: ORDER BY, LIMIT/OFFSET and aggregates need a single shard; run the query as a SELECT (merged across shards) or fix the shard key")
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -254,7 +255,7 @@ func newCopySplitter(ctx context.Context, ci *router.CopyInfo, split *router.Cop
 	sp := &copySplitter{ci: ci, table: split.Table.Name, topo: split.Topology, types: split.Table.Types, ncols: len(cols),
 		header: ci.Header && ci.Format != "binary", keyParts: make([]shard.Key, len(split.Table.Columns))}
 	for _, kc := range split.Table.Columns {
-		i := indexOf(cols, kc)
+		i := slices.Index(cols, kc)
 		if i < 0 {
 			return nil, newClientError(codeFeatureNotSupported, fmt.Sprintf("COPY into table %s, sharded by (%s), must include the column %s",
 				split.Table.Name, strings.Join(split.Table.Columns, ", "), kc))
@@ -263,15 +264,6 @@ func newCopySplitter(ctx context.Context, ci *router.CopyInfo, split *router.Cop
 		sp.maxIdx = max(sp.maxIdx, i)
 	}
 	return sp, nil
-}
-
-func indexOf(list []string, s string) int {
-	for i, v := range list {
-		if v == s {
-			return i
-		}
-	}
-	return -1
 }
 
 // write takes the next CopyData payload.

@@ -101,7 +101,7 @@ func (cn *conn) cachedQuery(ctx context.Context, d router.Decision, st *router.S
 	})
 	maxStale := d.MaxStaleness
 	fill := func(fctx context.Context) ([]byte, error) {
-		req := replica.PickRequest{MinLSN: max(target.MinLSN, replica.LSN(cache.FillMinLSN(fctx))), MaxStaleness: maxStale}
+		req := replica.PickRequest{MinLSN: max(target.MinLSN, replica.LSN(cache.FillMinLSN(fctx))), MaxStaleness: maxStale, HashKey: d.ReadKey}
 		var lastErr error
 		for attempt := 0; attempt < maxAttempts; attempt++ {
 			b, err := cn.acquire(fctx, target.ID, false, req, skey)

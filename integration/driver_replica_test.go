@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dbproxy/dbproxy/config"
 	"github.com/dbproxy/dbproxy/driver"
 	"github.com/dbproxy/dbproxy/internal/pgcluster"
 )
@@ -175,6 +176,40 @@ func TestDriverReplicas(t *testing.T) {
 		}
 		if share <= 0.20 {
 			t.Fatalf("standbys served only %.1f%% of reads", 100*share)
+		}
+	})
+
+	t.Run("hash balancing", func(t *testing.T) {
+		// balance = hash: a read with the same text and parameter values
+		// always lands on the same standby; different values spread.
+		hcfg := driverConfig(t, clusters, "counters(id:int)", func(c *config.Config) { c.Routing.Balance = config.Hash })
+		hashed := openDriverEnv(t, clusters, hcfg)
+		standbyPorts := map[int]string{}
+		for _, n := range allStandbys() {
+			standbyPorts[n.Port] = n.Name
+		}
+		byKey := map[int]int{}
+		used := map[string]int{}
+		for round := 0; round < 3; round++ {
+			for k := 0; k < keys; k++ {
+				var v int64
+				var port int
+				if err := hashed.db.QueryRowContext(ctx, `SELECT v, inet_server_port() FROM counters WHERE id = $1`, k).Scan(&v, &port); err != nil {
+					t.Fatal(err)
+				}
+				name, ok := standbyPorts[port]
+				if !ok {
+					t.Fatalf("key %d: read served by port %d, not a standby", k, port)
+				}
+				if prev, seen := byKey[k]; seen && prev != port {
+					t.Fatalf("key %d: read from %s, then from port %d", k, standbyPorts[prev], port)
+				}
+				byKey[k] = port
+				used[name]++
+			}
+		}
+		if len(used) != len(standbyPorts) {
+			t.Fatalf("reads of %d keys used standbys %v of %d", keys, used, len(standbyPorts))
 		}
 	})
 

@@ -51,6 +51,13 @@ func appConnString(n *pgcluster.Node) string {
 // Everything is stopped by t.Cleanup.
 func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster, mut func(*proxy.Config), deps ...func(*proxy.Deps)) *proxyEnv {
 	t.Helper()
+	return startProxyEnvWith(t, ctx, clusters, nil, mut, deps...)
+}
+
+// startProxyEnvWith is startProxyEnv whose replica sets' config rmut may
+// adjust (a balancing policy, for instance).
+func startProxyEnvWith(t testing.TB, ctx context.Context, clusters []*pgcluster.Cluster, rmut func(*replica.Config), mut func(*proxy.Config), deps ...func(*proxy.Deps)) *proxyEnv {
+	t.Helper()
 	env := &proxyEnv{clusters: clusters, sets: map[shard.ID]*replica.Set{}, ctx: ctx}
 	for i, c := range clusters {
 		rc := replica.DefaultConfig()
@@ -59,6 +66,9 @@ func startProxyEnv(t testing.TB, ctx context.Context, clusters []*pgcluster.Clus
 			rc.Nodes = append(rc.Nodes, replica.NodeConfig{Name: fmt.Sprintf("s%d-standby%d", i, j+1), ConnString: appConnString(sb), Role: replica.RoleStandby})
 		}
 		rc.PoolSize = 20
+		if rmut != nil {
+			rmut(&rc)
+		}
 		set, err := replica.NewSet(ctx, rc)
 		if err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/shard"
 )
@@ -203,8 +204,14 @@ type Decision struct {
 	Shards       []ShardTarget // one or more (sorted by ID); empty for ActionLocal
 	Target       Target
 	MaxStaleness time.Duration // replica reads: staleness bound (0 = the replica set's default)
-	Cacheable    bool          // the result may be served from / stored in the cache
-	Reason       string        // why the primary, when Target == TargetPrimary because of the statement
+	// ReadKey, for replica reads: a hash (xxhash, the same in every
+	// process) of the statement's text and parameter values, for
+	// replica.PickRequest.HashKey, so that the hash balancing policy
+	// reads the same statement with the same values from the same
+	// standby. 0 for other decisions.
+	ReadKey   uint64
+	Cacheable bool   // the result may be served from / stored in the cache
+	Reason    string // why the primary, when Target == TargetPrimary because of the statement
 
 	// Pinned: inside a transaction; run on the backend this session already
 	// holds for Shards[0] (the one leased for the transaction's first
@@ -573,6 +580,7 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 	}
 	d.Target = TargetReplica
 	d.Cacheable = cacheable
+	d.ReadKey = readKey(st.SQL, params)
 	d.MaxStaleness = r.cfg.MaxStaleness
 	if s.hasStaleness {
 		d.MaxStaleness = s.maxStaleness
@@ -590,6 +598,27 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 		d.Shards[i].MinLSN = max(s.causal.LSN(n), ctxTok.LSN(n), hintTok.LSN(n))
 	}
 	return d, r.finishMerge(&d, merge, params)
+}
+
+// readKey is Decision.ReadKey: xxhash of sql, then of each parameter's
+// format and value (length-prefixed, so that values cannot run into each
+// other; -1 for NULL). Never 0.
+func readKey(sql string, params []Param) uint64 {
+	var d xxhash.Digest
+	d.Reset()
+	_, _ = d.WriteString(sql)
+	var hdr [6]byte
+	for _, p := range params {
+		n := uint32(len(p.Value))
+		if p.Value == nil {
+			n = ^uint32(0)
+		}
+		binary.LittleEndian.PutUint16(hdr[:2], uint16(p.Format))
+		binary.LittleEndian.PutUint32(hdr[2:], n)
+		_, _ = d.Write(hdr[:])
+		_, _ = d.Write(p.Value)
+	}
+	return d.Sum64() | 1
 }
 
 func (v *topoView) nameList(ids []shard.ID) []string {

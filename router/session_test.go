@@ -578,3 +578,50 @@ func TestCopyInSplit(t *testing.T) {
 		t.Fatalf("COPY into a sharded table inside a transaction: %v", err)
 	}
 }
+
+// TestReadKey: replica reads carry a key of their text and parameter
+// values (replica.PickRequest.HashKey); other decisions none.
+func TestReadKey(t *testing.T) {
+	r := newTestRouter(t)
+	s := r.NewSession()
+	key := func(sql string, params ...Param) uint64 {
+		t.Helper()
+		return route(t, r, s, sql, params...).ReadKey
+	}
+	a := key("SELECT * FROM users WHERE id = 1")
+	if a == 0 || a != key("SELECT * FROM users WHERE id = 1") {
+		t.Fatalf("same read: keys %x and %x", a, key("SELECT * FROM users WHERE id = 1"))
+	}
+	if b := key("SELECT * FROM users WHERE id = 2"); b == a {
+		t.Fatalf("other literal, same key %x", b)
+	}
+	const q = "SELECT * FROM users WHERE id = 7 AND name = $1 AND email = $2"
+	p := func(vals ...[]byte) []Param {
+		out := make([]Param, len(vals))
+		for i, v := range vals {
+			out[i] = Param{Value: v}
+		}
+		return out
+	}
+	k1 := key(q, p([]byte("x"), []byte("ab"))...)
+	if k1 != key(q, p([]byte("x"), []byte("ab"))...) {
+		t.Fatal("same parameters, different keys")
+	}
+	seen := map[uint64][]Param{}
+	for _, ps := range [][]Param{
+		p([]byte("x"), []byte("ab")),
+		p([]byte("xa"), []byte("b")), // values do not run into each other
+		p([]byte("x"), []byte("")),
+		p([]byte("x"), nil), // NULL differs from ''
+		{{Value: []byte("x")}, {Value: []byte("ab"), Format: 1}},
+	} {
+		k := key(q, ps...)
+		if prev, dup := seen[k]; dup {
+			t.Fatalf("parameters %v and %v: same key %x", prev, ps, k)
+		}
+		seen[k] = ps
+	}
+	if d := route(t, r, s, "UPDATE users SET name = 'x' WHERE id = 1"); d.Target != TargetPrimary || d.ReadKey != 0 {
+		t.Fatalf("write: %+v", d)
+	}
+}

@@ -204,14 +204,14 @@ type Decision struct {
 	Shards       []ShardTarget // one or more (sorted by ID); empty for ActionLocal
 	Target       Target
 	MaxStaleness time.Duration // replica reads: staleness bound (0 = the replica set's default)
+	Cacheable    bool          // the result may be served from / stored in the cache
+	Reason       string        // why the primary, when Target == TargetPrimary because of the statement
 	// ReadKey, for replica reads: a hash (xxhash, the same in every
 	// process) of the statement's text and parameter values, for
 	// replica.PickRequest.HashKey, so that the hash balancing policy
 	// reads the same statement with the same values from the same
 	// standby. 0 for other decisions.
-	ReadKey   uint64
-	Cacheable bool   // the result may be served from / stored in the cache
-	Reason    string // why the primary, when Target == TargetPrimary because of the statement
+	ReadKey uint64
 
 	// Pinned: inside a transaction; run on the backend this session already
 	// holds for Shards[0] (the one leased for the transaction's first

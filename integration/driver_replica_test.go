@@ -184,33 +184,12 @@ func TestDriverReplicas(t *testing.T) {
 		// always lands on the same standby; different values spread.
 		hcfg := driverConfig(t, clusters, "counters(id:int)", func(c *config.Config) { c.Routing.Balance = config.Hash })
 		hashed := openDriverEnv(t, clusters, hcfg)
-		standbyPorts := map[int]string{}
-		for _, n := range allStandbys() {
-			standbyPorts[n.Port] = n.Name
-		}
-		byKey := map[int]int{}
-		used := map[string]int{}
-		for round := 0; round < 3; round++ {
-			for k := 0; k < keys; k++ {
-				var v int64
-				var port int
-				if err := hashed.db.QueryRowContext(ctx, `SELECT v, inet_server_port() FROM counters WHERE id = $1`, k).Scan(&v, &port); err != nil {
-					t.Fatal(err)
-				}
-				name, ok := standbyPorts[port]
-				if !ok {
-					t.Fatalf("key %d: read served by port %d, not a standby", k, port)
-				}
-				if prev, seen := byKey[k]; seen && prev != port {
-					t.Fatalf("key %d: read from %s, then from port %d", k, standbyPorts[prev], port)
-				}
-				byKey[k] = port
-				used[name]++
-			}
-		}
-		if len(used) != len(standbyPorts) {
-			t.Fatalf("reads of %d keys used standbys %v of %d", keys, used, len(standbyPorts))
-		}
+		checkStickyReads(t, allStandbys(), keys, func(k int) (int, error) {
+			var v int64
+			var port int
+			err := hashed.db.QueryRowContext(ctx, `SELECT v, inet_server_port() FROM counters WHERE id = $1`, k).Scan(&v, &port)
+			return port, err
+		})
 	})
 
 	t.Run("killed standby", func(t *testing.T) {

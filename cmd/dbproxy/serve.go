@@ -20,7 +20,6 @@ import (
 
 	"github.com/dbproxy/dbproxy/cache"
 	"github.com/dbproxy/dbproxy/config"
-	"github.com/dbproxy/dbproxy/internal/gctune"
 	"github.com/dbproxy/dbproxy/proxy"
 	"github.com/dbproxy/dbproxy/replica"
 	"github.com/dbproxy/dbproxy/router"
@@ -92,7 +91,6 @@ type runningProxy struct {
 	cache  *cache.Cache // nil when [cache] is off
 	status *http.Server
 	cancel context.CancelFunc
-	tuned  chan struct{} // closed when the GC tuner (gctune.Run) has ended
 }
 
 // startProxy builds the runtime the config describes (topology, a replica
@@ -163,11 +161,6 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	rp.cancel = cancel
-	rp.tuned = make(chan struct{})
-	go func() {
-		defer close(rp.tuned)
-		gctune.Run(sctx, gctune.MinHeap, time.Second) // process-wide, as threads
-	}()
 	go func() { rp.done <- rp.srv.Serve(sctx, ln) }()
 	return rp, nil
 }
@@ -182,7 +175,6 @@ func (rp *runningProxy) stop(stderr io.Writer) {
 		fmt.Fprintf(stderr, "dbproxy: closing proxy: %v\n", err)
 	}
 	rp.cancel()
-	<-rp.tuned
 	if rp.status != nil {
 		rp.status.Shutdown(ctx)
 	}

@@ -24,7 +24,6 @@ const module = "github.com/dbproxy/dbproxy"
 var allowed = map[string][]string{
 	// layer 0: socket I/O under the pools and the proxy's listener.
 	"internal/sockio": nil,
-	"internal/gctune": nil, // the binary's garbage-collector floor
 	// layer 1: import nothing from this module but layer 0.
 	"shard":   nil,
 	"replica": {"internal/sockio"},

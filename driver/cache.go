@@ -99,9 +99,10 @@ func (cn *conn) cachedQuery(ctx context.Context, d router.Decision, st *router.S
 		Params:       args.values,
 		ParamFormats: args.formats,
 	})
-	maxStale := d.MaxStaleness
+	pick := d.Pick(target)
 	fill := func(fctx context.Context) ([]byte, error) {
-		req := replica.PickRequest{MinLSN: max(target.MinLSN, replica.LSN(cache.FillMinLSN(fctx))), MaxStaleness: maxStale, HashKey: d.ReadKey}
+		req := pick
+		req.MinLSN = max(req.MinLSN, replica.LSN(cache.FillMinLSN(fctx)))
 		var lastErr error
 		for attempt := 0; attempt < maxAttempts; attempt++ {
 			b, err := cn.acquire(fctx, target.ID, false, req, skey)

@@ -508,7 +508,7 @@ func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Sta
 				cn.pin = nil
 			}
 			var err error
-			b, err = cn.acquire(ctx, target.ID, d.Target == router.TargetPrimary, replica.PickRequest{MinLSN: target.MinLSN, MaxStaleness: d.MaxStaleness, HashKey: d.ReadKey}, cn.sessionKey())
+			b, err = cn.acquire(ctx, target.ID, d.Target == router.TargetPrimary, d.Pick(target), cn.sessionKey())
 			if err != nil {
 				if retryable(err, readOnly) && ctx.Err() == nil && attempt+1 < maxAttempts {
 					lastErr = err

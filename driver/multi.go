@@ -86,7 +86,7 @@ func (cn *conn) readShard(ctx context.Context, t router.ShardTarget, d router.De
 	var err error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		var b *backend
-		b, err = cn.acquire(ctx, t.ID, d.Target == router.TargetPrimary, replica.PickRequest{MinLSN: t.MinLSN, MaxStaleness: d.MaxStaleness, HashKey: d.ReadKey}, key)
+		b, err = cn.acquire(ctx, t.ID, d.Target == router.TargetPrimary, d.Pick(t), key)
 		if err != nil {
 			if retryable(err, true) && ctx.Err() == nil {
 				continue

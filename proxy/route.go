@@ -195,7 +195,7 @@ func (s *Server) toPlan(d router.Decision, st *router.Statement) plan {
 	for _, sh := range d.Shards {
 		t := target{shard: sh.ID, primary: d.Target == router.TargetPrimary, name: sh.Name}
 		if !t.primary {
-			t.pick = replica.PickRequest{MinLSN: sh.MinLSN, MaxStaleness: d.MaxStaleness, HashKey: d.ReadKey}
+			t.pick = d.Pick(sh)
 		}
 		p.targets = append(p.targets, t)
 	}

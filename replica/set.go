@@ -45,7 +45,8 @@ type PickRequest struct {
 	// (Pick returns the primary at once, not counted as a fallback).
 	MaxStaleness time.Duration
 	// HashKey selects the standby under the Hash policy (the front ends
-	// pass router.Decision.ReadKey: the statement text and its values).
+	// pass router.Decision.ReadKey, through Decision.Pick: the statement
+	// text and its values).
 	HashKey uint64
 	// NoFallback makes Pick fail with ErrNoHealthyReplica instead of
 	// returning the primary when no standby qualifies in time.

@@ -600,6 +600,13 @@ func (r *Router) routeStatement(ctx context.Context, tv *topoView, s *Session, s
 	return d, r.finishMerge(&d, merge, params)
 }
 
+// Pick is the replica request for target t of d (one of d.Shards): its
+// read-your-writes position, d's staleness bound and d's ReadKey. Only
+// meaningful when d.Target is TargetReplica.
+func (d Decision) Pick(t ShardTarget) replica.PickRequest {
+	return replica.PickRequest{MinLSN: t.MinLSN, MaxStaleness: d.MaxStaleness, HashKey: d.ReadKey}
+}
+
 // readKey is Decision.ReadKey: xxhash of sql, then of each parameter's
 // format and value (length-prefixed, so that values cannot run into each
 // other; -1 for NULL). Never 0.

@@ -865,8 +865,8 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 		return
 	}
 	c.wmu.Lock()
-	c.fe.Send(errorResponse(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err}, "FATAL"))
-	_ = c.fe.Flush()
+	c.queue(errorResponse(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err}, "FATAL"))
+	_ = c.flushClientLocked(true)
 	c.wmu.Unlock()
 	_ = c.netConn.Close()
 }
@@ -875,25 +875,8 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 // before it is written out without waiting for a flush point.
 const clientFlushBytes = 32 << 10
 
-// queue encodes msg for the client; it is written at the next flush.
-// Called with c.wmu held.
-func (c *clientConn) queue(msg pgproto3.BackendMessage) {
-	c.fe.Send(msg)
-	c.unflushed += approxSize(msg)
-}
-
-// flushClientLocked writes what is queued for the client when force is
-// set or clientFlushBytes are queued. Called with c.wmu held.
-func (c *clientConn) flushClientLocked(force bool) error {
-	if !force && c.unflushed < clientFlushBytes {
-		return nil
-	}
-	c.unflushed = 0
-	return c.fe.Flush()
-}
-
 // approxSize is about the wire size of a backend message, for deciding
-// when to write a long result out.
+// when to write a long result out through a traced Backend.
 func approxSize(msg pgproto3.BackendMessage) int {
 	switch m := msg.(type) {
 	case rawMessage:

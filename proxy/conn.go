@@ -30,9 +30,9 @@ type clientConn struct {
 	netConn net.Conn
 	box     *protoBox         // holds fe (idle.go); nil while deep idle (under wmu)
 	fe      *pgproto3.Backend // the client side of the protocol (we are its backend); Flush writes to netConn; nil while deep idle (idle.go)
-	wmu     sync.Mutex        // serializes writes to the client (fe.Send/Flush, unflushed) and guards fe and box (deep idle)
-	// unflushed approximates the bytes sent to fe since its last Flush,
-	// so that a long result is written out in pieces (under wmu).
+	wmu     sync.Mutex        // serializes writes to the client (queue/flushClientLocked, unflushed) and guards fe and box (deep idle)
+	// unflushed is the bytes queued for the client since the last flush
+	// (out.go), so that a long result is written out in pieces (under wmu).
 	unflushed int
 	start     time.Time
 	remote    string
@@ -289,7 +289,7 @@ func (c *clientConn) acceptStartup(m *pgproto3.StartupMessage) stateFn {
 	if m.ProtocolVersion == pgproto3.ProtocolVersion32 || len(unknown) > 0 {
 		// We speak 3.0 (4-byte cancel keys); tell the client.
 		c.wmu.Lock()
-		c.fe.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
+		c.queue(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
 		c.wmu.Unlock()
 	}
 	return c.stateAuth

@@ -169,6 +169,13 @@ type protoBox struct {
 	nc   net.Conn  // the holder's connection
 	f    framing   // of the bytes handed to fe
 	pend pendReader
+
+	// Client write buffering (out.go).
+	out    []byte  // encoded messages not yet written
+	outErr error   // the first encoding error since the last flush
+	small  []byte  // the box's own buffer while out is a large one
+	big    *[]byte // out's buffer from bigOutPool, nil if none
+	traced bool    // messages go through fe, whose tracer sees them
 }
 
 func newProtoBox() *protoBox {
@@ -241,6 +248,7 @@ func (c *clientConn) takeBox(resume bool) {
 	}
 	b.hold(c.netConn, resume, pending)
 	b.fe.SetMaxBodyLen(c.srv.cfg.MaxMessageBytes)
+	b.traced = c.srv.cfg.Trace != nil
 	if w := c.srv.cfg.Trace; w != nil {
 		b.fe.Trace(&syncWriter{w: w, mu: &c.srv.traceMu, c: c}, pgproto3.TracerOptions{})
 	}
@@ -254,7 +262,7 @@ func (c *clientConn) putBox() {
 	c.box, c.fe = nil, nil
 	// Nothing is queued for the client (unflushed is 0); were anything
 	// left, it would go to this client, never to the next holder.
-	if err := b.fe.Flush(); err != nil {
+	if err := b.flushOut(true); err != nil {
 		return
 	}
 	b.hold(nil, false, nil)

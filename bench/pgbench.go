@@ -19,6 +19,17 @@ const hotSetScript = `\set aid random(1, 1000)
 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 `
 
+// rangeRows is how many consecutive accounts the range-scan reads.
+const rangeRows = 10000
+
+// rangeScanScript is the range-scan read: rangeRows consecutive accounts
+// (about 1 MB of rows) from a random start, a long result streamed through
+// the target.
+func rangeScanScript(scale int) string {
+	return fmt.Sprintf("\\set aid random(1, %d)\nSELECT * FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + %d;\n",
+		scale*100000-rangeRows+1, rangeRows-1)
+}
+
 // samplingRate limits pgbench's per-transaction log (-l) to a tenth of the
 // transactions; percentiles are computed from that sample.
 const samplingRate = 0.1
@@ -60,6 +71,12 @@ func (e *env) runPgbench(ctx context.Context, w Workload, ep endpoint, dur time.
 	case KindHotSet:
 		script := filepath.Join(dir, "hotset.sql")
 		if err := os.WriteFile(script, []byte(hotSetScript), 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "-f", script)
+	case KindRangeScan:
+		script := filepath.Join(dir, "range.sql")
+		if err := os.WriteFile(script, []byte(rangeScanScript(e.cfg.Scale)), 0o644); err != nil {
 			return nil, err
 		}
 		args = append(args, "-f", script)

@@ -31,6 +31,7 @@ const (
 	KindSelectOnly     Kind = "select-only"      // pgbench -S
 	KindTPCB           Kind = "tpcb"             // pgbench built-in TPC-B-like
 	KindHotSet         Kind = "hot-set"          // pgbench -f: one of 1,000 accounts
+	KindRangeScan      Kind = "range-scan"       // pgbench -f: 10,000 consecutive accounts (a long result)
 	KindPointSelect    Kind = "select-go"        // Go: database/sql point select of a random account (every target, the driver too)
 	KindReadAfterWrite Kind = "read-after-write" // Go: write a key, read it back at once
 	KindShardWrites    Kind = "shard-writes"     // Go: upserts over 2 shards by key
@@ -39,9 +40,11 @@ const (
 )
 
 // Kinds lists every workload kind.
-var Kinds = []Kind{KindSelectOnly, KindTPCB, KindHotSet, KindPointSelect, KindReadAfterWrite, KindShardWrites, KindConnStorm, KindIdleConns}
+var Kinds = []Kind{KindSelectOnly, KindTPCB, KindHotSet, KindRangeScan, KindPointSelect, KindReadAfterWrite, KindShardWrites, KindConnStorm, KindIdleConns}
 
-func (k Kind) pgbench() bool { return k == KindSelectOnly || k == KindTPCB || k == KindHotSet }
+func (k Kind) pgbench() bool {
+	return k == KindSelectOnly || k == KindTPCB || k == KindHotSet || k == KindRangeScan
+}
 
 // memory reports whether the kind measures the target's memory rather than
 // throughput and latency (it has no TPS and no latency).
@@ -118,6 +121,8 @@ func DefaultConfig() Config {
 	ws = append(ws,
 		Workload{Kind: KindHotSet, Mode: "simple", Clients: 16},
 		Workload{Kind: KindHotSet, Mode: "prepared", Clients: 16},
+		Workload{Kind: KindRangeScan, Mode: "simple", Clients: 8},
+		Workload{Kind: KindRangeScan, Mode: "extended", Clients: 8},
 		Workload{Kind: KindPointSelect, Clients: 16},
 		Workload{Kind: KindReadAfterWrite, Clients: 16},
 		Workload{Kind: KindShardWrites, Clients: 16},
@@ -153,6 +158,7 @@ func QuickConfig() Config {
 		{Kind: KindSelectOnly, Mode: "prepared", Clients: 8},
 		{Kind: KindTPCB, Mode: "extended", Clients: 8},
 		{Kind: KindHotSet, Mode: "simple", Clients: 8},
+		{Kind: KindRangeScan, Mode: "extended", Clients: 4},
 		{Kind: KindPointSelect, Clients: 8},
 		{Kind: KindReadAfterWrite, Clients: 8},
 		{Kind: KindShardWrites, Clients: 8},

@@ -260,7 +260,7 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	p("\n")
 
 	p("## Workloads and measures\n\n")
-	p("- select-only: `pgbench -S`; tpcb: pgbench's built-in TPC-B-like script; hot-set: `pgbench -f` with `\\set aid random(1, 1000)` / `SELECT abalance FROM pgbench_accounts WHERE aid = :aid;`. ")
+	p("- select-only: `pgbench -S`; tpcb: pgbench's built-in TPC-B-like script; hot-set: `pgbench -f` with `\\set aid random(1, 1000)` / `SELECT abalance FROM pgbench_accounts WHERE aid = :aid;`; range-scan: `pgbench -f` with `\\set aid random(...)` / `SELECT * FROM pgbench_accounts WHERE aid BETWEEN :aid AND :aid + 9999;` (10,000 rows, about 1 MB per transaction). ")
 	p("All `-n -j 2 -T <duration>` with `-M` as named and `-c` = the cN of the name; pgbench runs as a separate process; TPS and average latency are pgbench's, p50/p99 come from its per-transaction log (`-l`, sampling rate %.2g).\n", samplingRate)
 	p("- select-go: Go, database/sql (pgx's adapter with the simple protocol for wire targets; the `dbproxy` driver for the driver target), point select of a random account per operation.\n")
 	p("- read-after-write: Go, each client on one session updates one of its own keys of `raw_kv` to a new value and reads it back at once; a read that does not return the new value is stale. One operation = write + read.\n")

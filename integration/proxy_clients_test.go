@@ -40,6 +40,7 @@ func TestProxy(t *testing.T) {
 	t.Run("Cancel", func(t *testing.T) { testProxyCancel(t, env) })
 	t.Run("ClientDiesMidTransaction", func(t *testing.T) { testProxyClientDies(t, env) })
 	t.Run("Copy", func(t *testing.T) { testProxyCopy(t, env) })
+	t.Run("LongResults", func(t *testing.T) { testProxyLongResults(t, env) })
 	t.Run("BadInput", func(t *testing.T) { testProxyBadInput(t, env) })
 	t.Run("LibPQ", func(t *testing.T) { testProxyLibPQ(t, env) })
 	t.Run("Psql", func(t *testing.T) { testProxyPsql(t, env) })

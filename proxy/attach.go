@@ -567,12 +567,33 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		_ = att.conn.Conn().SetReadDeadline(time.Now())
 	}
 	c.mu.Unlock()
+	// directRows: the DataRows that follow go to the client without the
+	// bookkeeping under c.mu. Set when a DataRow was just forwarded
+	// unflushed, cleared by any other message. How a result's rows are
+	// treated (forwarded or swallowed, flushed or not) is settled before
+	// its first row and changes only at a message that is not a DataRow:
+	// requests the reader sends meanwhile concern later segments, and an
+	// interrupt ends the read itself. (A Flush the client sends while the
+	// rows stream takes effect at the message that ends them.)
+	directRows := false
 	for {
 		msg, err := att.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			c.pumpFailed(ctx, att, err) // the backend is discarded
 			return
 		}
+		if dr, ok := msg.(*pgproto3.DataRow); ok && directRows {
+			c.wmu.Lock()
+			c.queue(dr)
+			err = c.flushClientLocked(false)
+			c.wmu.Unlock()
+			if err != nil {
+				c.clientWriteFailed()
+				return
+			}
+			continue
+		}
+		directRows = false
 		c.mu.Lock()
 		if att.lsnSeg >= 0 {
 			var own bool
@@ -631,6 +652,9 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if !forward {
 			continue
 		}
+		if _, ok := msg.(*pgproto3.DataRow); ok && !flush && !stop {
+			directRows = true
+		}
 		c.wmu.Lock()
 		c.queue(msg)
 		err = c.flushClientLocked(flush)
@@ -639,15 +663,20 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			return
 		}
 		if err != nil {
-			// The client is gone; the reader will see it too.
-			c.mu.Lock()
-			c.closeReason = errClientGone
-			c.cond.Broadcast()
-			c.mu.Unlock()
-			_ = c.netConn.Close()
+			c.clientWriteFailed()
 			return
 		}
 	}
+}
+
+// clientWriteFailed records that the client is gone (a write to it
+// failed) and closes its connection; the reader will see it too.
+func (c *clientConn) clientWriteFailed() {
+	c.mu.Lock()
+	c.closeReason = errClientGone
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	_ = c.netConn.Close()
 }
 
 // observe updates the bookkeeping for one backend message. Called with

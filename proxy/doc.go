@@ -199,12 +199,22 @@
 // of its first Bind (a client program blocked on the prepare may be the
 // one holding every backend).
 //
+// # Replies
+//
+// Replies to a client are encoded into its connection's buffer and
+// written at flush points (ReadyForQuery, an error, a notice, the start
+// of a COPY FROM STDIN, a Flush the client sent) and, within a long
+// result, every 32 KiB: rows produced slowly reach the client in 32 KiB pieces or at the
+// end of their result (PostgreSQL itself sends 8 KiB pieces). A long
+// result is written from a 64 KiB buffer shared through a pool; an idle
+// connection keeps at most a few KiB.
+//
 // # Idle connections
 //
 // A client connection that has been idle (no backend attached, waiting
 // for its next request) for a second goes "deep idle": it gives its
-// protocol Backend, whose 8 KiB read buffer and write buffer are most of
-// an idle connection's memory, back to a pool shared by the Server's
+// protocol Backend, whose 8 KiB read buffer and the write buffer kept
+// with it are most of an idle connection's memory, back to a pool shared by the Server's
 // connections, and waits for the client's next bytes with a 5-byte
 // array; it takes a Backend from the pool (or a new one) when they
 // arrive, as new connections do. One goroutine per Server (started by

@@ -204,10 +204,10 @@
 // Replies to a client are encoded into its connection's buffer and
 // written at flush points (ReadyForQuery, an error, a notice, the start
 // of a COPY FROM STDIN, a Flush the client sent) and, within a long
-// result, every 32 KiB: rows produced slowly reach the client in 32 KiB pieces or at the
-// end of their result (PostgreSQL itself sends 8 KiB pieces). A long
-// result is written from a 64 KiB buffer shared through a pool; an idle
-// connection keeps at most a few KiB.
+// result, every 32 KiB: rows produced slowly reach the client in 32 KiB
+// pieces or at the end of their result (PostgreSQL itself sends 8 KiB
+// pieces). A long result is written from a 64 KiB buffer shared through
+// a pool; an idle connection keeps at most a few KiB.
 //
 // # Idle connections
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -418,7 +419,11 @@ func (s *Server) sweep(stop <-chan struct{}) {
 		if len(cands) == 0 && burst >= freeAfterBurst && time.Since(lastFree) >= 10*time.Second {
 			// Many connections went deep idle and none since: return what
 			// their startup and buffers left behind, rather than hold it
-			// until the heap grows enough for a collection.
+			// until the heap grows enough for a collection. The boxes they
+			// gave back sit in a sync.Pool, which a collection only moves
+			// to its victim cache: the first collection does that, the
+			// second (FreeOSMemory's) frees them.
+			runtime.GC()
 			debug.FreeOSMemory()
 			burst, lastFree = 0, time.Now()
 		}

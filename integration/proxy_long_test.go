@@ -42,7 +42,7 @@ SELECT 'tail'`).ReadAll()
 	}
 
 	// Extended protocol with a parameter.
-	checkMD5Rows(t, conn, 50000)
+	md5Rows(t, conn, 50000, "SELECT g, md5(g::text) FROM generate_series(1, $1::int) g", 50000)
 
 	// A write transaction: its long read runs on the primary, and the
 	// commit brings a causal token after which a standby read returns
@@ -58,7 +58,7 @@ SELECT 'tail'`).ReadAll()
 		t.Fatal(err)
 	}
 	rows, err := tx.Query(ctx, "SELECT id, v FROM long_rows ORDER BY id")
-	if n := countLongRows(t, rows, err); n != 20000 {
+	if n := countMD5Rows(t, rows, err); n != 20000 {
 		t.Fatalf("in the transaction: %d rows", n)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -67,10 +67,7 @@ SELECT 'tail'`).ReadAll()
 	if after := conn.PgConn().ParameterStatus("dbproxy.causal_token"); after == "" || after == before {
 		t.Fatalf("causal token after the commit: %q (before %q)", after, before)
 	}
-	rows, err = conn.Query(ctx, "SELECT id, v FROM long_rows ORDER BY id")
-	if n := countLongRows(t, rows, err); n != 20000 {
-		t.Fatalf("after the commit: %d rows", n)
-	}
+	md5Rows(t, conn, 20000, "SELECT id, v FROM long_rows ORDER BY id")
 
 	// A pipeline of long and short reads.
 	b := &pgx.Batch{}
@@ -113,38 +110,22 @@ SELECT 'tail'`).ReadAll()
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	checkMD5Rows(t, conn, 1000)
+	md5Rows(t, conn, 1000, "SELECT g, md5(g::text) FROM generate_series(1, $1::int) g", 1000)
 }
 
-// checkMD5Rows reads n rows of (g, md5(g)) and checks each.
-func checkMD5Rows(t *testing.T, conn *pgx.Conn, n int) {
+// md5Rows runs query (its rows: 1, 2, ... with the md5 of each number's
+// text) on conn and checks n rows came.
+func md5Rows(t *testing.T, conn *pgx.Conn, n int, query string, args ...any) {
 	t.Helper()
-	rows, err := conn.Query(context.Background(), "SELECT g, md5(g::text) FROM generate_series(1, $1::int) g", n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	i := 0
-	for rows.Next() {
-		var g int
-		var h string
-		if err := rows.Scan(&g, &h); err != nil {
-			t.Fatal(err)
-		}
-		i++
-		sum := md5.Sum([]byte(strconv.Itoa(i)))
-		if g != i || h != hex.EncodeToString(sum[:]) {
-			t.Fatalf("row %d: %d %s", i, g, h)
-		}
-	}
-	if err := rows.Err(); err != nil || i != n {
-		t.Fatalf("%d rows of %d: %v", i, n, err)
+	rows, err := conn.Query(context.Background(), query, args...)
+	if got := countMD5Rows(t, rows, err); got != n {
+		t.Fatalf("%s: %d rows, want %d", query, got, n)
 	}
 }
 
-// countLongRows reads long_rows' (id, md5(id)) rows in id order, checks
+// countMD5Rows reads rows of (i, md5(i::text)) for i = 1, 2, ..., checks
 // each, and returns how many there were.
-func countLongRows(t *testing.T, rows pgx.Rows, err error) int {
+func countMD5Rows(t *testing.T, rows pgx.Rows, err error) int {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -64,24 +64,24 @@ func (e *env) runPgbench(ctx context.Context, w Workload, ep endpoint, dur time.
 		"-n", "-c", strconv.Itoa(w.Clients), "-j", "2", "-T", strconv.Itoa(int(dur.Seconds())),
 		"-M", w.Mode, "-l", "--log-prefix=" + filepath.Join(dir, "tx"),
 		"--sampling-rate=" + strconv.FormatFloat(samplingRate, 'f', -1, 64)}
+	script := "" // a custom script (-f)
 	switch w.Kind {
 	case KindSelectOnly:
 		args = append(args, "-S")
 	case KindTPCB:
 	case KindHotSet:
-		script := filepath.Join(dir, "hotset.sql")
-		if err := os.WriteFile(script, []byte(hotSetScript), 0o644); err != nil {
-			return nil, err
-		}
-		args = append(args, "-f", script)
+		script = hotSetScript
 	case KindRangeScan:
-		script := filepath.Join(dir, "range.sql")
-		if err := os.WriteFile(script, []byte(rangeScanScript(e.cfg.Scale)), 0o644); err != nil {
-			return nil, err
-		}
-		args = append(args, "-f", script)
+		script = rangeScanScript(e.cfg.Scale)
 	default:
 		return nil, fmt.Errorf("not a pgbench workload: %s", w.Kind)
+	}
+	if script != "" {
+		f := filepath.Join(dir, "script.sql")
+		if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "-f", f)
 	}
 	args = append(args, benchDB)
 

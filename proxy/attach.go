@@ -583,12 +583,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			return
 		}
 		if dr, ok := msg.(*pgproto3.DataRow); ok && directRows {
-			c.wmu.Lock()
-			c.queue(dr)
-			err = c.flushClientLocked(false)
-			c.wmu.Unlock()
-			if err != nil {
-				c.clientWriteFailed()
+			if err := c.forwardToClient(dr, false); err != nil {
 				return
 			}
 			continue
@@ -655,28 +650,29 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if _, ok := msg.(*pgproto3.DataRow); ok && !flush && !stop {
 			directRows = true
 		}
-		c.wmu.Lock()
-		c.queue(msg)
-		err = c.flushClientLocked(flush)
-		c.wmu.Unlock()
-		if err == nil && stop {
-			return
-		}
-		if err != nil {
-			c.clientWriteFailed()
+		if err := c.forwardToClient(msg, flush); err != nil || stop {
 			return
 		}
 	}
 }
 
-// clientWriteFailed records that the client is gone (a write to it
-// failed) and closes its connection; the reader will see it too.
-func (c *clientConn) clientWriteFailed() {
-	c.mu.Lock()
-	c.closeReason = errClientGone
-	c.cond.Broadcast()
-	c.mu.Unlock()
-	_ = c.netConn.Close()
+// forwardToClient queues a backend message for the client and writes
+// what is queued when flush is set or enough is. When the write fails the
+// client is gone: that is recorded and its connection closed (the reader
+// will see it too), and the error returned.
+func (c *clientConn) forwardToClient(msg pgproto3.BackendMessage, flush bool) error {
+	c.wmu.Lock()
+	c.queue(msg)
+	err := c.flushClientLocked(flush)
+	c.wmu.Unlock()
+	if err != nil {
+		c.mu.Lock()
+		c.closeReason = errClientGone
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		_ = c.netConn.Close()
+	}
+	return err
 }
 
 // observe updates the bookkeeping for one backend message. Called with

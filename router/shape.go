@@ -323,16 +323,29 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 		return KeyValue{Text: lits[v.Param-1]}, true
 	}
 	if tpl.Keys != nil {
+		// One backing array for every alternative and one for every
+		// column value, whatever the number of tables.
+		nAlts, nVals := 0, 0
+		for _, tk := range tpl.Keys {
+			nAlts += len(tk.Alternatives)
+			for _, alt := range tk.Alternatives {
+				nVals += len(alt)
+			}
+		}
 		st.Keys = make([]TableKeys, len(tpl.Keys))
+		alts := make([][]ColumnValue, nAlts)
+		vals := make([]ColumnValue, nVals)
 		for i, tk := range tpl.Keys {
 			nk := TableKeys{Ref: tk.Ref}
 			if tk.Alternatives != nil {
-				nk.Alternatives = make([][]ColumnValue, len(tk.Alternatives))
+				nk.Alternatives = alts[:len(tk.Alternatives):len(tk.Alternatives)]
+				alts = alts[len(tk.Alternatives):]
 				for j, alt := range tk.Alternatives {
 					if alt == nil {
 						continue
 					}
-					na := make([]ColumnValue, len(alt))
+					na := vals[:len(alt):len(alt)]
+					vals = vals[len(alt):]
 					for k, cv := range alt {
 						v, ok := sub(cv.Value)
 						if !ok {
@@ -346,29 +359,7 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 			st.Keys[i] = nk
 		}
 	}
-	if tpl.scopes != nil {
-		st.scopes = make([]scopeInfo, len(tpl.scopes))
-		for i, sc := range tpl.scopes {
-			ns := sc
-			if sc.alts != nil {
-				ns.alts = make([]conj, len(sc.alts))
-				for j, cj := range sc.alts {
-					nc := conj{eqs: cj.eqs}
-					if cj.vals != nil {
-						nc.vals = make([]atom, len(cj.vals))
-						for k, at := range cj.vals {
-							v, ok := sub(at.v)
-							if !ok {
-								return nil, false
-							}
-							nc.vals[k] = atom{c: at.c, v: v}
-						}
-					}
-					ns.alts[j] = nc
-				}
-			}
-			st.scopes[i] = ns
-		}
-	}
+	// The scopes hold no values once classified (dropScopeValues): the
+	// template's are shared.
 	return &st, true
 }

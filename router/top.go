@@ -106,6 +106,7 @@ func classify(sql string) (*Statement, error) {
 	st.mixedBroadcast = st.broadcast && hasWrite
 	st.scopes = a.scopes
 	st.Keys = resolveKeys(st)
+	dropScopeValues(st.scopes)
 	if len(tree.Stmts) == 1 && st.Kind == KindRead && !st.explain {
 		if sel := tree.Stmts[0].Stmt.GetSelectStmt(); sel != nil || st.CopyOut != nil && st.CopyOut.Query {
 			st.scatter = &lazyScatter{sql: sql}
@@ -590,6 +591,22 @@ func finishSub(a *analyzer, st *Statement) {
 	st.explain = a.explain
 	st.scopes = a.scopes
 	st.Keys = resolveKeys(st)
+	dropScopeValues(st.scopes)
+}
+
+// dropScopeValues forgets the column = value atoms of the scopes once
+// resolveKeys has turned them into Statement.Keys: routing reads only the
+// scopes' column equalities, and a statement instantiated from a shape
+// template then shares its template's scopes (nothing in them depends on
+// the literal values).
+func dropScopeValues(scopes []scopeInfo) {
+	for i := range scopes {
+		for j := range scopes[i].alts {
+			if scopes[i].alts[j].vals != nil {
+				scopes[i].alts[j].vals = nil
+			}
+		}
+	}
 }
 
 // resolveKeys projects each scope's alternatives onto its table

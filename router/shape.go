@@ -359,7 +359,7 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 			st.Keys[i] = nk
 		}
 	}
-	// The scopes hold no values once classified (dropScopeValues): the
+	// The scopes hold no values once classified (setScopes): the
 	// template's are shared.
 	return &st, true
 }

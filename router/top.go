@@ -104,9 +104,7 @@ func classify(sql string) (*Statement, error) {
 	}
 	st.Cacheable = cacheable && !st.Hints.NoCache && st.Kind == KindRead && len(tree.Stmts) == 1
 	st.mixedBroadcast = st.broadcast && hasWrite
-	st.scopes = a.scopes
-	st.Keys = resolveKeys(st)
-	dropScopeValues(st.scopes)
+	setScopes(st, a.scopes)
 	if len(tree.Stmts) == 1 && st.Kind == KindRead && !st.explain {
 		if sel := tree.Stmts[0].Stmt.GetSelectStmt(); sel != nil || st.CopyOut != nil && st.CopyOut.Query {
 			st.scatter = &lazyScatter{sql: sql}
@@ -589,19 +587,21 @@ func finishSub(a *analyzer, st *Statement) {
 	st.Cacheable = !a.noCache && st.Kind == KindRead
 	st.broadcast = a.broadcast
 	st.explain = a.explain
-	st.scopes = a.scopes
-	st.Keys = resolveKeys(st)
-	dropScopeValues(st.scopes)
+	setScopes(st, a.scopes)
 }
 
-// dropScopeValues forgets the column = value atoms of the scopes once
-// resolveKeys has turned them into Statement.Keys: routing reads only the
-// scopes' column equalities, and a statement instantiated from a shape
-// template then shares its template's scopes (nothing in them depends on
-// the literal values).
-func dropScopeValues(scopes []scopeInfo) {
+// setScopes gives st the analysed scopes and the key candidates they
+// resolve to (Statement.Keys), then forgets the scopes' column = value
+// atoms: routing reads only their column equalities, so a statement
+// instantiated from a shape template shares its template's scopes
+// (nothing left in them depends on the literal values).
+func setScopes(st *Statement, scopes []scopeInfo) {
+	st.scopes = scopes
+	st.Keys = resolveKeys(st)
 	for i := range scopes {
 		for j := range scopes[i].alts {
+			// Only where set: scopes without known values share the
+			// package-level unknownAlts, which must not be written.
 			if scopes[i].alts[j].vals != nil {
 				scopes[i].alts[j].vals = nil
 			}

@@ -43,6 +43,11 @@ type Server struct {
 	MaxMessageBytes int `toml:"max_message_bytes"`
 	// ShutdownTimeout is how long shutdown waits for clients (>= 0).
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// IdleTransactionTimeout ends a client session that stays idle inside
+	// a transaction (or a failed one) for longer than this: the client
+	// gets FATAL 25P03, the transaction is rolled back and its backend
+	// goes back to the pool. 0 disables it (>= 0).
+	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
 	// Databases are the database names clients may connect to; others get
 	// SQLSTATE 3D000. At least one is required.
 	Databases []string `toml:"databases"`

@@ -11,6 +11,7 @@ import (
 // SIGHUP without a restart:
 //
 //	[[users]]                      (the whole list)
+//	server.idle_transaction_timeout
 //	pool.size, pool.acquire_timeout, shards[].nodes[].pool_size
 //	routing.balance, routing.max_staleness, routing.catch_up_wait
 //	[breaker]                      (every key)
@@ -20,9 +21,10 @@ import (
 // nodes and their addresses, roles and weights, [[tables]], probes, the
 // other cache sizes) needs a restart; CheckReload rejects changes to it.
 type Reloadable struct {
-	Users          []User
-	PoolSize       int
-	AcquireTimeout Duration
+	Users                  []User
+	IdleTransactionTimeout Duration
+	PoolSize               int
+	AcquireTimeout         Duration
 	// NodePoolSizes maps node name to its effective pool size (NodePoolSize).
 	NodePoolSizes map[string]int
 	Balance       BalancePolicy
@@ -36,16 +38,17 @@ type Reloadable struct {
 // Reloadable returns the reloadable subset of c (deep-copied).
 func (c *Config) Reloadable() Reloadable {
 	r := Reloadable{
-		Users:          slices.Clone(c.Users),
-		PoolSize:       c.Pool.Size,
-		AcquireTimeout: c.Pool.AcquireTimeout,
-		NodePoolSizes:  map[string]int{},
-		Balance:        c.Routing.Balance,
-		MaxStaleness:   c.Routing.MaxStaleness,
-		CatchUpWait:    c.Routing.CatchUpWait,
-		Breaker:        c.Breaker,
-		CacheEnabled:   c.Cache.Enabled,
-		CacheTTL:       c.Cache.TTL,
+		Users:                  slices.Clone(c.Users),
+		IdleTransactionTimeout: c.Server.IdleTransactionTimeout,
+		PoolSize:               c.Pool.Size,
+		AcquireTimeout:         c.Pool.AcquireTimeout,
+		NodePoolSizes:          map[string]int{},
+		Balance:                c.Routing.Balance,
+		MaxStaleness:           c.Routing.MaxStaleness,
+		CatchUpWait:            c.Routing.CatchUpWait,
+		Breaker:                c.Breaker,
+		CacheEnabled:           c.Cache.Enabled,
+		CacheTTL:               c.Cache.TTL,
 	}
 	for _, s := range c.Shards {
 		for _, n := range s.Nodes {
@@ -58,7 +61,7 @@ func (c *Config) Reloadable() Reloadable {
 // reloadable reports whether a key path (indexes stripped) may change on reload.
 func reloadable(key string) bool {
 	switch key {
-	case "pool.size", "pool.acquire_timeout", "shards.nodes.pool_size",
+	case "server.idle_transaction_timeout", "pool.size", "pool.acquire_timeout", "shards.nodes.pool_size",
 		"routing.balance", "routing.max_staleness", "routing.catch_up_wait",
 		"cache.enabled", "cache.ttl":
 		return true

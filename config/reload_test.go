@@ -23,18 +23,19 @@ func TestCheckReloadAllowsReloadableChanges(t *testing.T) {
 	n.Breaker.ErrorRate = 0.9
 	n.Cache.Enabled = true
 	n.Cache.TTL = Duration(time.Second)
+	n.Server.IdleTransactionTimeout = Duration(time.Minute)
 	if err := n.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	if err := CheckReload(old, n); err != nil {
 		t.Fatalf("reloadable changes rejected: %v", err)
 	}
-	if d := Diff(old, n); len(d) != 11 || d[0] != "users" {
-		t.Errorf("Diff = %v (want 11 paths, users first as one path since its length changed)", d)
+	if d := Diff(old, n); len(d) != 12 || d[1] != "users" {
+		t.Errorf("Diff = %v (want 12 paths, users as one path since its length changed)", d)
 	}
 	r := n.Reloadable()
 	if r.PoolSize != 50 || r.Balance != LeastLatency || r.MaxStaleness.D() != 3*time.Second || !r.CacheEnabled ||
-		r.CacheTTL.D() != time.Second || r.Breaker.Failures != 9 || len(r.Users) != 3 || r.AcquireTimeout.D() != time.Second {
+		r.CacheTTL.D() != time.Second || r.Breaker.Failures != 9 || len(r.Users) != 3 || r.AcquireTimeout.D() != time.Second || r.IdleTransactionTimeout.D() != time.Minute {
 		t.Errorf("Reloadable = %+v", r)
 	}
 	want := map[string]int{"s0-primary": 50, "s0-standby1": 50, "s1-primary": 50, "s1-standby1": 7}

@@ -94,6 +94,7 @@ func (c *Config) validateServer(el *errorList) {
 	positive(el, "server.max_client_conns", int64(s.MaxClientConns))
 	positive(el, "server.max_message_bytes", int64(s.MaxMessageBytes))
 	nonNegativeDur(el, "server.shutdown_timeout", s.ShutdownTimeout)
+	nonNegativeDur(el, "server.idle_transaction_timeout", s.IdleTransactionTimeout)
 	if s.Threads < 0 {
 		el.invalid("server.threads", "must be >= 0 (0: one per CPU)")
 	}

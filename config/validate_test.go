@@ -295,6 +295,11 @@ var validateCases = []validateCase{
 		key:  "routing.catch_up_wait", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "catch_up_wait",
 	},
 	{
+		name: "negative idle_transaction_timeout",
+		mut:  replaceIn("server", `databases`, "idle_transaction_timeout = \"-1s\"\ndatabases"),
+		key:  "server.idle_transaction_timeout", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "idle_transaction_timeout",
+	},
+	{
 		name: "tls_cert without tls_key",
 		mut:  replaceIn("server", `databases`, "tls_cert = \"/etc/cert.pem\"\ndatabases"),
 		key:  "server.tls_cert", sentinel: ErrInvalid, msg: "tls_key is not", marker: "tls_cert",

@@ -21,6 +21,7 @@ import (
 	_ "github.com/lib/pq"
 
 	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/dbproxy/dbproxy/replica"
 )
 
 // TestProxy runs the proxy in front of two real shards (each a primary
@@ -972,6 +973,116 @@ func TestProxyLifecycle(t *testing.T) {
 			t.Fatalf("drained transaction committed %d rows, %v", n, err)
 		}
 	})
+}
+
+// TestProxyIdleTransactionTimeout: a client idle inside a transaction
+// past IdleTransactionTimeout gets FATAL 25P03, its transaction is rolled
+// back and its backend freed for the next client (a pool of one backend
+// per node here); a transaction that keeps working, a session idle
+// outside a transaction and, after a reload that turns the timeout off,
+// an idle transaction are left alone.
+func TestProxyIdleTransactionTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	const timeout = 500 * time.Millisecond
+	env := startProxyEnvWith(t, ctx, clusters,
+		func(rc *replica.Config) { rc.PoolSize, rc.AcquireTimeout = 1, 30*time.Second },
+		func(c *proxy.Config) { c.IdleTransactionTimeout = timeout })
+	setup := pxConnect(t, env, "")
+	pxExec(t, setup, "create table if not exists idle_tx (id int primary key)")
+	pxExec(t, setup, "truncate idle_tx")
+
+	// A takes the primary's only backend inside a transaction and idles.
+	a := pxConnect(t, env, "")
+	txA, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := txA.Exec(ctx, "insert into idle_tx values (1)"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// B writes the same key: it waits for the backend, which A's timeout
+	// frees, and succeeds because A's insert was rolled back.
+	b := pxConnect(t, env, "")
+	pxExec(t, b, "insert into idle_tx values (1)")
+	if waited := time.Since(start); waited < timeout-50*time.Millisecond || waited > 15*time.Second {
+		t.Fatalf("second client waited %v for the backend, want about %v", waited, timeout)
+	}
+	if _, err := txA.Exec(ctx, "select 1"); errCode(err) != "25P03" {
+		t.Fatalf("statement after the idle-in-transaction timeout: %v, want 25P03", err)
+	}
+	if !a.IsClosed() {
+		t.Fatal("the timed-out session is still open")
+	}
+	if n := env.srv.Stats().IdleTransactionTimeouts; n != 1 {
+		t.Fatalf("Stats().IdleTransactionTimeouts = %d, want 1", n)
+	}
+
+	// A transaction whose statements come more often than the timeout
+	// lasts longer than it; a session idle outside a transaction stays.
+	txB, err := b.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 5; i++ {
+		if _, err := txB.Exec(ctx, "insert into idle_tx values ($1)", i); err != nil {
+			t.Fatalf("statement %d of a working transaction: %v", i, err)
+		}
+		time.Sleep(timeout / 3)
+	}
+	if err := txB.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * timeout)
+	pxExec(t, b, "select 1")
+
+	// A failed transaction ('E') holds its backend too.
+	txE, err := b.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := txE.Exec(ctx, "insert into idle_tx values (1)"); errCode(err) != "23505" {
+		t.Fatalf("duplicate key: %v", err)
+	}
+	time.Sleep(2 * timeout)
+	if _, err := b.Exec(ctx, "rollback"); errCode(err) != "25P03" {
+		t.Fatalf("rollback after idling in a failed transaction: %v, want 25P03", err)
+	}
+
+	// Reloaded to 0: the timeout is off for waits that begin afterwards.
+	r := env.cfg.Reloadable()
+	r.IdleTransactionTimeout = 0
+	if err := env.srv.Reload(r); err != nil {
+		t.Fatal(err)
+	}
+	c := pxConnect(t, env, "")
+	txC, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := txC.Exec(ctx, "insert into idle_tx values (6)"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * timeout)
+	if err := txC.Commit(ctx); err != nil {
+		t.Fatalf("commit after idling with the timeout off: %v", err)
+	}
+
+	pc, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close(ctx)
+	rows, err := pc.Query(ctx, "select id from idle_tx order by id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil || fmt.Sprint(ids) != "[1 2 3 4 5 6]" {
+		t.Fatalf("rows %v (%v), want [1 2 3 4 5 6]: B's key 1 and the committed transactions, none of A's", ids, err)
+	}
 }
 
 // cancelRequest sends pc's CancelRequest and checks that the statement

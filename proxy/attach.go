@@ -107,17 +107,40 @@ func (c *clientConn) stateIdle(_ context.Context) stateFn {
 func (c *clientConn) stateAttached(ctx context.Context) stateFn {
 	c.mu.Lock()
 	att := c.att
+	idleTx := att != nil && att.outstanding == 0 && !att.unsynced && !att.copying && c.lastTx != 'I'
 	c.mu.Unlock()
 	if att == nil {
 		// An inline pump gave the backend back already.
 		return c.stateIdle(ctx)
 	}
 	c.setState(stateAttached)
+	var idleTimer *time.Timer
+	if idleTx {
+		idleTimer = c.armIdleTransaction()
+	}
 	msg, err := c.fe.Receive()
+	if idleTimer != nil && !idleTimer.Stop() {
+		// The timeout fired first (the message, if any, came too late).
+		c.srv.idleTxTimeouts.Add(1)
+		return c.fail(errIdleInTransaction)
+	}
 	if err != nil {
 		return c.readFailed(err)
 	}
 	return c.dispatch(ctx, msg)
+}
+
+// armIdleTransaction starts the idle-in-transaction timeout of a client
+// that holds a backend inside a transaction with nothing in flight: when
+// it fires, the client read in progress fails at once. It returns nil
+// when the timeout is off. The caller stops the timer after its read; a
+// timer that had fired by then ends the session (stateAttached).
+func (c *clientConn) armIdleTransaction() *time.Timer {
+	d := c.srv.live.Load().idleTxAfter
+	if d <= 0 {
+		return nil
+	}
+	return time.AfterFunc(d, func() { _ = c.netConn.SetReadDeadline(time.Now()) })
 }
 
 func (c *clientConn) readFailed(err error) stateFn {

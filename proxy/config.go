@@ -131,6 +131,12 @@ type Config struct {
 	// before ending sessions with FATAL 57P01 (when Close's ctx has no
 	// earlier deadline).
 	ShutdownTimeout time.Duration
+	// IdleTransactionTimeout ends a session whose client stays idle
+	// inside a transaction (ReadyForQuery 'T' or 'E', nothing in flight)
+	// for longer than this: the client gets FATAL 25P03, the transaction
+	// is rolled back and the backend goes back to the pool. 0 disables.
+	// Reloadable; a wait already begun keeps the value it began with.
+	IdleTransactionTimeout time.Duration
 	// StartupTimeout bounds the time from accept to ReadyForQuery.
 	StartupTimeout time.Duration
 	// MaxStaleness is the default bound on standby lag for reads; a
@@ -187,7 +193,7 @@ func (c Config) Validate() error {
 	if c.MaxMessageBytes < 1024 {
 		return bad("MaxMessageBytes %d is below 1024", c.MaxMessageBytes)
 	}
-	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 {
+	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 || c.IdleTransactionTimeout < 0 {
 		return bad("negative limit or duration")
 	}
 	seen := map[string]bool{}
@@ -225,15 +231,17 @@ func (c Config) Validate() error {
 // Reloadable is the part of Config that Reload changes on a running
 // Server. Everything else needs a new Server.
 type Reloadable struct {
-	Users        []User
-	Databases    []string
-	MaxStaleness time.Duration
-	MaxClients   int
+	Users                  []User
+	Databases              []string
+	MaxStaleness           time.Duration
+	MaxClients             int
+	IdleTransactionTimeout time.Duration
 }
 
 // Reloadable returns c's reloadable part.
 func (c Config) Reloadable() Reloadable {
-	return Reloadable{Users: c.Users, Databases: c.Databases, MaxStaleness: c.MaxStaleness, MaxClients: c.MaxClients}
+	return Reloadable{Users: c.Users, Databases: c.Databases, MaxStaleness: c.MaxStaleness, MaxClients: c.MaxClients,
+		IdleTransactionTimeout: c.IdleTransactionTimeout}
 }
 
 func contains(list []string, s string) bool {

@@ -227,6 +227,15 @@
 // backend under session pooling, keep their Backend. A shutdown ends a
 // deep-idle connection as any idle one (FATAL 57P01).
 //
+// With Config.IdleTransactionTimeout set, a client that holds a backend
+// inside a transaction (or a failed one) and sends nothing for that long
+// gets FATAL 25P03, PostgreSQL's idle-in-transaction error; its backend
+// connection is closed (PostgreSQL rolls the transaction back) and its
+// place in the node's pool freed. A transaction that has not yet run a
+// statement holds no backend (BEGIN is sent with the first statement) and
+// is not timed out, nor is a client waiting between transactions. The
+// timeout is one timer per wait, armed only in that state.
+//
 // # Errors
 //
 // Errors sent to clients carry a SQLSTATE: PostgreSQL's own errors pass
@@ -236,7 +245,8 @@
 // unexpected message (the connection is closed), 54000 message larger
 // than Config.MaxMessageBytes (closed), 28P01 bad password or unknown
 // user, 28000 TLS required, 3D000 database not allowed, 53300 too many
-// clients, 57P01 shutdown, 57014 cancelled, 08006 backend lost, 0A000
+// clients, 57P01 shutdown, 25P03 idle in transaction past
+// Config.IdleTransactionTimeout (closed), 57014 cancelled, 08006 backend lost, 0A000
 // unsupported (e.g. cross-shard transactions, via the router). Malformed
 // input never panics and never leaves a goroutine behind (fuzzed:
 // FuzzStartup, FuzzMessages).
@@ -251,7 +261,8 @@
 // at once with FATAL 57P01, lets open transactions finish until
 // Config.ShutdownTimeout or ctx's deadline, then ends the rest and waits
 // for every goroutine (the LISTEN fan-out's included); it is idempotent. Reload swaps users, databases,
-// the default staleness bound and the client limit. The Deps (router,
+// the default staleness bound, the client limit and the
+// idle-in-transaction timeout. The Deps (router,
 // replica sets) belong to the caller and are not closed. All exported
 // methods are safe for concurrent use.
 //

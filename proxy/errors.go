@@ -40,6 +40,10 @@ var (
 	errHoldCursor = &clientError{code: codeFeatureNotSupported,
 		message: "cursors WITH HOLD are not supported with transaction pooling: the cursor would stay on a pooled backend after the transaction",
 		hint:    `fetch from a cursor without WITH HOLD inside the transaction, or use server.pool_mode = "session"`}
+	// errIdleInTransaction ends a session idle inside a transaction for
+	// longer than Config.IdleTransactionTimeout (PostgreSQL's code and
+	// message for idle_in_transaction_session_timeout).
+	errIdleInTransaction = &clientError{code: codeIdleInTransactionTimeout, message: "terminating connection due to idle-in-transaction timeout"}
 	// errCopySplitExtended refuses COPY of a sharded table over the
 	// extended protocol (the proxy splits only simple queries).
 	errCopySplitExtended = &clientError{code: codeFeatureNotSupported, message: "COPY of a sharded table must be sent as a simple query"}
@@ -48,18 +52,19 @@ var (
 // SQLSTATE codes used by the proxy itself: the catalogue. Messages that
 // reach clients name the condition and, where it helps, the fix.
 const (
-	codeProtocolViolation   = "08P01" // malformed or unexpected message
-	codeConnectionFailure   = "08006" // backend unreachable or lost
-	codeProgramLimit        = "54000" // message larger than MaxMessageBytes
-	codeInvalidPassword     = "28P01" // wrong password or unknown user
-	codeInvalidAuthSpec     = "28000" // e.g. TLS required
-	codeUnknownDatabase     = "3D000" // database not in the allow-list
-	codeAdminShutdown       = "57P01" // proxy shutting down
-	codeQueryCanceled       = "57014" // statement canceled
-	codeTooManyConnections  = "53300" // MaxClients reached
-	codeFeatureNotSupported = "0A000" // unsupported statement or cross-shard operation
-	codeInvalidParameter    = "22023" // bad value for a dbproxy.* setting
-	codeInternal            = "XX000" // a bug: should never reach a client
+	codeProtocolViolation        = "08P01" // malformed or unexpected message
+	codeConnectionFailure        = "08006" // backend unreachable or lost
+	codeProgramLimit             = "54000" // message larger than MaxMessageBytes
+	codeInvalidPassword          = "28P01" // wrong password or unknown user
+	codeInvalidAuthSpec          = "28000" // e.g. TLS required
+	codeUnknownDatabase          = "3D000" // database not in the allow-list
+	codeAdminShutdown            = "57P01" // proxy shutting down
+	codeIdleInTransactionTimeout = "25P03" // idle inside a transaction past IdleTransactionTimeout
+	codeQueryCanceled            = "57014" // statement canceled
+	codeTooManyConnections       = "53300" // MaxClients reached
+	codeFeatureNotSupported      = "0A000" // unsupported statement or cross-shard operation
+	codeInvalidParameter         = "22023" // bad value for a dbproxy.* setting
+	codeInternal                 = "XX000" // a bug: should never reach a client
 )
 
 // clientError is an error with a SQLSTATE, built by the proxy.

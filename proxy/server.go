@@ -82,6 +82,7 @@ type Server struct {
 	schemaEpoch          atomic.Uint64 // counts schema changes sent through the proxy (aliases prepared before are closed)
 	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
+	idleTxTimeouts       atomic.Uint64 // sessions ended by IdleTransactionTimeout
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
 	notify               *notifier     // LISTEN/NOTIFY fan-out (notify.go)
 }
@@ -91,6 +92,7 @@ type liveConfig struct {
 	databases    []string
 	maxStaleness time.Duration
 	maxClients   int
+	idleTxAfter  time.Duration // IdleTransactionTimeout
 }
 
 // New validates cfg and returns a Server that routes through deps. It
@@ -146,11 +148,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // Reload swaps the reloadable settings (users, databases, default max
-// staleness, client limit). Existing connections keep their identity;
+// staleness, client limit, idle-in-transaction timeout). Existing connections keep their identity;
 // new connections and new transactions see the new values.
 func (s *Server) Reload(r Reloadable) error {
 	check := s.cfg
-	check.Users, check.Databases, check.MaxStaleness, check.MaxClients = r.Users, r.Databases, r.MaxStaleness, r.MaxClients
+	check.Users, check.Databases, check.MaxStaleness, check.MaxClients, check.IdleTransactionTimeout = r.Users, r.Databases, r.MaxStaleness, r.MaxClients, r.IdleTransactionTimeout
 	if err := check.Validate(); err != nil {
 		return err
 	}
@@ -158,7 +160,8 @@ func (s *Server) Reload(r Reloadable) error {
 	if err != nil {
 		return err
 	}
-	s.live.Store(&liveConfig{creds: creds, databases: append([]string(nil), r.Databases...), maxStaleness: r.MaxStaleness, maxClients: r.MaxClients})
+	s.live.Store(&liveConfig{creds: creds, databases: append([]string(nil), r.Databases...), maxStaleness: r.MaxStaleness, maxClients: r.MaxClients,
+		idleTxAfter: r.IdleTransactionTimeout})
 	return nil
 }
 
@@ -295,6 +298,7 @@ func (s *Server) Stats() Stats {
 	st.ListenChannels, st.ListenerShards = s.notify.stats()
 	st.CommitLSNPiggybacked = s.commitLSNPiggybacked.Load()
 	st.CommitLSNQueries = s.commitLSNQueries.Load()
+	st.IdleTransactionTimeouts = s.idleTxTimeouts.Load()
 	for _, c := range s.reg.all() {
 		cs := c.stats()
 		if cs.DeepIdle {

@@ -110,12 +110,15 @@ func (r *registry) all() []*clientConn {
 
 // Stats is a point-in-time snapshot of a Server.
 type Stats struct {
-	Accepted uint64         // connections accepted since start
-	Rejected uint64         // refused before ReadyForQuery (auth, limits, protocol)
-	Clients  int            // live client connections
-	ByState  map[string]int // live connections per state name
-	DeepIdle int            // idle connections that gave their protocol buffers back (idle for a second or more)
-	Conns    []ClientStats  // one entry per live connection
+	Accepted uint64 // connections accepted since start
+	Rejected uint64 // refused before ReadyForQuery (auth, limits, protocol)
+	// IdleTransactionTimeouts counts sessions ended by
+	// Config.IdleTransactionTimeout (25P03).
+	IdleTransactionTimeouts uint64
+	Clients                 int            // live client connections
+	ByState                 map[string]int // live connections per state name
+	DeepIdle                int            // idle connections that gave their protocol buffers back (idle for a second or more)
+	Conns                   []ClientStats  // one entry per live connection
 
 	// Commit positions read for causal tokens after write transactions:
 	// in the same flush as the committing request, or with a query of

@@ -24,6 +24,7 @@ var (
 	descClients      = prometheus.NewDesc("dbproxy_clients", "Client connections by state.", []string{"state"}, nil)
 	descAccepted     = prometheus.NewDesc("dbproxy_clients_accepted_total", "Client connections accepted.", nil, nil)
 	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
+	descIdleTxEnded  = prometheus.NewDesc("dbproxy_clients_idle_transaction_timeouts_total", "Client sessions ended (25P03) for idling inside a transaction longer than server.idle_transaction_timeout.", nil, nil)
 	descDeepIdle     = prometheus.NewDesc("dbproxy_clients_deep_idle", "Idle client connections that gave their protocol buffers back.", nil, nil)
 	descListen       = prometheus.NewDesc("dbproxy_listen_channels", "Channels clients LISTEN on through the proxy.", nil, nil)
 	descCommitLSN    = prometheus.NewDesc("dbproxy_commit_lsn_reads_total", "Commit positions read for causal tokens, by how (piggybacked: in the committing request's flush; query: a round trip of its own).", []string{"how"}, nil)
@@ -35,7 +36,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descDeepIdle, descListen, descCommitLSN,
+		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descCommitLSN,
 		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
@@ -77,6 +78,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descAccepted, st.Accepted)
 	counter(descRejected, st.Rejected)
+	counter(descIdleTxEnded, st.IdleTransactionTimeouts)
 	gauge(descDeepIdle, float64(st.DeepIdle))
 	gauge(descListen, float64(st.ListenChannels))
 	counter(descCommitLSN, st.CommitLSNPiggybacked, "piggybacked")

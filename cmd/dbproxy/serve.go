@@ -222,6 +222,7 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 	pc.MaxMessageBytes = cfg.Server.MaxMessageBytes
 	pc.MaxClients = cfg.Server.MaxClientConns
 	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
+	pc.IdleTransactionTimeout = time.Duration(cfg.Server.IdleTransactionTimeout)
 	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
 	pc.AutoPrepare = cfg.Server.AutoPrepare
 	for _, u := range cfg.Users {

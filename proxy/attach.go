@@ -154,7 +154,7 @@ func (c *clientConn) readFailed(err error) stateFn {
 	reason := c.closeReason
 	c.mu.Unlock()
 	if reason != nil {
-		return c.stateClosing // the pump already told the client
+		return c.to.closing // the pump already told the client
 	}
 	return c.fail(c.receiveError(err))
 }
@@ -163,7 +163,7 @@ func (c *clientConn) readFailed(err error) stateFn {
 func (c *clientConn) dispatch(ctx context.Context, msg pgproto3.FrontendMessage) stateFn {
 	switch m := msg.(type) {
 	case *pgproto3.Terminate:
-		return c.stateClosing
+		return c.to.closing
 	case *pgproto3.Query:
 		c.queries.Add(1)
 		return c.handleQuery(ctx, m)
@@ -187,12 +187,12 @@ func (c *clientConn) dispatch(ctx context.Context, msg pgproto3.FrontendMessage)
 		att := c.att
 		c.mu.Unlock()
 		if att == nil {
-			return c.stateIdle // stray copy messages after a failed COPY are ignored, as PostgreSQL does
+			return c.to.idle // stray copy messages after a failed COPY are ignored, as PostgreSQL does
 		}
 		if err := c.forward(att, msg); err != nil {
 			return c.backendFailed(att, err)
 		}
-		return c.stateAttached
+		return c.to.attached
 	default:
 		return c.fail(newClientError(codeProtocolViolation, fmt.Sprintf("unexpected message %T", msg)))
 	}
@@ -465,7 +465,7 @@ func (c *clientConn) backendFailed(att *attachment, err error) stateFn {
 	reason := c.closeReason
 	c.mu.Unlock()
 	if reason != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	return c.fail(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err})
 }

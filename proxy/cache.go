@@ -466,7 +466,7 @@ func (c *clientConn) cachedQuery(ctx context.Context, att *attachment, p plan, s
 	c.waitLastPump()
 	c.observeDetached(nil)
 	if err := c.writeClient(nil, [][]byte{head, body}, []pgproto3.BackendMessage{&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}}, true); err != nil {
-		return c.stateClosing, true
+		return c.to.closing, true
 	}
 	return c.idleOrAttached(), true
 }
@@ -519,7 +519,7 @@ func (c *clientConn) cachedBatchStart(ctx context.Context, att *attachment, p pl
 	c.mu.Unlock()
 	c.cacheState.batch = &cachedBatch{portal: bind.DestinationPortal, head: head, rows: rows, tag: tag}
 	if err := c.writeClient(out, nil, nil, false); err != nil {
-		return c.stateClosing, true
+		return c.to.closing, true
 	}
 	return c.idleOrAttached(), true
 }
@@ -588,7 +588,7 @@ func (c *clientConn) answerCachedMessage(msg pgproto3.FrontendMessage) (next sta
 		c.queries.Add(1)
 		flush = true
 		if err := c.writeClient(nil, nil, []pgproto3.BackendMessage{&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}}, true); err != nil {
-			return c.stateClosing, true
+			return c.to.closing, true
 		}
 		return c.idleOrAttached(), true
 	case *pgproto3.Flush:
@@ -598,7 +598,7 @@ func (c *clientConn) answerCachedMessage(msg pgproto3.FrontendMessage) (next sta
 		return nil, false
 	}
 	if err := c.writeClient(nil, raw, out, flush); err != nil {
-		return c.stateClosing, true
+		return c.to.closing, true
 	}
 	return c.idleOrAttached(), true
 }

@@ -61,6 +61,11 @@ type clientConn struct {
 	ctx    context.Context // connection lifetime; cancelled when the connection ends or the server is killed
 	cancel context.CancelFunc
 
+	// to holds the state functions a state returns most often, bound to
+	// this connection once (a method value made at each return would be
+	// an allocation per request).
+	to struct{ idle, attached, closing stateFn }
+
 	sess       *session                   // owned by the reader goroutine, read by the pump under mu
 	pending    []pgproto3.FrontendMessage // buffered extended-protocol messages (copies) awaiting a route
 	skipToSync bool                       // a local error was sent: drop messages until Sync
@@ -88,6 +93,7 @@ type clientConn struct {
 func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c := &clientConn{srv: s, netConn: nc, start: time.Now(), remote: nc.RemoteAddr().String(), lastTx: 'I'}
 	c.cond = sync.NewCond(&c.mu)
+	c.to.idle, c.to.attached, c.to.closing = c.stateIdle, c.stateAttached, c.stateClosing
 	c.secret = make([]byte, 4)
 	_, _ = rand.Read(c.secret)
 	c.ctx, c.cancel = context.WithCancel(s.baseCtx)
@@ -189,7 +195,7 @@ func (c *clientConn) fail(err error) stateFn {
 		_ = c.netConn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		_ = c.send(errorResponse(err, "FATAL"))
 	}
-	return c.stateClosing
+	return c.to.closing
 }
 
 func (c *clientConn) stateClosing(ctx context.Context) stateFn {
@@ -212,7 +218,7 @@ func (c *clientConn) stateStartup(ctx context.Context) stateFn {
 		if err != nil {
 			c.srv.reg.rejected.Add(1)
 			if ce := c.receiveError(err); errors.Is(ce, errClientGone) {
-				return c.stateClosing
+				return c.to.closing
 			}
 			return c.fail(&clientError{code: codeProtocolViolation, message: "invalid startup packet", err: err})
 		}
@@ -220,18 +226,18 @@ func (c *clientConn) stateStartup(ctx context.Context) stateFn {
 		case *pgproto3.SSLRequest:
 			if c.tls || c.srv.cfg.TLS == nil {
 				if _, err := c.netConn.Write([]byte{'N'}); err != nil {
-					return c.stateClosing
+					return c.to.closing
 				}
 				continue
 			}
 			if _, err := c.netConn.Write([]byte{'S'}); err != nil {
-				return c.stateClosing
+				return c.to.closing
 			}
 			tc := tls.Server(c.netConn, c.srv.cfg.TLS)
 			if err := tc.HandshakeContext(ctx); err != nil {
 				c.srv.reg.rejected.Add(1)
 				c.srv.log.Debug("tls handshake failed", "remote", c.remote, "err", err)
-				return c.stateClosing
+				return c.to.closing
 			}
 			// A fresh Backend: bytes the client sent before the handshake
 			// (a buffer-stuffing attack) are dropped with the old reader.
@@ -239,11 +245,11 @@ func (c *clientConn) stateStartup(ctx context.Context) stateFn {
 			c.setTransport(tc)
 		case *pgproto3.GSSEncRequest:
 			if _, err := c.netConn.Write([]byte{'N'}); err != nil {
-				return c.stateClosing
+				return c.to.closing
 			}
 		case *pgproto3.CancelRequest:
 			c.srv.cancelRequest(ctx, m.ProcessID, m.SecretKey)
-			return c.stateClosing
+			return c.to.closing
 		case *pgproto3.StartupMessage:
 			return c.acceptStartup(m)
 		default:
@@ -335,13 +341,13 @@ func (c *clientConn) stateAuth(ctx context.Context) stateFn {
 	}
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: c.pid, SecretKey: c.secret}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	if err := c.send(msgs...); err != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	_ = c.netConn.SetDeadline(time.Time{})
 	if c.shutdown.Load() {
 		return c.fail(ErrShuttingDown)
 	}
-	return c.stateIdle
+	return c.to.idle
 }
 
 func (c *clientConn) stats() ClientStats {

@@ -705,12 +705,12 @@ func (c *clientConn) copyOutConcat(ctx context.Context, p plan, st *router.State
 	c.observeDetached(failed)
 	if failed != nil {
 		if errors.Is(failed, errClientGone) {
-			return c.stateClosing
+			return c.to.closing
 		}
 		return c.answerLocal(nil, failed)
 	}
 	if err := c.send(&pgproto3.CopyDone{}); err != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	return c.answerLocal(&localResult{tag: "COPY " + strconv.FormatInt(total, 10)}, nil)
 }

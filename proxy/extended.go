@@ -37,7 +37,7 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 		if _, ok := msg.(*pgproto3.Sync); ok {
 			c.skipToSync = false
 			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
-				return c.stateClosing
+				return c.to.closing
 			}
 		}
 		return c.idleOrAttached()
@@ -58,7 +58,7 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 		if err := c.forward(att, msg); err != nil {
 			return c.backendFailed(att, err)
 		}
-		return c.stateAttached
+		return c.to.attached
 	}
 
 	var trigger bool
@@ -75,12 +75,12 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 				if err := c.forward(a, m); err != nil {
 					return c.backendFailed(a, err)
 				}
-				return c.stateAttached
+				return c.to.attached
 			}
 			if err := c.send(&pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
-				return c.stateClosing
+				return c.to.closing
 			}
-			return c.stateIdle
+			return c.to.idle
 		}
 	case *pgproto3.Flush:
 		if len(c.pending) == 0 {
@@ -88,12 +88,12 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 				if err := c.forward(a, m); err != nil {
 					return c.backendFailed(a, err)
 				}
-				return c.stateAttached
+				return c.to.attached
 			}
 			if err := c.flushClient(); err != nil {
-				return c.stateClosing
+				return c.to.closing
 			}
-			return c.stateIdle
+			return c.to.idle
 		}
 		trigger = true
 	case *pgproto3.Execute:
@@ -246,7 +246,7 @@ func (c *clientConn) sendPending(att *attachment) stateFn {
 			return c.backendFailed(att, err)
 		}
 	}
-	return c.stateAttached
+	return c.to.attached
 }
 
 // batchStatement finds the statement that decides a batch's route: the

@@ -318,9 +318,9 @@ func (c *clientConn) swept() stateFn {
 	attached := c.att != nil
 	quiet := !attached && isClosed(c.lastPump)
 	c.mu.Unlock()
-	resume := c.stateIdle
+	resume := c.to.idle
 	if attached {
-		resume = c.stateAttached
+		resume = c.to.attached
 	}
 	if !quiet || !c.box.empty() {
 		return resume
@@ -366,7 +366,7 @@ func (c *clientConn) stateDeepIdle(context.Context) stateFn {
 	if err != nil {
 		return c.readFailed(err)
 	}
-	return c.stateIdle
+	return c.to.idle
 }
 
 func isClosed(ch chan struct{}) bool {

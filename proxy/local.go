@@ -125,7 +125,7 @@ func (c *clientConn) answerLocal(res *localResult, err error) stateFn {
 	}
 	msgs = append(msgs, &pgproto3.ReadyForQuery{TxStatus: c.txStatus()})
 	if err := c.send(msgs...); err != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	return c.idleOrAttached()
 }
@@ -218,7 +218,7 @@ func (c *clientConn) answerLocalMessage(m pgproto3.FrontendMessage) stateFn {
 		err = c.sendNoFlush(out...)
 	}
 	if err != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	return nil
 }

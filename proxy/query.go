@@ -22,7 +22,7 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 		// An empty query (or only comments): PostgreSQL answers
 		// EmptyQueryResponse; so do we, without a backend.
 		if err := c.send(&pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); err != nil {
-			return c.stateClosing
+			return c.to.closing
 		}
 		return c.idleOrAttached()
 	}
@@ -73,13 +73,13 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 			if err := c.forwardParameterized(att, text, args); err != nil {
 				return c.backendFailed(att, err)
 			}
-			return c.stateAttached
+			return c.to.attached
 		}
 	}
 	if err := c.forward(att, m); err != nil {
 		return c.backendFailed(att, err)
 	}
-	return c.stateAttached
+	return c.to.attached
 }
 
 // handleFunctionCall forwards a FunctionCall to the attached backend, or
@@ -99,7 +99,7 @@ func (c *clientConn) handleFunctionCall(ctx context.Context, m *pgproto3.Functio
 	if err := c.forward(att, m); err != nil {
 		return c.backendFailed(att, err)
 	}
-	return c.stateAttached
+	return c.to.attached
 }
 
 // use returns the backend that runs a single-shard plan: the
@@ -245,13 +245,13 @@ func (c *clientConn) localError(err error, extended bool) stateFn {
 		c.pending = nil
 		c.skipToSync = true
 		if e := c.sendNoFlush(errorResponse(err, "")); e != nil {
-			return c.stateClosing
+			return c.to.closing
 		}
 		return c.idleOrAttached()
 	}
 	c.pending = nil
 	if e := c.send(errorResponse(err, ""), &pgproto3.ReadyForQuery{TxStatus: c.txStatus()}); e != nil {
-		return c.stateClosing
+		return c.to.closing
 	}
 	return c.idleOrAttached()
 }
@@ -260,9 +260,9 @@ func (c *clientConn) idleOrAttached() stateFn {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.att != nil {
-		return c.stateAttached
+		return c.to.attached
 	}
-	return c.stateIdle
+	return c.to.idle
 }
 
 // sendNoFlush queues msgs for the client; the next flush writes them.
@@ -301,5 +301,5 @@ func (c *clientConn) failInTransaction(att *attachment, err error, rest ...pgpro
 			return c.backendFailed(att, ferr)
 		}
 	}
-	return c.stateAttached
+	return c.to.attached
 }

@@ -304,14 +304,22 @@ func (c *Classifier) classifyShape(sql string) (*Statement, bool) {
 // tpl itself (shared) is never modified. With shape, the copy remembers
 // its shape and literals (for Parameterize).
 func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (*Statement, bool) {
-	st := *tpl
+	in := new(instance)
+	st := &in.st
+	*st = *tpl
 	st.SQL = sql
 	if shape != nil {
 		st.shape = shape
-		st.lits = append([]string(nil), lits...)
+		if len(lits) <= len(in.lits) {
+			st.lits = in.lits[:len(lits):len(lits)]
+		} else {
+			st.lits = make([]string, len(lits))
+		}
+		copy(st.lits, lits)
 	}
 	if tpl.scatter != nil {
-		st.scatter = &lazyScatter{sql: sql}
+		in.scatter.sql = sql
+		st.scatter = &in.scatter
 	}
 	sub := func(v KeyValue) (KeyValue, bool) {
 		if v.Param <= 0 {
@@ -332,9 +340,9 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 				nVals += len(alt)
 			}
 		}
-		st.Keys = make([]TableKeys, len(tpl.Keys))
-		alts := make([][]ColumnValue, nAlts)
-		vals := make([]ColumnValue, nVals)
+		st.Keys = boxed(in.keys[:], len(tpl.Keys))
+		alts := boxed(in.alts[:], nAlts)
+		vals := boxed(in.vals[:], nVals)
 		for i, tk := range tpl.Keys {
 			nk := TableKeys{Ref: tk.Ref}
 			if tk.Alternatives != nil {
@@ -361,5 +369,26 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 	}
 	// The scopes hold no values once classified (setScopes): the
 	// template's are shared.
-	return &st, true
+	return st, true
+}
+
+// instance is an instantiated Statement allocated together with the
+// small arrays most instances need (one table, one key alternative of
+// up to two columns, up to four literals); larger ones get their own.
+type instance struct {
+	st      Statement
+	scatter lazyScatter
+	keys    [1]TableKeys
+	alts    [1][]ColumnValue
+	vals    [2]ColumnValue
+	lits    [4]string
+}
+
+// boxed returns n elements of arr when they fit (capacity n, so that an
+// append never writes into the rest of arr), else a new slice.
+func boxed[T any](arr []T, n int) []T {
+	if n <= len(arr) {
+		return arr[:n:n]
+	}
+	return make([]T, n)
 }

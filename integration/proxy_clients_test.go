@@ -72,6 +72,19 @@ func pxExec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	}
 }
 
+// pxBegin opens a transaction on conn and runs sql in it.
+func pxBegin(t *testing.T, conn *pgx.Conn, sql string, args ...any) pgx.Tx {
+	t.Helper()
+	tx, err := conn.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tx
+}
+
 func testProxyPgxBasics(t *testing.T, env *proxyEnv) {
 	ctx := env.ctx
 	conn := pxConnect(t, env, "")
@@ -924,13 +937,7 @@ func TestProxyLifecycle(t *testing.T) {
 		pxExec(t, setup, "create table if not exists drained (id int primary key)")
 		inTx := pxConnect(t, env, "")
 		idle := pxConnect(t, env, "")
-		tx, err := inTx.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "insert into drained values (1)"); err != nil {
-			t.Fatal(err)
-		}
+		tx := pxBegin(t, inTx, "insert into drained values (1)")
 		closed := make(chan error, 1)
 		go func() { closed <- env.srv.Close(ctx) }()
 		// The idle session is ended with 57P01.
@@ -995,13 +1002,7 @@ func TestProxyIdleTransactionTimeout(t *testing.T) {
 
 	// A takes the primary's only backend inside a transaction and idles.
 	a := pxConnect(t, env, "")
-	txA, err := a.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := txA.Exec(ctx, "insert into idle_tx values (1)"); err != nil {
-		t.Fatal(err)
-	}
+	txA := pxBegin(t, a, "insert into idle_tx values (1)")
 	start := time.Now()
 	// B writes the same key: it waits for the backend, which A's timeout
 	// frees, and succeeds because A's insert was rolled back.
@@ -1058,13 +1059,7 @@ func TestProxyIdleTransactionTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := pxConnect(t, env, "")
-	txC, err := c.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := txC.Exec(ctx, "insert into idle_tx values (6)"); err != nil {
-		t.Fatal(err)
-	}
+	txC := pxBegin(t, c, "insert into idle_tx values (6)")
 	time.Sleep(2 * timeout)
 	if err := txC.Commit(ctx); err != nil {
 		t.Fatalf("commit after idling with the timeout off: %v", err)

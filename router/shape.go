@@ -310,11 +310,7 @@ func instantiate(tpl *Statement, sql string, lits []string, shape *shapeEntry) (
 	st.SQL = sql
 	if shape != nil {
 		st.shape = shape
-		if len(lits) <= len(in.lits) {
-			st.lits = in.lits[:len(lits):len(lits)]
-		} else {
-			st.lits = make([]string, len(lits))
-		}
+		st.lits = boxed(in.lits[:], len(lits))
 		copy(st.lits, lits)
 	}
 	if tpl.scatter != nil {

@@ -45,8 +45,9 @@ type Server struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	// IdleTransactionTimeout ends a client session that stays idle inside
 	// a transaction (or a failed one) for longer than this: the client
-	// gets FATAL 25P03, the transaction is rolled back and its backend
-	// goes back to the pool. 0 disables it (>= 0).
+	// gets FATAL 25P03, its backend connection is closed (PostgreSQL rolls
+	// the transaction back) and its place in the pool freed. 0 disables
+	// it (>= 0).
 	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
 	// Databases are the database names clients may connect to; others get
 	// SQLSTATE 3D000. At least one is required.

@@ -133,8 +133,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// IdleTransactionTimeout ends a session whose client stays idle
 	// inside a transaction (ReadyForQuery 'T' or 'E', nothing in flight)
-	// for longer than this: the client gets FATAL 25P03, the transaction
-	// is rolled back and the backend goes back to the pool. 0 disables.
+	// for longer than this: the client gets FATAL 25P03, its backend
+	// connection is closed (PostgreSQL rolls the transaction back) and its
+	// place in the pool freed. 0 disables.
 	// Reloadable; a wait already begun keeps the value it began with.
 	IdleTransactionTimeout time.Duration
 	// StartupTimeout bounds the time from accept to ReadyForQuery.

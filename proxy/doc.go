@@ -214,9 +214,9 @@
 // A client connection that has been idle (no backend attached, waiting
 // for its next request) for a second goes "deep idle": it gives its
 // protocol Backend, whose 8 KiB read buffer and the write buffer kept
-// with it are most of an idle connection's memory, back to a pool shared by the Server's
-// connections, and waits for the client's next bytes with a 5-byte
-// array; it takes a Backend from the pool (or a new one) when they
+// with it are most of an idle connection's memory, back to a pool shared
+// by the Server's connections, and waits for the client's next bytes
+// with a 5-byte array; it takes a Backend from the pool (or a new one) when they
 // arrive, as new connections do. One goroutine per Server (started by
 // Serve, stopped by Close) finds such connections four times per second
 // and interrupts their read with a past deadline. A Backend is only given
@@ -246,8 +246,8 @@
 // than Config.MaxMessageBytes (closed), 28P01 bad password or unknown
 // user, 28000 TLS required, 3D000 database not allowed, 53300 too many
 // clients, 57P01 shutdown, 25P03 idle in transaction past
-// Config.IdleTransactionTimeout (closed), 57014 cancelled, 08006 backend lost, 0A000
-// unsupported (e.g. cross-shard transactions, via the router). Malformed
+// Config.IdleTransactionTimeout (closed), 57014 cancelled, 08006 backend
+// lost, 0A000 unsupported (e.g. cross-shard transactions, via the router). Malformed
 // input never panics and never leaves a goroutine behind (fuzzed:
 // FuzzStartup, FuzzMessages).
 //
@@ -257,14 +257,13 @@
 // Server owns one goroutine per connection, one pump per attached
 // backend, the deep-idle sweeper, one listener per shard while clients
 // LISTEN and one writer per client with notifications waiting. Close
-// stops accepting, ends idle sessions
-// at once with FATAL 57P01, lets open transactions finish until
-// Config.ShutdownTimeout or ctx's deadline, then ends the rest and waits
-// for every goroutine (the LISTEN fan-out's included); it is idempotent. Reload swaps users, databases,
-// the default staleness bound, the client limit and the
-// idle-in-transaction timeout. The Deps (router,
-// replica sets) belong to the caller and are not closed. All exported
-// methods are safe for concurrent use.
+// stops accepting, ends idle sessions at once with FATAL 57P01, lets open
+// transactions finish until Config.ShutdownTimeout or ctx's deadline,
+// then ends the rest and waits for every goroutine (the LISTEN fan-out's
+// included); it is idempotent. Reload swaps users, databases, the
+// default staleness bound, the client limit and the idle-in-transaction
+// timeout. The Deps (router, replica sets) belong to the caller and are
+// not closed. All exported methods are safe for concurrent use.
 //
 // # Limits
 //

@@ -148,8 +148,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // Reload swaps the reloadable settings (users, databases, default max
-// staleness, client limit, idle-in-transaction timeout). Existing connections keep their identity;
-// new connections and new transactions see the new values.
+// staleness, client limit, idle-in-transaction timeout). Existing
+// connections keep their identity; new connections and new transactions
+// see the new values.
 func (s *Server) Reload(r Reloadable) error {
 	check := s.cfg
 	check.Users, check.Databases, check.MaxStaleness, check.MaxClients, check.IdleTransactionTimeout = r.Users, r.Databases, r.MaxStaleness, r.MaxClients, r.IdleTransactionTimeout

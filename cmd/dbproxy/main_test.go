@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +16,9 @@ import (
 
 	"github.com/dbproxy/dbproxy/config"
 	"github.com/jackc/pgx/v5"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 func TestUsageAndUnknownCommand(t *testing.T) {
@@ -168,6 +173,7 @@ func TestUpServesAndReuses(t *testing.T) {
 	if !strings.Contains(status.String(), "source: proxy") || strings.Count(status.String(), "s0-") != 2 {
 		t.Errorf("status output:\n%s", status.String())
 	}
+	checkMetrics(t, ctx, cfg.Server.StatusListen)
 	if out := stop(); !strings.Contains(out, "stopping") {
 		t.Errorf("up output lacks the stop message:\n%s", out)
 	}
@@ -183,4 +189,107 @@ func TestUpServesAndReuses(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT v FROM up_reuse WHERE id = 1 /* dbproxy: primary */").Scan(&v); err != nil || v != "kept" {
 		t.Fatalf("row from the first run: %q, %v", v, err)
 	}
+}
+
+// checkMetrics scrapes the proxy's /metrics on statusAddr (the up's two
+// shards of one primary and one standby, cache on, after one client session)
+// until every node reports up, and checks the proxy's families and the Go
+// runtime's and process's own.
+func checkMetrics(t *testing.T, ctx context.Context, statusAddr string) {
+	t.Helper()
+	var fams map[string]*dto.MetricFamily
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		fams = scrapeMetrics(t, ctx, statusAddr)
+		up := 0
+		for _, m := range fams["dbproxy_node_up"].GetMetric() {
+			if m.GetGauge().GetValue() == 1 {
+				up++
+			}
+		}
+		if up == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dbproxy_node_up: %d of 4 nodes up after 15 s: %v", up, fams["dbproxy_node_up"])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	roles := map[string]string{}
+	for _, m := range fams["dbproxy_node_up"].GetMetric() {
+		l := labels(m)
+		roles[l["shard"]+"/"+l["node"]] = l["role"]
+	}
+	want := map[string]string{"s0/s0-primary": "primary", "s0/s0-standby1": "standby", "s1/s1-primary": "primary", "s1/s1-standby1": "standby"}
+	if fmt.Sprint(roles) != fmt.Sprint(want) {
+		t.Errorf("dbproxy_node_up series: %v, want %v", roles, want)
+	}
+	value := func(name string) float64 {
+		t.Helper()
+		f := fams[name]
+		if f == nil || len(f.GetMetric()) == 0 {
+			t.Errorf("/metrics lacks %s", name)
+			return 0
+		}
+		m := f.GetMetric()[0]
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			return m.GetCounter().GetValue()
+		case dto.MetricType_GAUGE:
+			return m.GetGauge().GetValue()
+		}
+		return m.GetUntyped().GetValue()
+	}
+	if v := value("dbproxy_clients_accepted_total"); v < 1 {
+		t.Errorf("dbproxy_clients_accepted_total = %v after a client session", v)
+	}
+	for _, m := range fams["dbproxy_cache_stream_up"].GetMetric() {
+		if m.GetGauge().GetValue() != 1 {
+			t.Errorf("dbproxy_cache_stream_up%v = %v", labels(m), m.GetGauge().GetValue())
+		}
+	}
+	if n := len(fams["dbproxy_cache_stream_up"].GetMetric()); n != 2 {
+		t.Errorf("dbproxy_cache_stream_up: %d series, want one per shard (2)", n)
+	}
+	if len(fams["dbproxy_node_pool_connections"].GetMetric()) != 4*3 {
+		t.Errorf("dbproxy_node_pool_connections: %d series, want 4 nodes x 3 states", len(fams["dbproxy_node_pool_connections"].GetMetric()))
+	}
+	if v := value("go_goroutines"); v < 1 {
+		t.Errorf("go_goroutines = %v", v)
+	}
+	if v := value("process_resident_memory_bytes"); v < 1<<20 {
+		t.Errorf("process_resident_memory_bytes = %v", v)
+	}
+	if v := value("process_open_fds"); v < 4 {
+		t.Errorf("process_open_fds = %v", v)
+	}
+}
+
+func scrapeMetrics(t *testing.T, ctx context.Context, statusAddr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+statusAddr+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp.Status)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse as the Prometheus text format: %v", err)
+	}
+	return fams
+}
+
+func labels(m *dto.Metric) map[string]string {
+	l := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		l[lp.GetName()] = lp.GetValue()
+	}
+	return l
 }

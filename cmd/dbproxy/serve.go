@@ -25,6 +25,7 @@ import (
 	"github.com/dbproxy/dbproxy/router"
 	"github.com/dbproxy/dbproxy/shard"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -268,7 +269,10 @@ func (rp *runningProxy) report() *statusReport {
 
 func (rp *runningProxy) statusHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{rp: rp})
+	// The Go runtime's and the process's own metrics (go_*: heap, GC
+	// pauses, goroutines; process_*: CPU seconds, RSS, open descriptors)
+	// beside the proxy's.
+	reg.MustRegister(&collector{rp: rp}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {

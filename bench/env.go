@@ -370,6 +370,7 @@ func (e *env) dbproxyConfig(port int) (*config.Config, error) {
 	cfg.Tables = []config.Table{{Name: shardedTable, ShardKey: []string{"id"}, KeyTypes: []config.KeyType{config.KeyInt}}}
 	cfg.Routing.DefaultShard = "s0"
 	cfg.Pool.Size = 20
+	cfg.Backend.SSLMode = "disable" // the clusters serve plain TCP, as PgBouncer reaches them
 	cfg.ApplyDefaults()
 	// Room for every idle-conns connection and the sanity check's.
 	cfg.Server.MaxClientConns = max(cfg.Server.MaxClientConns, e.cfg.IdleConnections+100)

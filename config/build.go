@@ -1,8 +1,10 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -90,7 +92,7 @@ func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, erro
 		}
 		rc.Nodes = append(rc.Nodes, replica.NodeConfig{
 			Name:       n.Name,
-			ConnString: ConnURL(n, u.Name, u.BackendPasswordOrPlain(), db),
+			ConnString: c.ConnURL(n, u.Name, u.BackendPasswordOrPlain(), db),
 			Role:       role,
 			Weight:     n.Weight,
 			PoolSize:   c.NodePoolSize(n),
@@ -99,15 +101,44 @@ func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, erro
 	return rc, rc.Validate()
 }
 
+// WithBackendFilesIn returns a copy of c whose relative [backend] file
+// paths (sslrootcert, sslcert, sslkey) are taken relative to dir, the
+// directory of the file the config was read from. sslrootcert = "system"
+// is kept as it is.
+func (c *Config) WithBackendFilesIn(dir string) *Config {
+	n := c.Clone()
+	rel := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	b := &n.Backend
+	rel(&b.SSLCert)
+	rel(&b.SSLKey)
+	if b.SSLRootCert != "system" {
+		rel(&b.SSLRootCert)
+	}
+	return n
+}
+
 // ConnURL is the PostgreSQL URL the proxy uses to reach node n as user with
-// password, to database db, without TLS (nodes listen on trusted networks).
-func ConnURL(n Node, user, password, db string) string {
+// password, to database db, with the [backend] TLS parameters (file paths
+// as they are in c).
+func (c *Config) ConnURL(n Node, user, password, db string) string {
+	q := url.Values{}
+	b := c.Backend
+	q.Set("sslmode", cmp.Or(b.SSLMode, "prefer"))
+	for k, v := range map[string]string{"sslrootcert": b.SSLRootCert, "sslcert": b.SSLCert, "sslkey": b.SSLKey} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
 	u := url.URL{
 		Scheme:   "postgres",
 		User:     url.UserPassword(user, password),
 		Host:     n.Host + ":" + strconv.Itoa(n.Port),
 		Path:     "/" + db,
-		RawQuery: "sslmode=disable",
+		RawQuery: q.Encode(),
 	}
 	return u.String()
 }
@@ -154,6 +185,6 @@ func (c *Config) CacheStreamConfig(shardName string) (cache.StreamConfig, error)
 	}
 	sc := cache.DefaultStreamConfig()
 	sc.Shard = shardName
-	sc.ConnString = ConnURL(p, c.Users[0].Name, c.Users[0].BackendPasswordOrPlain(), c.Server.Databases[0])
+	sc.ConnString = c.ConnURL(p, c.Users[0].Name, c.Users[0].BackendPasswordOrPlain(), c.Server.Databases[0])
 	return sc, sc.Validate()
 }

@@ -18,6 +18,7 @@ type Config struct {
 	Pool    Pool    `toml:"pool"`
 	Breaker Breaker `toml:"breaker"`
 	Cache   Cache   `toml:"cache"`
+	Backend Backend `toml:"backend"`
 
 	// pos holds source positions when the Config came from Parse/Load, so
 	// Validate can name lines. Never serialised, ignored by Diff.
@@ -169,6 +170,29 @@ type Pool struct {
 	AcquireTimeout Duration `toml:"acquire_timeout"`
 }
 
+// Backend is the [backend] table: how the proxy connects to every node
+// (pooled connections, health and lag probes, the cache's change stream).
+// The keys mean what libpq's connection parameters of the same names mean.
+type Backend struct {
+	// SSLMode: disable, allow, prefer (default: TLS when the server offers
+	// it, unverified), require (TLS, unverified unless SSLRootCert is set,
+	// then as verify-ca), verify-ca (TLS with a certificate signed by a
+	// trusted CA) or verify-full (verify-ca and the node's host matches
+	// the certificate).
+	SSLMode string `toml:"sslmode"`
+	// SSLRootCert is a PEM file of the CAs trusted for verify-ca and
+	// verify-full; "" means the system's trusted roots, "system" says so
+	// explicitly (and implies verify-full, as in libpq).
+	SSLRootCert string `toml:"sslrootcert"`
+	// SSLCert and SSLKey are a PEM client certificate and key presented to
+	// the nodes (for cert authentication); set both or neither.
+	SSLCert string `toml:"sslcert"`
+	SSLKey  string `toml:"sslkey"`
+}
+
+// SSLModes are the accepted values of backend.sslmode.
+var SSLModes = []string{"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
 // Breaker is the [breaker] table: the per-node circuit breaker.
 type Breaker struct {
 	// Failures is the number of consecutive failures that opens it (> 0).
@@ -245,16 +269,17 @@ func Default() *Config {
 			ExcludeTables:   []string{},
 			FillAfterMisses: 2,
 		},
+		Backend: Backend{SSLMode: "prefer"},
 	}
 }
 
 // ApplyDefaults fills the fields whose zero value documents a default:
 // Server.PoolMode, Routing.Balance, Users[i].Auth, Shards[i].Weight and
 // Shards[i].Nodes[j].Weight (0 -> 1), Routing.DefaultShard ("" -> first
-// shard), Cache.IncludeTables (nil -> ["*"]) and Cache.ExcludeTables
-// (nil -> []). Other fields get their defaults from Default (Parse decodes
-// onto Default()), so an explicit zero there stays zero and Validate
-// reports it. Node.PoolSize 0 is left as is; see NodePoolSize.
+// shard), Cache.IncludeTables (nil -> ["*"]), Cache.ExcludeTables
+// (nil -> []) and Backend.SSLMode ("" -> "prefer"). Other fields get
+// their defaults from Default (Parse decodes onto Default()), so an
+// explicit zero there stays zero and Validate reports it. Node.PoolSize 0 is left as is; see NodePoolSize.
 // ApplyDefaults is idempotent.
 func (c *Config) ApplyDefaults() {
 	if c.Server.PoolMode == 0 {
@@ -287,6 +312,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.Cache.ExcludeTables == nil {
 		c.Cache.ExcludeTables = []string{}
+	}
+	if c.Backend.SSLMode == "" {
+		c.Backend.SSLMode = "prefer"
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 const exampleFile = "../dbproxy.example.toml"
@@ -169,7 +171,7 @@ func TestDefault(t *testing.T) {
 		"min_requests": c.Breaker.MinRequests == 20, "open_for": c.Breaker.OpenFor.D() == 5*time.Second, "half_open_trials": c.Breaker.HalfOpenTrials == 3,
 		"cache.enabled": !c.Cache.Enabled, "max_bytes": c.Cache.MaxBytes == 64<<20, "ttl": c.Cache.TTL.D() == time.Minute,
 		"max_entry_bytes": c.Cache.MaxEntryBytes == 1<<20, "include_tables": reflect.DeepEqual(c.Cache.IncludeTables, []string{"*"}),
-		"fill_after_misses": c.Cache.FillAfterMisses == 2,
+		"fill_after_misses": c.Cache.FillAfterMisses == 2, "sslmode": c.Backend.SSLMode == "prefer",
 	}
 	for k, ok := range want {
 		if !ok.(bool) {
@@ -377,5 +379,44 @@ func BenchmarkParseExample(b *testing.B) {
 		if _, err := Parse(data); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestConnURLBackendTLS checks that [backend] reaches the connection strings
+// the proxy's pools, probes and cache stream are built from, as pgconn
+// reads them.
+func TestConnURLBackendTLS(t *testing.T) {
+	c := loadExample(t)
+	n := c.Shards[0].Nodes[0]
+	for _, tc := range []struct {
+		b          Backend
+		tls        bool   // a TLS config at all
+		fallback   bool   // a plaintext fallback after it
+		serverName string // verify-full checks the host name
+	}{
+		{Backend{SSLMode: "disable"}, false, false, ""},
+		{Backend{SSLMode: "prefer"}, true, true, ""},
+		{Backend{SSLMode: "require"}, true, false, ""},
+		{Backend{SSLMode: "verify-full", SSLRootCert: "testdata/ca.pem"}, true, false, n.Host},
+	} {
+		c.Backend = tc.b
+		url := c.ConnURL(n, "app", "pw", "app")
+		pc, err := pgconn.ParseConfig(url)
+		if err != nil {
+			t.Fatalf("%+v: %s does not parse: %v", tc.b, url, err)
+		}
+		if (pc.TLSConfig != nil) != tc.tls || (len(pc.Fallbacks) > 0) != tc.fallback {
+			t.Errorf("%+v: TLS %v, %d fallbacks; want TLS %v, fallback %v", tc.b, pc.TLSConfig != nil, len(pc.Fallbacks), tc.tls, tc.fallback)
+		}
+		if pc.TLSConfig != nil && pc.TLSConfig.ServerName != tc.serverName {
+			t.Errorf("%+v: ServerName %q, want %q", tc.b, pc.TLSConfig.ServerName, tc.serverName)
+		}
+		if tc.b.SSLRootCert != "" && (pc.TLSConfig == nil || pc.TLSConfig.RootCAs == nil) {
+			t.Errorf("%+v: sslrootcert not loaded", tc.b)
+		}
+	}
+	c.Backend = Backend{SSLMode: "verify-ca", SSLRootCert: "testdata/missing.pem"}
+	if _, err := pgconn.ParseConfig(c.ConnURL(n, "app", "pw", "app")); err == nil || !strings.Contains(err.Error(), "CA file") {
+		t.Errorf("missing CA file: %v", err)
 	}
 }

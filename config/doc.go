@@ -1,8 +1,10 @@
 // Package config is dbproxy's typed configuration: one TOML file holding
 // the listener, users, shards (a primary plus standbys each), sharded
 // tables and their shard keys, routing and balancing, staleness bounds,
-// pool sizes, breaker limits and cache settings. dbproxy.example.toml at
-// the repository root documents every key.
+// pool sizes, breaker limits, cache settings and how the nodes are
+// reached (TLS). dbproxy.example.toml at the repository root documents
+// every key. ConnURL and WithBackendFilesIn turn [backend] into the
+// connection strings of the pools, probes and cache stream.
 //
 // # Building a Config
 //

@@ -72,6 +72,7 @@ func TestCheckReloadRejectsFixedChanges(t *testing.T) {
 		{"drop table", func(c *Config) { c.Tables = c.Tables[:1] }, "tables", "changed from 2 entries to 1 entry"},
 		{"cache size", func(c *Config) { c.Cache.MaxBytes = 1 << 30 }, "cache.max_bytes", "changed"},
 		{"databases", func(c *Config) { c.Server.Databases = []string{"app", "other"} }, "server.databases", "changed"},
+		{"backend sslmode", func(c *Config) { c.Backend.SSLMode = "verify-full" }, "backend.sslmode", `changed from "prefer" to "verify-full"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

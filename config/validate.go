@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -26,6 +27,7 @@ func (c *Config) Validate() error {
 	c.validatePool(el)
 	c.validateBreaker(el)
 	c.validateCache(el)
+	c.validateBackend(el)
 	return el.err()
 }
 
@@ -350,6 +352,26 @@ func (c *Config) validateCache(el *errorList) {
 			}
 			if _, err := path.Match(p, ""); err != nil {
 				el.invalid(k, "bad pattern %q: %v", p, err)
+			}
+		}
+	}
+}
+
+func (c *Config) validateBackend(el *errorList) {
+	b := &c.Backend
+	if !slices.Contains(SSLModes, b.SSLMode) {
+		el.invalid("backend.sslmode", "%q is not an sslmode (allowed: %s)", b.SSLMode, strings.Join(SSLModes, ", "))
+	}
+	switch {
+	case b.SSLCert != "" && b.SSLKey == "":
+		el.invalid("backend.sslcert", "sslcert is set but sslkey is not (set both or neither)")
+	case b.SSLCert == "" && b.SSLKey != "":
+		el.invalid("backend.sslkey", "sslkey is set but sslcert is not (set both or neither)")
+	}
+	if b.SSLMode == "disable" {
+		for _, f := range []struct{ key, v string }{{"backend.sslrootcert", b.SSLRootCert}, {"backend.sslcert", b.SSLCert}} {
+			if f.v != "" {
+				el.invalid(f.key, "has no effect with sslmode = \"disable\" (connections to the nodes are not encrypted)")
 			}
 		}
 	}

@@ -300,6 +300,21 @@ var validateCases = []validateCase{
 		key:  "server.idle_transaction_timeout", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "idle_transaction_timeout",
 	},
 	{
+		name: "unknown backend sslmode",
+		mut:  set("extra", "\n[backend]\nsslmode = \"verify\"\n"),
+		key:  "backend.sslmode", sentinel: ErrInvalid, msg: `"verify" is not an sslmode (allowed: disable, allow, prefer, require, verify-ca, verify-full)`, marker: "sslmode",
+	},
+	{
+		name: "backend sslcert without sslkey",
+		mut:  set("extra", "\n[backend]\nsslmode = \"verify-full\"\nsslcert = \"/etc/client.pem\"\n"),
+		key:  "backend.sslcert", sentinel: ErrInvalid, msg: "sslkey is not", marker: "sslcert",
+	},
+	{
+		name: "backend sslrootcert with sslmode disable",
+		mut:  set("extra", "\n[backend]\nsslmode = \"disable\"\nsslrootcert = \"/etc/ca.pem\"\n"),
+		key:  "backend.sslrootcert", sentinel: ErrInvalid, msg: "has no effect with sslmode = \"disable\"", marker: "sslrootcert",
+	},
+	{
 		name: "tls_cert without tls_key",
 		mut:  replaceIn("server", `databases`, "tls_cert = \"/etc/cert.pem\"\ndatabases"),
 		key:  "server.tls_cert", sentinel: ErrInvalid, msg: "tls_key is not", marker: "tls_cert",

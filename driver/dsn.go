@@ -1,10 +1,12 @@
 package driver
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,7 +52,9 @@ var ErrBadDSN = errors.New("dbproxy driver: invalid DSN")
 // lag_interval, probe_timeout (Go durations: "200ms"), pool_size (per node),
 // cache (on or off: the read-result cache, invalidated through a change
 // stream from each primary; the user needs the REPLICATION attribute, see
-// package cache). A key left out keeps the default of config.Default.
+// package cache), sslmode, sslrootcert, sslcert, sslkey (how the driver
+// connects to the nodes, as in libpq; see [backend] in the config). A key
+// left out keeps the default of config.Default.
 //
 // Values are percent-decoded and taken verbatim otherwise (white space
 // included), so a ';' or '%' inside a password is written %3B or %25. Keys
@@ -79,6 +83,9 @@ type DSN struct {
 	// Cache is "on" or "off" to enable or disable the read-result cache
 	// ([cache] enabled), "" to keep the configuration's setting.
 	Cache string
+	// SSLMode, SSLRootCert, SSLCert and SSLKey are [backend]'s keys of the
+	// same names (inline form; "" = default).
+	SSLMode, SSLRootCert, SSLCert, SSLKey string
 }
 
 // DSNShard is one shard of an inline DSN: Nodes[0] is the primary.
@@ -105,6 +112,7 @@ type DSNTable struct {
 var dsnKeys = []string{
 	"file", "user", "password", "database", "shards", "tables", "default_shard", "balance",
 	"max_staleness", "catch_up_wait", "acquire_timeout", "health_interval", "lag_interval", "probe_timeout", "pool_size", "cache",
+	"sslmode", "sslrootcert", "sslcert", "sslkey",
 }
 
 func dsnErr(format string, args ...any) error {
@@ -210,6 +218,14 @@ func (d *DSN) set(k, v string) error {
 			return dsnErr("pool_size=%q: want a non-negative integer", v)
 		}
 		d.PoolSize = n
+	case "sslmode":
+		d.SSLMode = v
+	case "sslrootcert":
+		d.SSLRootCert = v
+	case "sslcert":
+		d.SSLCert = v
+	case "sslkey":
+		d.SSLKey = v
 	case "cache":
 		on, err := parseCacheMode(v)
 		if err != nil {
@@ -408,6 +424,11 @@ func (d *DSN) String() string {
 	if d.Cache != "" {
 		add("cache", d.Cache)
 	}
+	for _, kv := range [][2]string{{"sslmode", d.SSLMode}, {"sslrootcert", d.SSLRootCert}, {"sslcert", d.SSLCert}, {"sslkey", d.SSLKey}} {
+		if kv[1] != "" {
+			add(kv[0], kv[1])
+		}
+	}
 	return strings.Join(parts, ";")
 }
 
@@ -432,10 +453,13 @@ func escapeDSN(v string) string {
 func (d *DSN) Config() (*config.Config, error) {
 	if d.File != "" {
 		c, err := config.Load(d.File)
-		if err != nil || d.Cache == "" {
-			return c, err
+		if err != nil {
+			return nil, err
 		}
-		c.Cache.Enabled = d.Cache == "on"
+		c = c.WithBackendFilesIn(filepath.Dir(d.File))
+		if d.Cache != "" {
+			c.Cache.Enabled = d.Cache == "on"
+		}
 		return c, nil
 	}
 	if d.User == "" {
@@ -486,6 +510,7 @@ func (d *DSN) Config() (*config.Config, error) {
 		c.Pool.Size = d.PoolSize
 	}
 	c.Cache.Enabled = d.Cache == "on"
+	c.Backend = config.Backend{SSLMode: cmp.Or(d.SSLMode, c.Backend.SSLMode), SSLRootCert: d.SSLRootCert, SSLCert: d.SSLCert, SSLKey: d.SSLKey}
 	c.ApplyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadDSN, err)

@@ -2,6 +2,8 @@ package driver
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -114,6 +116,9 @@ func TestParseDSNErrors(t *testing.T) {
 		"shards=s0:h:1;user=app;password=app",               // no database
 		"shards=s0:h:1,s0:h:2;user=a;password=a;database=a", // duplicate shard
 		"shards=s0:h:1;user=a;password=a;database=a;default_shard=s9",
+		"shards=s0:h:1;user=a;password=a;database=a;sslmode=verify",                     // not an sslmode
+		"shards=s0:h:1;user=a;password=a;database=a;sslmode=verify-full;sslcert=c.pem",  // sslkey missing
+		"shards=s0:h:1;user=a;password=a;database=a;sslmode=disable;sslrootcert=ca.pem", // no effect
 	} {
 		d, err := ParseDSN(s)
 		if err != nil {
@@ -206,4 +211,46 @@ func FuzzDSN(f *testing.F) {
 			_, _ = d.Config() // must not panic (the file form would read arbitrary paths)
 		}
 	})
+}
+
+// TestDSNBackendTLS: the inline TLS keys reach [backend]; the file form's
+// relative [backend] paths are taken from the config file's directory.
+func TestDSNBackendTLS(t *testing.T) {
+	d, err := ParseDSN("shards=s0:h:1;user=a;password=a;database=a;sslmode=verify-full;sslrootcert=/etc/ca.pem;sslcert=/etc/c.pem;sslkey=/etc/k.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := d.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (config.Backend{SSLMode: "verify-full", SSLRootCert: "/etc/ca.pem", SSLCert: "/etc/c.pem", SSLKey: "/etc/k.pem"}); cfg.Backend != want {
+		t.Errorf("backend %+v, want %+v", cfg.Backend, want)
+	}
+	if d2, err := ParseDSN(d.String()); err != nil || !reflect.DeepEqual(d, d2) {
+		t.Errorf("round trip: %+v, %v", d2, err)
+	}
+	d, _ = ParseDSN("shards=s0:h:1;user=a;password=a;database=a")
+	if cfg, err := d.Config(); err != nil {
+		t.Fatal(err)
+	} else if cfg.Backend.SSLMode != "prefer" {
+		t.Errorf("default sslmode %q, want prefer", cfg.Backend.SSLMode)
+	}
+
+	dir := t.TempDir()
+	text := "[server]\ndatabases = [\"app\"]\n[[users]]\nname = \"app\"\npassword = \"app\"\n" +
+		"[[shards]]\nname = \"s0\"\n  [[shards.nodes]]\n  name = \"p\"\n  host = \"127.0.0.1\"\n  port = 5432\n  role = \"primary\"\n" +
+		"[backend]\nsslmode = \"verify-ca\"\nsslrootcert = \"certs/ca.pem\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "db.toml"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err = ParseDSN("file=" + filepath.Join(dir, "db.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := d.Config(); err != nil {
+		t.Fatal(err)
+	} else if cfg.Backend.SSLRootCert != filepath.Join(dir, "certs/ca.pem") {
+		t.Errorf("file form sslrootcert %q; want it under the file's directory", cfg.Backend.SSLRootCert)
+	}
 }

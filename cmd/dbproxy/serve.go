@@ -115,8 +115,11 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.closeSets()
 		return nil, err
 	}
+	// The [backend] files are relative to the config's directory; the
+	// running config (compared on reload) keeps them as written.
+	bcfg := cfg.WithBackendFilesIn(baseDir)
 	for _, si := range topo.Shards() {
-		rc, err := cfg.ReplicaConfig(si.Name, backendUser, backendDB)
+		rc, err := bcfg.ReplicaConfig(si.Name, backendUser, backendDB)
 		if err != nil {
 			return fail(err)
 		}
@@ -128,7 +131,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.sets[si.ID] = set
 	}
 	if cfg.Cache.Enabled {
-		if rp.cache, err = startCache(ctx, cfg, topo, log); err != nil {
+		if rp.cache, err = startCache(ctx, bcfg, topo, log); err != nil {
 			return fail(err)
 		}
 	}

@@ -217,6 +217,8 @@ func upConfig(clusters []*pgcluster.Cluster, o upOptions) (*config.Config, error
 	cfg.Server.Databases = []string{upDatabase}
 	cfg.Users = []config.User{{Name: upUser, Password: upPassword, Auth: config.AuthSCRAMSHA256}}
 	cfg.Cache.Enabled = true
+	// The local clusters serve plain TCP on loopback: no TLS round trip.
+	cfg.Backend.SSLMode = "disable"
 	for _, c := range clusters {
 		sh := config.Shard{Name: c.Name(), Weight: 1}
 		for i, n := range c.Nodes() {

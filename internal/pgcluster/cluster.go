@@ -59,6 +59,17 @@ type Options struct {
 	Settings map[string]string
 	// Logf receives progress messages; nil discards them.
 	Logf func(format string, args ...any)
+	// TLS, when set, makes every node serve TLS with its certificate.
+	TLS *TLS
+}
+
+// TLS is the certificate of Options.TLS.
+type TLS struct {
+	// CertPEM and KeyPEM are the server certificate and its private key.
+	CertPEM, KeyPEM []byte
+	// Only makes pg_hba.conf refuse connections without TLS, except the
+	// superuser postgres's and replication connections (pgcluster's own).
+	Only bool
 }
 
 func (o Options) withDefaults() Options {
@@ -79,6 +90,9 @@ func (o Options) Validate() error {
 	}
 	if o.Standbys < 0 || o.Standbys > 8 {
 		return fmt.Errorf("%w: standbys %d out of range 0..8", ErrInvalidOptions, o.Standbys)
+	}
+	if o.TLS != nil && (len(o.TLS.CertPEM) == 0 || len(o.TLS.KeyPEM) == 0) {
+		return fmt.Errorf("%w: TLS needs a certificate and a key", ErrInvalidOptions)
 	}
 	for k, v := range o.Settings {
 		if !settingRE.MatchString(k) {
@@ -131,6 +145,7 @@ type Cluster struct {
 	user  osUser
 	logf  func(string, ...any)
 	conf  map[string]string
+	tls   *TLS
 	nodes []*Node // nodes[0] is the primary
 
 	reused bool
@@ -174,7 +189,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{name: opts.Name, bin: bin, user: u, logf: opts.Logf, conf: DefaultSettings()}
+	c := &Cluster{name: opts.Name, bin: bin, user: u, logf: opts.Logf, conf: DefaultSettings(), tls: opts.TLS}
 	for k, v := range opts.Settings {
 		c.conf[k] = v
 	}

@@ -29,7 +29,10 @@
 // listening on port 0; a bind clash at first start moves the node to another
 // port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
 // pg_hba.conf trusts user postgres and replication connections from
-// 127.0.0.1; every other user authenticates with scram-sha-256. Every node
+// 127.0.0.1; every other user authenticates with scram-sha-256 (over TLS
+// only with Options.TLS.Only; Options.TLS makes every node serve TLS with
+// the given certificate, written into its data directory). Both files are
+// rewritten on every start. Every node
 // gets DefaultSettings (sized for a small shared machine: shared_buffers
 // 128MB, max_connections 200, wal_level logical, hot_standby_feedback on,
 // wal_receiver_status_interval 1s, logging to postgres.log at warning) plus

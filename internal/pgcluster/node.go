@@ -501,6 +501,21 @@ func (n *Node) writeConf() error {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(n.c.conf[k], "'", "''"))
 	}
 	fmt.Fprintf(&b, "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n", n.Port)
+	hba := hbaConf
+	if t := n.c.tls; t != nil {
+		for name, pem := range map[string][]byte{"server.crt": t.CertPEM, "server.key": t.KeyPEM} {
+			if err := n.c.writeOwnedFile(filepath.Join(n.Dir, name), string(pem)); err != nil {
+				return err
+			}
+		}
+		b.WriteString("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+		if t.Only {
+			hba = hbaTLSOnly
+		}
+	}
+	if err := n.c.writeOwnedFile(filepath.Join(n.Dir, "pg_hba.conf"), hba); err != nil {
+		return err
+	}
 	return n.c.writeOwnedFile(filepath.Join(n.Dir, "pgcluster.conf"), b.String())
 }
 

@@ -32,6 +32,12 @@ const hbaConf = "# Written by pgcluster.\n" +
 	"host replication all 127.0.0.1/32 trust\n" +
 	"host all all 127.0.0.1/32 scram-sha-256\n"
 
+// hbaTLSOnly is pg_hba.conf for Options.TLS.Only: other users need TLS.
+const hbaTLSOnly = "# Written by pgcluster.\n" +
+	"host all postgres 127.0.0.1/32 trust\n" +
+	"host replication all 127.0.0.1/32 trust\n" +
+	"hostssl all all 127.0.0.1/32 scram-sha-256\n"
+
 const confInclude = "\n# Settings managed by pgcluster (rewritten on every start).\ninclude 'pgcluster.conf'\n"
 
 var templateMu sync.Mutex // one template build at a time per process

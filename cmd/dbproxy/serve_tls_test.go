@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/config"
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
+	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/jackc/pgx/v5"
+)
+
+// TestServeBackendTLS runs `dbproxy serve` in front of a cluster (primary
+// and hot standby) whose pg_hba.conf accepts user app only over TLS, with
+// [backend] settings read from the config file.
+func TestServeBackendTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	certPEM, keyPEM, err := proxy.GenerateSelfSignedCert(nil) // 127.0.0.1 among its names
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := pgcluster.StartT(t, pgcluster.Options{Name: "backendtls", Standbys: 1, TLS: &pgcluster.TLS{CertPEM: certPEM, KeyPEM: keyPEM, Only: true}})
+	if err := c.WaitStreaming(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "certs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	otherCA, _, err := proxy.GenerateSelfSignedCert(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, pem := range map[string][]byte{"ca.pem": certPEM, "other-ca.pem": otherCA} {
+		if err := os.WriteFile(filepath.Join(dir, "certs", name), pem, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// serve starts the proxy with [backend] b and returns a connection to it.
+	serve := func(t *testing.T, b config.Backend) *pgx.Conn {
+		t.Helper()
+		cfg := config.Default()
+		cfg.Server.Listen = "127.0.0.1:0"
+		cfg.Server.StatusListen = ""
+		cfg.Server.Databases = []string{"app"}
+		cfg.Users = []config.User{{Name: "app", Password: "app"}}
+		sh := config.Shard{Name: "s0"}
+		for i, n := range c.Nodes() {
+			role := config.RoleStandby
+			if i == 0 {
+				role = config.RolePrimary
+			}
+			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: n.Host, Port: n.Port, Role: role})
+		}
+		cfg.Shards = []config.Shard{sh}
+		cfg.Routing.ProbeTimeout = config.Duration(2 * time.Second)
+		cfg.Backend = b
+		cfg.ApplyDefaults()
+		path := filepath.Join(dir, "dbproxy.toml")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		sctx, stop := context.WithCancel(ctx)
+		var out syncBuffer
+		done := make(chan int, 1)
+		go func() { done <- run(sctx, []string{"serve", "--config", path}, &out, &out) }()
+		t.Cleanup(func() {
+			stop()
+			if code := <-done; code != 0 {
+				t.Errorf("serve exited %d:\n%s", code, out.String())
+			}
+		})
+		re := regexp.MustCompile(`serve: listening on ([0-9.]+:[0-9]+)`)
+		for {
+			if m := re.FindStringSubmatch(out.String()); m != nil {
+				conn, err := pgx.Connect(ctx, "postgres://app:app@"+m[1]+"/app?sslmode=disable")
+				if err != nil {
+					t.Fatalf("connect to the proxy: %v", err)
+				}
+				t.Cleanup(func() { conn.Close(context.Background()) })
+				return conn
+			}
+			select {
+			case code := <-done:
+				done <- code
+				t.Fatalf("serve exited %d:\n%s", code, out.String())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+
+	t.Run("verify-full", func(t *testing.T) {
+		conn := serve(t, config.Backend{SSLMode: "verify-full", SSLRootCert: "certs/ca.pem"})
+		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS tls_rows (id int PRIMARY KEY)"); err != nil {
+			t.Fatalf("create through the proxy: %v", err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO tls_rows VALUES (1) ON CONFLICT DO NOTHING"); err != nil {
+			t.Fatalf("insert through the proxy: %v", err)
+		}
+		for _, q := range []string{
+			"SELECT ssl, pg_is_in_recovery() FROM pg_stat_ssl WHERE pid = pg_backend_pid() /* dbproxy: primary */",
+			"SELECT ssl, pg_is_in_recovery() FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+		} {
+			var ssl, standby bool
+			if err := conn.QueryRow(ctx, q).Scan(&ssl, &standby); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+			if !ssl {
+				t.Errorf("%s: the proxy's backend connection is not TLS (standby %v)", q, standby)
+			}
+			if wantStandby := !strings.Contains(q, "primary"); standby != wantStandby {
+				t.Errorf("%s: ran on a standby: %v, want %v", q, standby, wantStandby)
+			}
+		}
+	})
+	t.Run("plaintext refused by the server", func(t *testing.T) {
+		conn := serve(t, config.Backend{SSLMode: "disable"})
+		_, err := conn.Exec(ctx, "SELECT 1 /* dbproxy: primary */")
+		if err == nil || !strings.Contains(err.Error(), "no encryption") {
+			t.Errorf("query with sslmode disable against a TLS-only server: %v, want the server's pg_hba refusal", err)
+		}
+	})
+	t.Run("certificate from an untrusted CA", func(t *testing.T) {
+		conn := serve(t, config.Backend{SSLMode: "verify-full", SSLRootCert: "certs/other-ca.pem"})
+		_, err := conn.Exec(ctx, "SELECT 1 /* dbproxy: primary */")
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("query with a CA that did not sign the server's certificate: %v, want a certificate error", err)
+		}
+	})
+}

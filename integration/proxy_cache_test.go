@@ -62,6 +62,72 @@ func TestProxyCache(t *testing.T) {
 		testProxyCacheSession(t, ctx, senv, cc)
 	})
 	t.Run("Pgbench", func(t *testing.T) { testProxyCachePgbench(t, ctx, env, cc) })
+	t.Run("PerUser", func(t *testing.T) {
+		uenv := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) {
+			c.Users = append(c.Users, proxy.User{Name: "cache_reader", Password: "cr"})
+		}, func(d *proxy.Deps) { d.Cache = cc })
+		testProxyCachePerUser(t, ctx, uenv, cc, clusters)
+	})
+}
+
+// testProxyCachePerUser: a result cached for one user is not served to
+// another, who runs the read under its own privileges.
+func testProxyCachePerUser(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	for _, c := range clusters {
+		if err := c.CreateDatabase(ctx, "app", "cache_reader", "cr"); err != nil { // creates the role
+			t.Fatal(err)
+		}
+		if err := c.WaitCaughtUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app, err := pgx.Connect(ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	reader, err := pgx.Connect(ctx, fmt.Sprintf("postgres://cache_reader:cr@%s/app?sslmode=disable", env.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close(ctx)
+	const id = 77
+	hit := false
+	for try := 0; try < 50 && !hit; try++ {
+		s0 := cc.Stats()
+		if _, err := readItem(ctx, app, id); err != nil {
+			t.Fatal(err)
+		}
+		hit = cc.Stats().Hits == s0.Hits+1
+	}
+	if !hit {
+		t.Fatalf("app's read of item %d is not served from the cache: %+v", id, cc.Stats())
+	}
+	s0 := cc.Stats()
+	if _, err := readItem(ctx, reader, id); errCode(err) != "42501" {
+		t.Errorf("a user without SELECT on items reads app's cached item: %v; want 42501", err)
+	}
+	if cc.Stats().Hits != s0.Hits {
+		t.Errorf("the other user's read was a cache hit")
+	}
+	primary, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close(ctx)
+	if _, err := primary.Exec(ctx, "GRANT SELECT ON items TO cache_reader"); err != nil {
+		t.Fatal(err)
+	}
+	if err := clusters[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s0 = cc.Stats()
+	if r, err := readItem(ctx, reader, id); err != nil || r.id != id {
+		t.Errorf("read after the grant: %+v, %v", r, err)
+	}
+	if cc.Stats().Hits != s0.Hits {
+		t.Errorf("the other user's first read was a hit on app's entry")
+	}
 }
 
 // testProxyCacheSession checks hits while the client keeps a parked

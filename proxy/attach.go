@@ -1042,7 +1042,7 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 		}
 		node = n
 	}
-	lease, err := node.Acquire(ctx)
+	lease, err := node.AcquireAs(ctx, c.backendID)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -34,6 +34,8 @@ type credential struct {
 	md5Inner  string // hex(md5(password||user)), valid when hasMD5
 	hasMD5    bool
 	databases []string
+	// backendPassword logs in to the backends as this user ("" = cannot).
+	backendPassword string
 }
 
 // buildCredentials precomputes SCRAM keys (one PBKDF2 per user, at
@@ -41,7 +43,10 @@ type credential struct {
 func buildCredentials(users []User) (map[string]*credential, error) {
 	out := make(map[string]*credential, len(users))
 	for _, u := range users {
-		c := &credential{name: u.Name, databases: u.Databases}
+		c := &credential{name: u.Name, databases: u.Databases, backendPassword: u.BackendPassword}
+		if c.backendPassword == "" && u.SCRAMVerifier == "" && !isMD5Hash(u.Password) {
+			c.backendPassword = u.Password
+		}
 		switch {
 		case u.SCRAMVerifier != "":
 			sc, err := parseSCRAMVerifier(u.SCRAMVerifier)

@@ -147,7 +147,7 @@ type cachedBatch struct {
 // through the cache, and with which tables.
 func (c *clientConn) cacheTarget(att *attachment, p plan, st *router.Statement) (target, []string, bool) {
 	cc := c.srv.cache
-	if cc == nil || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
+	if cc == nil || !c.atHome() || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
 		return target{}, nil, false
 	}
 	eff := p.eff
@@ -207,7 +207,9 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 	c.mu.Unlock()
 	cs := &c.cacheState
 	if cs.ns == "" || cs.nsFP != fp {
-		cs.nsFP, cs.ns = fp, cacheNamespace+replaySQL
+		// Results are shared only between sessions of the same user and
+		// database: privileges (and row security) differ between users.
+		cs.nsFP, cs.ns = fp, cacheNamespace+c.user+"\x00"+c.database+"\x00"+replaySQL
 	}
 	keySQL := r.sql
 	if slices.ContainsFunc(r.oids, func(o uint32) bool { return o != 0 }) {

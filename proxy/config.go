@@ -101,6 +101,12 @@ type User struct {
 	// Databases this user may connect to; empty means every database in
 	// Config.Databases.
 	Databases []string
+	// BackendPassword is the password the proxy logs in to the backends
+	// with, as this user and to the database the client named; "" means
+	// Password when that is a plain password. A user with neither is
+	// refused at login (28000): the proxy never runs a client's statements
+	// as another user.
+	BackendPassword string
 }
 
 // Config configures a Server. The listener is not part of it: the caller

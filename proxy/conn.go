@@ -43,6 +43,9 @@ type clientConn struct {
 
 	user, database string
 	startupParams  map[string]string
+	// backendID is who the client's backend connections log in as: its
+	// own user, to its own database (set at authentication).
+	backendID *replica.Identity
 
 	state    atomic.Uint32 // connState
 	shutdown atomic.Bool   // Close asked this connection to end
@@ -317,6 +320,11 @@ func (c *clientConn) stateAuth(ctx context.Context) stateFn {
 		c.srv.reg.rejected.Add(1)
 		return c.fail(newClientError(codeUnknownDatabase, fmt.Sprintf("database %q does not exist", c.database)))
 	}
+	if cred.backendPassword == "" {
+		c.srv.reg.rejected.Add(1)
+		return c.fail(newClientError(codeInvalidAuthSpec, fmt.Sprintf("dbproxy has no password to log in to the databases as user %q (set its backend password)", c.user)))
+	}
+	c.backendID = &replica.Identity{User: c.user, Password: cred.backendPassword, Database: c.database}
 	if live.maxClients > 0 && c.srv.reg.active() > live.maxClients {
 		c.srv.reg.rejected.Add(1)
 		return c.fail(newClientError(codeTooManyConnections, "sorry, too many clients already"))

@@ -3,6 +3,14 @@
 // PostgreSQL, and it runs their statements on the shards and replicas the
 // router chooses, over pooled backend connections leased from replica.
 //
+// A client's backend connections log in as the client's own user (with
+// User.BackendPassword, or its plain Password) to the database it named,
+// so PostgreSQL's privileges apply to it; a user the proxy cannot log in
+// as is refused at authentication (28000). Results are cached per user
+// and database. The proxy's own backend work (the LISTEN connections)
+// uses the replica sets' default identity; clients of a database other
+// than Deps.HomeDatabase do not use the cache and cannot LISTEN (0A000).
+//
 // # Overview
 //
 // The client side speaks pgproto3 (protocol 3.0; a 3.2 request is

@@ -166,7 +166,9 @@ func TestAuthSCRAM(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := newTestServer(t, func(c *Config) {
-		c.Users = append(c.Users, User{Name: "ver", SCRAMVerifier: verifier}, User{Name: "limited", Password: "x", Databases: []string{"other"}})
+		c.Users = append(c.Users, User{Name: "ver", SCRAMVerifier: verifier, BackendPassword: "v3rifier"}, User{Name: "limited", Password: "x", Databases: []string{"other"}},
+			User{Name: "nobackend", SCRAMVerifier: verifier}) // authenticates, but the proxy cannot log in as it
+
 		c.Databases = []string{"app", "other"}
 	})
 	for _, tc := range []struct{ user, pass, db, code string }{
@@ -177,6 +179,7 @@ func TestAuthSCRAM(t *testing.T) {
 		{"app", "secret", "nodb", codeUnknownDatabase},
 		{"limited", "x", "app", codeUnknownDatabase},
 		{"limited", "x", "other", ""},
+		{"nobackend", "v3rifier", "app", codeInvalidAuthSpec},
 	} {
 		c, err := connect(t, ts.addr, tc.user, tc.pass, tc.db, "sslmode=disable")
 		if tc.code == "" {
@@ -194,18 +197,20 @@ func TestAuthSCRAM(t *testing.T) {
 			t.Errorf("%s/%s: got %q (%v), want %s", tc.user, tc.db, got, err, tc.code)
 		}
 	}
-	if st := ts.Stats(); st.Rejected != 4 {
-		t.Errorf("rejected %d, want 4", st.Rejected)
+	if st := ts.Stats(); st.Rejected != 5 {
+		t.Errorf("rejected %d, want 5", st.Rejected)
 	}
 }
 
 func TestAuthMD5(t *testing.T) {
 	ts := newTestServer(t, func(c *Config) {
 		c.Auth = AuthMD5
-		c.Users = append(c.Users, User{Name: "hashed", Password: "md5" + md5hex("pw"+"hashed")})
+		c.Users = append(c.Users, User{Name: "hashed", Password: "md5" + md5hex("pw"+"hashed"), BackendPassword: "pw"},
+			User{Name: "hashonly", Password: "md5" + md5hex("pw"+"hashonly")})
 	})
 	for _, tc := range []struct{ user, pass, code string }{
 		{"app", "secret", ""}, {"hashed", "pw", ""}, {"app", "nope", codeInvalidPassword}, {"ghost", "x", codeInvalidPassword},
+		{"hashonly", "pw", codeInvalidAuthSpec}, // an md5 hash cannot log in to the backends
 	} {
 		c, err := connect(t, ts.addr, tc.user, tc.pass, "app", "sslmode=disable")
 		if tc.code == "" {

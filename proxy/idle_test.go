@@ -442,7 +442,7 @@ func FuzzFraming(f *testing.F) {
 func newIdleServer(t *testing.T, after time.Duration, shards map[shard.ID]*replica.Set, rt *router.Router, mut func(*Config)) *testServer {
 	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Users = []User{{Name: "app", Password: "secret"}}
+	cfg.Users = []User{{Name: "app", Password: "secret", BackendPassword: "app"}} // the test clusters' password for app
 	cfg.Databases = []string{"app"}
 	cfg.ShutdownTimeout = 2 * time.Second
 	cfg.StartupTimeout = 5 * time.Second

@@ -528,9 +528,16 @@ func (c *clientConn) endWith(err error) {
 	_ = c.netConn.Close()
 }
 
+// atHome reports whether the client's database is the server's home
+// database (Deps.HomeDatabase).
+func (c *clientConn) atHome() bool { return c.srv.homeDB == "" || c.database == c.srv.homeDB }
+
 // listen carries out a LISTEN answered by the proxy: the channel is
 // held before the answer. Called by the reader.
 func (c *clientConn) listen(ctx context.Context, channel string) error {
+	if !c.atHome() {
+		return newClientError(codeFeatureNotSupported, fmt.Sprintf("LISTEN through dbproxy works in database %q only", c.srv.homeDB))
+	}
 	c.mu.Lock()
 	held := c.listenHeld[channel]
 	c.mu.Unlock()

@@ -32,6 +32,13 @@ type Deps struct {
 	// proxy's committed writes (see cache.go). Its change streams are the
 	// caller's to start.
 	Cache *cache.Cache
+	// HomeDatabase is the database the replica sets' own connections (the
+	// LISTEN connections) and the Cache's change streams use. Clients of
+	// another database neither read through the cache (its streams do not
+	// see that database's writes) nor LISTEN (0A000): their notifications
+	// would come from the wrong database. "" means every client's database
+	// is the home database.
+	HomeDatabase string
 	// Logger overrides Config.Logger when non-nil.
 	Logger *slog.Logger
 }
@@ -44,6 +51,7 @@ type Server struct {
 	router *router.Router
 	shards map[shard.ID]*replica.Set
 	cache  *cache.Cache // nil: no result cache
+	homeDB string       // Deps.HomeDatabase
 
 	live atomic.Pointer[liveConfig] // the reloadable part
 
@@ -120,6 +128,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		router:    deps.Router,
 		shards:    deps.Shards,
 		cache:     deps.Cache,
+		homeDB:    deps.HomeDatabase,
 		reg:       newRegistry(),
 		listeners: map[net.Listener]struct{}{},
 		closing:   make(chan struct{}),

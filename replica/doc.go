@@ -70,7 +70,10 @@
 // Each node has its own pool of at most PoolSize pgconn connections, so a
 // slow node cannot take connections from the others. Node.Acquire(ctx)
 // blocks while the pool is exhausted, at most AcquireTimeout, then fails
-// with ErrPoolExhausted (SQLSTATE 53300, naming the node). A Lease exposes
+// with ErrPoolExhausted (SQLSTATE 53300, naming the node).
+// Node.AcquireAs(ctx, id) leases a connection logged in as another user or
+// to another database; the pool bound is shared by every identity: an idle
+// connection of one is closed to make room for another's. A Lease exposes
 // the *pgconn.PgConn; Lease.Release(err) pools it again only when err is nil
 // or a *pgconn.PgError, the connection is open, not busy and idle ('I');
 // otherwise it is closed. Lease.Discard(err) always closes it. Pooled

@@ -16,6 +16,7 @@ import (
 type Lease struct {
 	node  *Node
 	conn  *pgconn.PgConn
+	key   string // identityKey of the connection's login
 	start time.Time
 	trial bool // counted as a half-open breaker trial
 	done  atomic.Bool
@@ -74,7 +75,7 @@ func (l *Lease) finish(err error, reuse bool) {
 	}()
 	n.recordOutcome(err)
 	if reuse {
-		n.pushIdle(l.conn)
+		n.pushIdle(l.conn, l.key)
 	} else {
 		n.destroy(l.conn)
 	}

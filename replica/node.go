@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,13 +30,15 @@ type Node struct {
 	cfg      NodeConfig
 	weight   int
 	hashSeed uint64
-	connCfg  *pgconn.Config // pooled connections
+	connCfg  *pgconn.Config // pooled connections of the default identity
 	probeCfg *pgconn.Config // probe connections
+	defKey   string         // identityKey of connCfg's user and database
 
 	// Pool: sem holds one token per lease in use (capacity PoolSize).
 	sem     chan struct{}
 	mu      sync.Mutex
-	idle    []idleConn
+	idle    []idleConn // oldest first
+	idCfgs  map[string]identityConfig
 	dying   []*pgconn.PgConn // destroyed conns whose async cleanup may still run
 	inUse   atomic.Int64
 	waiting atomic.Int64
@@ -59,7 +62,24 @@ type Node struct {
 
 type idleConn struct {
 	conn  *pgconn.PgConn
+	key   string // identityKey
 	since int64
+}
+
+// Identity is who a pooled connection logs in as, and to which database.
+// Connections of different identities share the node's pool bound: an idle
+// connection of one identity is closed to make room for another's.
+type Identity struct {
+	User, Password, Database string
+}
+
+func identityKey(user, database string) string { return user + "\x00" + database }
+
+// identityConfig is the connect config of one identity, kept with the
+// password it was built with.
+type identityConfig struct {
+	password string
+	cfg      *pgconn.Config
 }
 
 // lagSample is one successful lag/role probe result (immutable once stored).
@@ -111,6 +131,8 @@ func newNode(s *Set, nc NodeConfig) (*Node, error) {
 		hashSeed: h.Sum64(),
 		connCfg:  connCfg,
 		probeCfg: probeCfg,
+		defKey:   identityKey(connCfg.User, connCfg.Database),
+		idCfgs:   map[string]identityConfig{},
 		sem:      make(chan struct{}, nc.PoolSize),
 		kick:     make(chan struct{}, 1),
 		br:       newBreaker(s.cfg.Breaker),
@@ -197,7 +219,21 @@ func (n *Node) InUse() int { return int(n.inUse.Load()) }
 // Acquire does not check health, lag or freshness: choose read nodes with
 // Set.Pick. The primary's breaker never blocks Acquire (the primary is the
 // source of truth; a dead one fails at connect).
+//
+// The connection logs in as the node's ConnString says; AcquireAs chooses
+// another identity.
 func (n *Node) Acquire(ctx context.Context) (*Lease, error) {
+	return n.AcquireAs(ctx, nil)
+}
+
+// AcquireAs is Acquire with a connection that logs in as id (nil: the
+// ConnString's user, password and database). Idle connections are reused
+// only for the same user and database; when the pool is full, an idle
+// connection of another identity is closed to make room. A connection
+// that fails to log in returns ErrNodeUnavailable wrapping the server's
+// error (a wrong password is *pgconn.PgError 28P01, which does not count
+// against the node's breaker; see IsConnFailure).
+func (n *Node) AcquireAs(ctx context.Context, id *Identity) (*Lease, error) {
 	s := n.set
 	if s.closed.Load() {
 		return nil, newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
@@ -228,12 +264,34 @@ func (n *Node) Acquire(ctx context.Context) (*Lease, error) {
 	if err := n.acquireSlot(ctx); err != nil {
 		return nil, err
 	}
-	l, err := n.leaseWithSlot(ctx, trial)
+	l, err := n.leaseWithSlot(ctx, trial, id)
 	if err != nil {
 		return nil, err
 	}
 	ok = true
 	return l, nil
+}
+
+// identity returns the pool key and connect config of id (nil: the
+// default identity).
+func (n *Node) identity(id *Identity) (string, *pgconn.Config) {
+	if id == nil {
+		return n.defKey, n.connCfg
+	}
+	key := identityKey(id.User, id.Database)
+	if key == n.defKey && id.Password == n.connCfg.Password {
+		return key, n.connCfg
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ic, ok := n.idCfgs[key]
+	if !ok || ic.password != id.Password {
+		cfg := n.connCfg.Copy()
+		cfg.User, cfg.Password, cfg.Database = id.User, id.Password, id.Database
+		ic = identityConfig{password: id.Password, cfg: cfg}
+		n.idCfgs[key] = ic
+	}
+	return key, ic.cfg
 }
 
 func (n *Node) acquireSlot(ctx context.Context) error {
@@ -263,7 +321,7 @@ func (n *Node) acquireSlot(ctx context.Context) error {
 
 // leaseWithSlot turns a held slot into a lease; the slot is given back on
 // any error or panic.
-func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err error) {
+func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *Lease, err error) {
 	s := n.set
 	held := true
 	defer func() {
@@ -271,10 +329,12 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err err
 			<-n.sem
 		}
 	}()
-	conn := n.popIdle(ctx)
+	key, cfg := n.identity(id)
+	conn := n.popIdle(ctx, key)
 	if conn == nil {
+		n.makeRoom()
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-		conn, err = pgconn.ConnectConfig(cctx, n.connCfg.Copy())
+		conn, err = pgconn.ConnectConfig(cctx, cfg.Copy())
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -290,21 +350,46 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool) (l *Lease, err err
 	}
 	n.inUse.Add(1)
 	held = false
-	return &Lease{node: n, conn: conn, start: time.Now(), trial: trial}, nil
+	return &Lease{node: n, conn: conn, key: key, start: time.Now(), trial: trial}, nil
 }
 
-func (n *Node) popIdle(ctx context.Context) *pgconn.PgConn {
+// makeRoom closes the oldest idle connections (of other identities: the
+// caller found none of its own) that a new connection would push past
+// PoolSize. The caller holds a slot.
+func (n *Node) makeRoom() {
+	n.mu.Lock()
+	excess := int(n.inUse.Load()) + 1 + len(n.idle) - cap(n.sem)
+	if excess <= 0 {
+		n.mu.Unlock()
+		return
+	}
+	excess = min(excess, len(n.idle))
+	victims := make([]*pgconn.PgConn, excess)
+	for i := range victims {
+		victims[i] = n.idle[i].conn
+	}
+	n.idle = slices.Delete(n.idle, 0, excess)
+	n.mu.Unlock()
+	for _, c := range victims {
+		n.destroy(c)
+	}
+}
+
+// popIdle takes the most recently idle connection of identity key.
+func (n *Node) popIdle(ctx context.Context, key string) *pgconn.PgConn {
 	now := n.set.now()
 	for {
 		n.mu.Lock()
-		k := len(n.idle)
-		if k == 0 {
+		k := len(n.idle) - 1
+		for k >= 0 && n.idle[k].key != key {
+			k--
+		}
+		if k < 0 {
 			n.mu.Unlock()
 			return nil
 		}
-		ic := n.idle[k-1]
-		n.idle[k-1] = idleConn{}
-		n.idle = n.idle[:k-1]
+		ic := n.idle[k]
+		n.idle = slices.Delete(n.idle, k, k+1)
 		n.mu.Unlock()
 		if ic.conn.IsClosed() {
 			n.destroy(ic.conn)
@@ -327,14 +412,14 @@ func (n *Node) popIdle(ctx context.Context) *pgconn.PgConn {
 	}
 }
 
-func (n *Node) pushIdle(c *pgconn.PgConn) {
+func (n *Node) pushIdle(c *pgconn.PgConn, key string) {
 	n.mu.Lock()
 	if n.set.closed.Load() {
 		n.mu.Unlock()
 		n.destroy(c)
 		return
 	}
-	n.idle = append(n.idle, idleConn{conn: c, since: n.set.now()})
+	n.idle = append(n.idle, idleConn{conn: c, key: key, since: n.set.now()})
 	n.mu.Unlock()
 }
 

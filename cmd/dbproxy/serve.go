@@ -108,7 +108,9 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	if len(cfg.Users) == 0 || len(cfg.Server.Databases) == 0 {
 		return nil, errors.New("config needs at least one user and one database")
 	}
-	// Backend connections log in as the first user to the first database.
+	// Clients' backend connections log in as the client's user to its
+	// database; the proxy's own (probes, LISTEN, the function catalog, the
+	// cache's change streams) as the first user to the first database.
 	backendUser, backendDB := cfg.Users[0].Name, cfg.Server.Databases[0]
 	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}, done: make(chan error, 1)}
 	fail := func(err error) (*runningProxy, error) {
@@ -144,7 +146,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		return fail(err)
 	}
 	pcfg.Logger = log
-	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, Logger: log})
+	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, HomeDatabase: backendDB, Logger: log})
 	if err != nil {
 		return fail(err)
 	}
@@ -233,7 +235,7 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 		if u.Auth == config.AuthMD5 {
 			pc.Auth = proxy.AuthMD5
 		}
-		pc.Users = append(pc.Users, proxy.User{Name: u.Name, Password: u.Password, SCRAMVerifier: u.SCRAMVerifier})
+		pc.Users = append(pc.Users, proxy.User{Name: u.Name, Password: u.Password, SCRAMVerifier: u.SCRAMVerifier, BackendPassword: u.BackendPasswordOrPlain()})
 	}
 	if cfg.TLSEnabled() {
 		cert, err := tls.LoadX509KeyPair(resolve(baseDir, cfg.Server.TLSCert), resolve(baseDir, cfg.Server.TLSKey))

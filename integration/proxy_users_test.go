@@ -1,0 +1,149 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/dbproxy/dbproxy/replica"
+	"github.com/jackc/pgx/v5"
+)
+
+// TestProxyUsersLogInAsThemselves: every client's statements run on
+// backend connections logged in as the client's own user to the client's
+// own database, so PostgreSQL's privileges apply to it and not to the
+// proxy's first user; the per-node pool bound holds across users.
+func TestProxyUsersLogInAsThemselves(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	clusters := startProxyClusters(t, ctx)
+	for _, c := range clusters {
+		conn, err := c.Primary().Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{
+			"CREATE ROLE reader LOGIN PASSWORD 'rpw'",
+			"CREATE ROLE reader2 LOGIN PASSWORD 'rpw2'",
+			"CREATE ROLE mismatch LOGIN PASSWORD 'right'",
+			"CREATE TABLE open_rows (id int PRIMARY KEY, v text)",
+			"CREATE TABLE closed_rows (id int PRIMARY KEY, v text)",
+			"ALTER TABLE open_rows OWNER TO app",
+			"ALTER TABLE closed_rows OWNER TO app",
+			"INSERT INTO open_rows VALUES (1, 'open')",
+			"INSERT INTO closed_rows VALUES (1, 'closed')",
+			"GRANT SELECT ON open_rows TO reader, reader2",
+		} {
+			if _, err := conn.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %s: %v", c.Name(), q, err)
+			}
+		}
+		conn.Close(ctx)
+		if err := c.CreateDatabase(ctx, "other", "app", "app"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitCaughtUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const poolSize = 2
+	env := startProxyEnvWith(t, ctx, clusters, func(rc *replica.Config) { rc.PoolSize = poolSize }, func(c *proxy.Config) {
+		c.Users = append(c.Users,
+			proxy.User{Name: "reader", Password: "rpw"},
+			proxy.User{Name: "reader2", Password: "rpw2"},
+			proxy.User{Name: "mismatch", Password: "x", BackendPassword: "wrong"})
+		c.Databases = []string{"app", "other"}
+	}, func(d *proxy.Deps) { d.HomeDatabase = "app" })
+	connectTo := func(user, password, db string) *pgx.Conn {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", user, password, env.addr, db))
+		if err != nil {
+			t.Fatalf("connect as %s: %v", user, err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	connect := func(user, password string) *pgx.Conn { t.Helper(); return connectTo(user, password, "app") }
+	app, reader, reader2 := connect("app", "app"), connect("reader", "rpw"), connect("reader2", "rpw2")
+
+	for _, tc := range []struct {
+		conn *pgx.Conn
+		want string
+	}{{app, "app"}, {reader, "reader"}, {reader2, "reader2"}} {
+		for _, q := range []string{"SELECT current_user, pg_is_in_recovery()", "SELECT current_user, pg_is_in_recovery() /* dbproxy: primary */"} {
+			var user string
+			var standby bool
+			if err := tc.conn.QueryRow(ctx, q).Scan(&user, &standby); err != nil {
+				t.Fatalf("%s: %s: %v", tc.want, q, err)
+			}
+			if user != tc.want {
+				t.Errorf("%s: %s ran as %q (standby %v)", tc.want, q, user, standby)
+			}
+		}
+	}
+	var v string
+	if err := reader.QueryRow(ctx, "SELECT v FROM open_rows WHERE id = 1").Scan(&v); err != nil || v != "open" {
+		t.Errorf("reader reads the table granted to it: %q, %v", v, err)
+	}
+	if err := reader.QueryRow(ctx, "SELECT v FROM closed_rows WHERE id = 1").Scan(&v); errCode(err) != "42501" {
+		t.Errorf("reader reads a table it has no privilege on: %q, %v; want 42501", v, err)
+	}
+	if _, err := reader.Exec(ctx, "INSERT INTO open_rows VALUES (2, 'written')"); errCode(err) != "42501" {
+		t.Errorf("reader inserts without the privilege: %v; want 42501", err)
+	}
+	if err := app.QueryRow(ctx, "SELECT v FROM closed_rows WHERE id = 1").Scan(&v); err != nil || v != "closed" {
+		t.Errorf("the owner reads its table: %q, %v", v, err)
+	}
+	mismatch := connect("mismatch", "x") // the proxy accepts it; the server refuses the backend password
+	if _, err := mismatch.Exec(ctx, "SELECT 1"); errCode(err) != "28P01" {
+		t.Errorf("statement of a user whose backend password is wrong: %v; want the server's 28P01", err)
+	}
+
+	// A client of the second database works in it, on primaries and
+	// standbys; LISTEN there is refused (the proxy listens in "app").
+	other := connectTo("app", "app", "other")
+	for _, q := range []string{"SELECT current_database()", "SELECT current_database() /* dbproxy: primary */"} {
+		var db string
+		if err := other.QueryRow(ctx, q).Scan(&db); err != nil || db != "other" {
+			t.Errorf("%s from a client of database other: %q, %v", q, db, err)
+		}
+	}
+	if _, err := other.Exec(ctx, "LISTEN ch"); errCode(err) != "0A000" {
+		t.Errorf("LISTEN outside the home database: %v; want 0A000", err)
+	}
+	if _, err := app.Exec(ctx, "LISTEN ch"); err != nil {
+		t.Errorf("LISTEN in the home database: %v", err)
+	}
+
+	// Three users take turns on s0's primary, whose pool holds two
+	// connections: an idle connection of one user is closed to make room
+	// for another's.
+	for i := 0; i < 3; i++ {
+		for _, conn := range []*pgx.Conn{app, reader, reader2} {
+			var user string
+			if err := conn.QueryRow(ctx, "SELECT current_user /* dbproxy: primary */").Scan(&user); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		}
+	}
+	check, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer check.Close(ctx)
+	var n int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if err := check.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE usename IN ('app', 'reader', 'reader2') AND application_name <> 'dbproxy-replica-probe'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n <= poolSize || time.Now().After(deadline) {
+			break
+		}
+	}
+	if n > poolSize {
+		t.Errorf("%d backend connections from the proxy on s0's primary, pool size %d", n, poolSize)
+	}
+}

@@ -275,13 +275,10 @@ func (n *Node) AcquireAs(ctx context.Context, id *Identity) (*Lease, error) {
 // identity returns the pool key and connect config of id (nil: the
 // default identity).
 func (n *Node) identity(id *Identity) (string, *pgconn.Config) {
-	if id == nil {
+	if id == nil || id.User == n.connCfg.User && id.Database == n.connCfg.Database && id.Password == n.connCfg.Password {
 		return n.defKey, n.connCfg
 	}
 	key := identityKey(id.User, id.Database)
-	if key == n.defKey && id.Password == n.connCfg.Password {
-		return key, n.connCfg
-	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ic, ok := n.idCfgs[key]

@@ -170,18 +170,18 @@ func (d *DSN) set(k, v string) error {
 		*p = x
 		return nil
 	}
+	plain := map[string]*string{"user": &d.User, "password": &d.Password, "database": &d.Database, "default_shard": &d.DefaultShard,
+		"sslmode": &d.SSLMode, "sslrootcert": &d.SSLRootCert, "sslcert": &d.SSLCert, "sslkey": &d.SSLKey}
+	if p, ok := plain[k]; ok {
+		*p = v
+		return nil
+	}
 	switch k {
 	case "file":
 		if v == "" {
 			return dsnErr("file is empty")
 		}
 		d.File = v
-	case "user":
-		d.User = v
-	case "password":
-		d.Password = v
-	case "database":
-		d.Database = v
 	case "shards":
 		sh, err := parseShards(v)
 		if err != nil {
@@ -194,8 +194,6 @@ func (d *DSN) set(k, v string) error {
 			return err
 		}
 		d.Tables = t
-	case "default_shard":
-		d.DefaultShard = v
 	case "balance":
 		if err := d.Balance.UnmarshalText([]byte(v)); err != nil {
 			return dsnErr("balance: %v", err)
@@ -218,14 +216,6 @@ func (d *DSN) set(k, v string) error {
 			return dsnErr("pool_size=%q: want a non-negative integer", v)
 		}
 		d.PoolSize = n
-	case "sslmode":
-		d.SSLMode = v
-	case "sslrootcert":
-		d.SSLRootCert = v
-	case "sslcert":
-		d.SSLCert = v
-	case "sslkey":
-		d.SSLKey = v
 	case "cache":
 		on, err := parseCacheMode(v)
 		if err != nil {

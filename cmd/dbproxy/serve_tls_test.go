@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -125,6 +127,25 @@ func TestServeBackendTLS(t *testing.T) {
 			}
 			if wantStandby := !strings.Contains(q, "primary"); standby != wantStandby {
 				t.Errorf("%s: ran on a standby: %v, want %v", q, standby, wantStandby)
+			}
+		}
+		// dbproxy status (no status listener: it probes the nodes itself)
+		// reaches them with the same [backend] settings, run from
+		// another directory.
+		var out, errb bytes.Buffer
+		if code := run(ctx, []string{"status", "--config", filepath.Join(dir, "dbproxy.toml"), "--json"}, &out, &errb); code != 0 {
+			t.Fatalf("status: exit %d: %s", code, errb.String())
+		}
+		var rep statusReport
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, out.String())
+		}
+		if rep.Source != "probe" || len(rep.Shards) != 1 || len(rep.Shards[0].Nodes) != 2 {
+			t.Fatalf("status: %+v", rep)
+		}
+		for _, n := range rep.Shards[0].Nodes {
+			if !n.Healthy {
+				t.Errorf("status: node %s not healthy: %s", n.Name, n.LastError)
 			}
 		}
 	})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -100,7 +101,7 @@ nodes directly (pools and breakers are then those of the probe).`, stderr)
 	rep, err := proxyStatus(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "no running proxy answered on its status address (%v); probing the nodes directly\n", err)
-		rep, err = probeStatus(ctx, cfg)
+		rep, err = probeStatus(ctx, cfg.WithBackendFilesIn(filepath.Dir(*cfgPath)))
 		if err != nil {
 			return err
 		}

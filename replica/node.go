@@ -352,10 +352,11 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 
 // makeRoom closes the oldest idle connections (of other identities: the
 // caller found none of its own) that a new connection would push past
-// PoolSize. The caller holds a slot.
+// PoolSize. The caller holds a slot: len(n.sem) counts the leases in use
+// and those being made, its own included.
 func (n *Node) makeRoom() {
 	n.mu.Lock()
-	excess := int(n.inUse.Load()) + 1 + len(n.idle) - cap(n.sem)
+	excess := len(n.sem) + len(n.idle) - cap(n.sem)
 	if excess <= 0 {
 		n.mu.Unlock()
 		return

@@ -102,7 +102,7 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	}
 
 	// A client of the second database works in it, on primaries and
-	// standbys; LISTEN there is refused (the proxy listens in "app").
+	// standbys, and its notifications are that database's.
 	other := connectTo("app", "app", "other")
 	for _, q := range []string{"SELECT current_database()", "SELECT current_database() /* dbproxy: primary */"} {
 		var db string
@@ -110,13 +110,6 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 			t.Errorf("%s from a client of database other: %q, %v", q, db, err)
 		}
 	}
-	if _, err := other.Exec(ctx, "LISTEN ch"); errCode(err) != "0A000" {
-		t.Errorf("LISTEN outside the home database: %v; want 0A000", err)
-	}
-	if _, err := app.Exec(ctx, "LISTEN ch"); err != nil {
-		t.Errorf("LISTEN in the home database: %v", err)
-	}
-
 	// Three users take turns on s0's primary, whose pool holds two
 	// connections: an idle connection of one user is closed to make room
 	// for another's.
@@ -146,4 +139,47 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	if n > poolSize {
 		t.Errorf("%d backend connections from the proxy on s0's primary, pool size %d", n, poolSize)
 	}
+
+	// Each listening connection holds a slot of its primary's pool: a
+	// proxy with room for them.
+	lenv := startProxyEnvWith(t, ctx, clusters, nil, func(c *proxy.Config) {
+		c.Users = append(c.Users, proxy.User{Name: "reader", Password: "rpw"})
+		c.Databases = []string{"app", "other"}
+	}, func(d *proxy.Deps) { d.HomeDatabase = "app" })
+	env = lenv // connect and connectTo now reach it
+	app, other, reader = connect("app", "app"), connectTo("app", "app", "other"), connect("reader", "rpw")
+	for _, c := range []*pgx.Conn{other, app} {
+		if _, err := c.Exec(ctx, "LISTEN ch"); err != nil {
+			t.Fatalf("LISTEN: %v", err)
+		}
+	}
+	notifier := connectTo("reader", "rpw", "other")
+	if _, err := notifier.Exec(ctx, "NOTIFY ch, 'in other'"); err != nil {
+		t.Fatal(err)
+	}
+	wait := func(c *pgx.Conn, d time.Duration) (string, error) {
+		wctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		n, err := c.WaitForNotification(wctx)
+		if err != nil {
+			return "", err
+		}
+		return n.Payload, nil
+	}
+	if p, err := wait(other, 10*time.Second); err != nil || p != "in other" {
+		t.Errorf("listener in database other: %q, %v; want the notification sent there", p, err)
+	}
+	if _, err := reader.Exec(ctx, "NOTIFY ch, 'in app'"); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := wait(app, 10*time.Second); err != nil || p != "in app" {
+		t.Errorf("listener in database app: %q, %v; want only app's notification", p, err)
+	}
+	if p, err := wait(other, 500*time.Millisecond); err == nil {
+		t.Errorf("listener in database other got %q, sent in app", p)
+	}
+	if _, err := other.Exec(ctx, "SELECT 1"); err != nil { // the timed-out wait cancelled nothing the proxy holds
+		t.Fatalf("after the wait: %v", err)
+	}
+
 }

@@ -7,9 +7,10 @@
 // User.BackendPassword, or its plain Password) to the database it named,
 // so PostgreSQL's privileges apply to it; a user the proxy cannot log in
 // as is refused at authentication (28000). Results are cached per user
-// and database. The proxy's own backend work (the LISTEN connections)
-// uses the replica sets' default identity; clients of a database other
-// than Deps.HomeDatabase do not use the cache and cannot LISTEN (0A000).
+// and database; clients of a database other than Deps.HomeDatabase do
+// not use the cache. LISTEN connections are per database: the home
+// database's use the replica sets' own identity, another database's the
+// identity of the first client that listened there.
 //
 // # Overview
 //
@@ -127,8 +128,9 @@
 //
 // LISTEN and UNLISTEN are answered by the proxy, never run on a pooled
 // backend (whose notifications would reach the next client to lease it).
-// Per shard, one goroutine holds a backend leased from the shard's
-// primary and LISTENs there on every channel a client listens on; each
+// Per shard (and per database clients listen in), one goroutine holds a
+// backend leased from the shard's primary and LISTENs there on every
+// channel a client of that database listens on; each
 // NotificationResponse it receives is written to every client listening
 // on the channel, between messages, whatever the client is doing (also
 // deep idle), by a short-lived goroutine per client so that a slow client

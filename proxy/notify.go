@@ -49,7 +49,8 @@ var errListenerLost = &clientError{code: codeConnectionFailure, message: "termin
 // notifier fans notifications from the shards' primaries out to client
 // connections. Its methods are safe for concurrent use.
 type notifier struct {
-	srv *Server
+	srv   *Server
+	ident *replica.Identity // who the listeners log in as (nil: the sets' own)
 
 	mu        sync.Mutex
 	chans     map[string]*notifyChannel
@@ -293,7 +294,7 @@ func (l *listener) connect(ctx context.Context) (*replica.Lease, error) {
 	if node == nil {
 		return nil, newClientError(codeConnectionFailure, fmt.Sprintf("shard %d has no primary", l.id))
 	}
-	return node.Acquire(ctx)
+	return node.AcquireAs(ctx, l.n.ident)
 }
 
 // serve listens on lease's backend until it fails (an error), nothing is
@@ -532,19 +533,39 @@ func (c *clientConn) endWith(err error) {
 // database (Deps.HomeDatabase).
 func (c *clientConn) atHome() bool { return c.srv.homeDB == "" || c.database == c.srv.homeDB }
 
+// notifier returns the fan-out of the client's database: notifications
+// are per database in PostgreSQL. The home database's listeners use the
+// replica sets' own connections; another database's log in as the first
+// client that listened there.
+func (c *clientConn) notifier() *notifier {
+	if c.atHome() {
+		return c.srv.notify
+	}
+	s := c.srv
+	s.dbNotifyMu.Lock()
+	defer s.dbNotifyMu.Unlock()
+	n := s.dbNotify[c.database]
+	if n == nil {
+		n = newNotifier(s)
+		n.ident = c.backendID
+		if s.dbNotify == nil {
+			s.dbNotify = map[string]*notifier{}
+		}
+		s.dbNotify[c.database] = n
+	}
+	return n
+}
+
 // listen carries out a LISTEN answered by the proxy: the channel is
 // held before the answer. Called by the reader.
 func (c *clientConn) listen(ctx context.Context, channel string) error {
-	if !c.atHome() {
-		return newClientError(codeFeatureNotSupported, fmt.Sprintf("LISTEN through dbproxy works in database %q only", c.srv.homeDB))
-	}
 	c.mu.Lock()
 	held := c.listenHeld[channel]
 	c.mu.Unlock()
 	if held {
 		return nil
 	}
-	if err := c.srv.notify.acquire(ctx, channel); err != nil {
+	if err := c.notifier().acquire(ctx, channel); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -565,7 +586,7 @@ func (c *clientConn) syncListensLocked() {
 	if len(c.listenHeld) == 0 && len(c.listenSubs) == 0 {
 		return
 	}
-	n := c.srv.notify
+	n := c.notifier()
 	if v := rs.ListenVersion(); v != c.listenVersion {
 		c.listenVersion = v
 		want := rs.Listening()
@@ -603,11 +624,14 @@ func (c *clientConn) dropListens() {
 	held, subs := c.listenHeld, c.listenSubs
 	c.listenHeld, c.listenSubs = nil, nil
 	c.mu.Unlock()
-	for ch := range subs {
-		c.srv.notify.unsubscribe(c, ch)
-	}
-	for ch := range held {
-		c.srv.notify.release(ch)
+	if len(subs)+len(held) > 0 {
+		n := c.notifier()
+		for ch := range subs {
+			n.unsubscribe(c, ch)
+		}
+		for ch := range held {
+			n.release(ch)
+		}
 	}
 	c.notes.mu.Lock()
 	c.notes.dead, c.notes.buf = true, nil

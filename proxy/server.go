@@ -32,12 +32,12 @@ type Deps struct {
 	// proxy's committed writes (see cache.go). Its change streams are the
 	// caller's to start.
 	Cache *cache.Cache
-	// HomeDatabase is the database the replica sets' own connections (the
-	// LISTEN connections) and the Cache's change streams use. Clients of
-	// another database neither read through the cache (its streams do not
-	// see that database's writes) nor LISTEN (0A000): their notifications
-	// would come from the wrong database. "" means every client's database
-	// is the home database.
+	// HomeDatabase is the database the replica sets' own connections use
+	// and the Cache's change streams decode. Clients of another database
+	// do not read through the cache (its streams do not see that
+	// database's writes), and their LISTENs are served by listening
+	// connections of that database (notifications are per database). ""
+	// means every client's database is the home database.
 	HomeDatabase string
 	// Logger overrides Config.Logger when non-nil.
 	Logger *slog.Logger
@@ -92,7 +92,9 @@ type Server struct {
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
 	idleTxTimeouts       atomic.Uint64 // sessions ended by IdleTransactionTimeout
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
-	notify               *notifier     // LISTEN/NOTIFY fan-out (notify.go)
+	notify               *notifier     // LISTEN/NOTIFY fan-out of the home database (notify.go)
+	dbNotifyMu           sync.Mutex
+	dbNotify             map[string]*notifier // other databases' fan-outs, by name
 }
 
 type liveConfig struct {
@@ -293,7 +295,21 @@ func (s *Server) Close(ctx context.Context) error {
 	<-done
 	s.helpers.Wait()
 	s.notify.wait()
+	for _, n := range s.otherNotifiers() {
+		n.wait()
+	}
 	return err
+}
+
+// otherNotifiers returns the fan-outs of databases other than the home one.
+func (s *Server) otherNotifiers() []*notifier {
+	s.dbNotifyMu.Lock()
+	defer s.dbNotifyMu.Unlock()
+	out := make([]*notifier, 0, len(s.dbNotify))
+	for _, n := range s.dbNotify {
+		out = append(out, n)
+	}
+	return out
 }
 
 // Stats returns a snapshot of the connections and their states.
@@ -306,6 +322,11 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	st.ListenChannels, st.ListenerShards = s.notify.stats()
+	for _, n := range s.otherNotifiers() {
+		ch, ls := n.stats()
+		st.ListenChannels += ch
+		st.ListenerShards += ls
+	}
 	st.CommitLSNPiggybacked = s.commitLSNPiggybacked.Load()
 	st.CommitLSNQueries = s.commitLSNQueries.Load()
 	st.IdleTransactionTimeouts = s.idleTxTimeouts.Load()

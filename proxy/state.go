@@ -127,8 +127,9 @@ type Stats struct {
 	CommitLSNQueries     uint64
 
 	// LISTEN fan-out (notify.go): channels some client listens on (or has
-	// a LISTEN pending on in its transaction), and shards whose listening
-	// backend is connected.
+	// a LISTEN pending on in its transaction), and listening backends
+	// connected (one per shard per database with listeners); a channel
+	// listened on in two databases counts twice.
 	ListenChannels int
 	ListenerShards int
 }

@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -305,11 +307,7 @@ func (s *Server) Close(ctx context.Context) error {
 func (s *Server) otherNotifiers() []*notifier {
 	s.dbNotifyMu.Lock()
 	defer s.dbNotifyMu.Unlock()
-	out := make([]*notifier, 0, len(s.dbNotify))
-	for _, n := range s.dbNotify {
-		out = append(out, n)
-	}
-	return out
+	return slices.Collect(maps.Values(s.dbNotify))
 }
 
 // Stats returns a snapshot of the connections and their states.

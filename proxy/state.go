@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,11 +103,7 @@ func (r *registry) lookup(pid uint32) *clientConn {
 func (r *registry) all() []*clientConn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]*clientConn, 0, len(r.conns))
-	for _, c := range r.conns {
-		out = append(out, c)
-	}
-	return out
+	return slices.Collect(maps.Values(r.conns))
 }
 
 // Stats is a point-in-time snapshot of a Server.

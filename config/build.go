@@ -1,7 +1,6 @@
 package config
 
 import (
-	"cmp"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -101,17 +100,19 @@ func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, erro
 	return rc, rc.Validate()
 }
 
-// WithBackendFilesIn returns a copy of c whose relative [backend] file
-// paths (sslrootcert, sslcert, sslkey) are taken relative to dir, the
-// directory of the file the config was read from. sslrootcert = "system"
-// is kept as it is.
-func (c *Config) WithBackendFilesIn(dir string) *Config {
+// WithFilesIn returns a copy of c whose relative file paths
+// (server.tls_cert and tls_key; backend.sslrootcert, sslcert and sslkey)
+// are taken relative to dir, the directory of the file the config was
+// read from. sslrootcert = "system" is kept as it is.
+func (c *Config) WithFilesIn(dir string) *Config {
 	n := c.Clone()
 	rel := func(p *string) {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	rel(&n.Server.TLSCert)
+	rel(&n.Server.TLSKey)
 	b := &n.Backend
 	rel(&b.SSLCert)
 	rel(&b.SSLKey)
@@ -127,8 +128,7 @@ func (c *Config) WithBackendFilesIn(dir string) *Config {
 func (c *Config) ConnURL(n Node, user, password, db string) string {
 	q := url.Values{}
 	b := c.Backend
-	q.Set("sslmode", cmp.Or(b.SSLMode, "prefer"))
-	for k, v := range map[string]string{"sslrootcert": b.SSLRootCert, "sslcert": b.SSLCert, "sslkey": b.SSLKey} {
+	for k, v := range map[string]string{"sslmode": b.SSLMode, "sslrootcert": b.SSLRootCert, "sslcert": b.SSLCert, "sslkey": b.SSLKey} {
 		if v != "" {
 			q.Set(k, v)
 		}

@@ -420,3 +420,29 @@ func TestConnURLBackendTLS(t *testing.T) {
 		t.Errorf("missing CA file: %v", err)
 	}
 }
+
+// TestWithFilesIn: relative file paths are taken from the given directory;
+// absolute ones, empty ones and sslrootcert = "system" stay; c is not changed.
+func TestWithFilesIn(t *testing.T) {
+	c := loadExample(t)
+	c.Server.TLSCert, c.Server.TLSKey = "tls/server.crt", "/etc/dbproxy/server.key"
+	c.Backend = Backend{SSLMode: "verify-full", SSLRootCert: "system", SSLCert: "client.crt", SSLKey: "client.key"}
+	n := c.WithFilesIn("/cfg")
+	if n.Server.TLSCert != "/cfg/tls/server.crt" || n.Server.TLSKey != "/etc/dbproxy/server.key" {
+		t.Errorf("server files: %q, %q", n.Server.TLSCert, n.Server.TLSKey)
+	}
+	if want := (Backend{SSLMode: "verify-full", SSLRootCert: "system", SSLCert: "/cfg/client.crt", SSLKey: "/cfg/client.key"}); n.Backend != want {
+		t.Errorf("backend %+v, want %+v", n.Backend, want)
+	}
+	c.Backend.SSLRootCert = "ca.pem"
+	if got := c.WithFilesIn("/cfg").Backend.SSLRootCert; got != "/cfg/ca.pem" {
+		t.Errorf("sslrootcert %q", got)
+	}
+	if c.Server.TLSCert != "tls/server.crt" || c.Backend.SSLCert != "client.crt" {
+		t.Errorf("WithFilesIn changed its receiver: %+v %+v", c.Server, c.Backend)
+	}
+	c.Backend = Backend{}
+	if n := c.WithFilesIn("/cfg"); n.Backend != (Backend{}) {
+		t.Errorf("empty paths became %+v", n.Backend)
+	}
+}

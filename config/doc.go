@@ -3,7 +3,7 @@
 // tables and their shard keys, routing and balancing, staleness bounds,
 // pool sizes, breaker limits, cache settings and how the nodes are
 // reached (TLS). dbproxy.example.toml at the repository root documents
-// every key. ConnURL and WithBackendFilesIn turn [backend] into the
+// every key. ConnURL and WithFilesIn turn [backend] into the
 // connection strings of the pools, probes and cache stream.
 //
 // # Building a Config

@@ -446,7 +446,7 @@ func (d *DSN) Config() (*config.Config, error) {
 		if err != nil {
 			return nil, err
 		}
-		c = c.WithBackendFilesIn(filepath.Dir(d.File))
+		c = c.WithFilesIn(filepath.Dir(d.File))
 		if d.Cache != "" {
 			c.Cache.Enabled = d.Cache == "on"
 		}

@@ -117,11 +117,11 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.closeSets()
 		return nil, err
 	}
-	// The [backend] files are relative to the config's directory; the
-	// running config (compared on reload) keeps them as written.
-	bcfg := cfg.WithBackendFilesIn(baseDir)
+	// The config's files are relative to its directory; the running
+	// config (compared on reload) keeps them as written.
+	fcfg := cfg.WithFilesIn(baseDir)
 	for _, si := range topo.Shards() {
-		rc, err := bcfg.ReplicaConfig(si.Name, backendUser, backendDB)
+		rc, err := fcfg.ReplicaConfig(si.Name, backendUser, backendDB)
 		if err != nil {
 			return fail(err)
 		}
@@ -133,7 +133,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.sets[si.ID] = set
 	}
 	if cfg.Cache.Enabled {
-		if rp.cache, err = startCache(ctx, bcfg, topo, log); err != nil {
+		if rp.cache, err = startCache(ctx, fcfg, topo, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -141,7 +141,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	if err != nil {
 		return fail(err)
 	}
-	pcfg, err := proxyConfig(cfg, baseDir)
+	pcfg, err := proxyConfig(fcfg)
 	if err != nil {
 		return fail(err)
 	}
@@ -207,7 +207,7 @@ func (rp *runningProxy) reload(path string) error {
 	if err := config.CheckReload(rp.cfg, next); err != nil {
 		return err
 	}
-	pcfg, err := proxyConfig(next, filepath.Dir(path))
+	pcfg, err := proxyConfig(next.WithFilesIn(filepath.Dir(path)))
 	if err != nil {
 		return err
 	}
@@ -218,8 +218,9 @@ func (rp *runningProxy) reload(path string) error {
 	return nil
 }
 
-// proxyConfig converts the file's [server] and [[users]] into proxy.Config.
-func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
+// proxyConfig converts the file's [server] and [[users]] into proxy.Config
+// (file paths as they are in cfg: see config.WithFilesIn).
+func proxyConfig(cfg *config.Config) (proxy.Config, error) {
 	pc := proxy.DefaultConfig()
 	if cfg.Server.PoolMode == config.PoolSession {
 		pc.PoolMode = proxy.PoolSession
@@ -238,7 +239,7 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 		pc.Users = append(pc.Users, proxy.User{Name: u.Name, Password: u.Password, SCRAMVerifier: u.SCRAMVerifier, BackendPassword: u.BackendPasswordOrPlain()})
 	}
 	if cfg.TLSEnabled() {
-		cert, err := tls.LoadX509KeyPair(resolve(baseDir, cfg.Server.TLSCert), resolve(baseDir, cfg.Server.TLSKey))
+		cert, err := tls.LoadX509KeyPair(cfg.Server.TLSCert, cfg.Server.TLSKey)
 		if err != nil {
 			return pc, fmt.Errorf("server.tls_cert/tls_key: %w", err)
 		}
@@ -246,14 +247,6 @@ func proxyConfig(cfg *config.Config, baseDir string) (proxy.Config, error) {
 		pc.RequireTLS = cfg.Server.TLSRequired
 	}
 	return pc, pc.Validate()
-}
-
-// resolve makes a relative path in the config relative to the config's dir.
-func resolve(baseDir, p string) string {
-	if p == "" || filepath.IsAbs(p) {
-		return p
-	}
-	return filepath.Join(baseDir, p)
 }
 
 // report is the status of the running proxy, as /status serves it.

@@ -101,7 +101,7 @@ nodes directly (pools and breakers are then those of the probe).`, stderr)
 	rep, err := proxyStatus(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "no running proxy answered on its status address (%v); probing the nodes directly\n", err)
-		rep, err = probeStatus(ctx, cfg.WithBackendFilesIn(filepath.Dir(*cfgPath)))
+		rep, err = probeStatus(ctx, cfg.WithFilesIn(filepath.Dir(*cfgPath)))
 		if err != nil {
 			return err
 		}

@@ -279,7 +279,8 @@ func Default() *Config {
 // shard), Cache.IncludeTables (nil -> ["*"]), Cache.ExcludeTables
 // (nil -> []) and Backend.SSLMode ("" -> "prefer"). Other fields get
 // their defaults from Default (Parse decodes onto Default()), so an
-// explicit zero there stays zero and Validate reports it. Node.PoolSize 0 is left as is; see NodePoolSize.
+// explicit zero there stays zero and Validate reports it. Node.PoolSize 0
+// is left as is; see NodePoolSize.
 // ApplyDefaults is idempotent.
 func (c *Config) ApplyDefaults() {
 	if c.Server.PoolMode == 0 {

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -500,7 +499,7 @@ func (d *DSN) Config() (*config.Config, error) {
 		c.Pool.Size = d.PoolSize
 	}
 	c.Cache.Enabled = d.Cache == "on"
-	c.Backend = config.Backend{SSLMode: cmp.Or(d.SSLMode, c.Backend.SSLMode), SSLRootCert: d.SSLRootCert, SSLCert: d.SSLCert, SSLKey: d.SSLKey}
+	c.Backend = config.Backend{SSLMode: d.SSLMode, SSLRootCert: d.SSLRootCert, SSLCert: d.SSLCert, SSLKey: d.SSLKey} // "" -> ApplyDefaults' default
 	c.ApplyDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadDSN, err)

@@ -37,9 +37,9 @@ type Node struct {
 	// Pool: sem holds one token per lease in use (capacity PoolSize).
 	sem     chan struct{}
 	mu      sync.Mutex
-	idle    []idleConn // oldest first
-	idCfgs  map[string]identityConfig
-	dying   []*pgconn.PgConn // destroyed conns whose async cleanup may still run
+	idle    []idleConn                // oldest first
+	idCfgs  map[string]*pgconn.Config // connect configs of other identities, by identityKey
+	dying   []*pgconn.PgConn          // destroyed conns whose async cleanup may still run
 	inUse   atomic.Int64
 	waiting atomic.Int64
 
@@ -74,13 +74,6 @@ type Identity struct {
 }
 
 func identityKey(user, database string) string { return user + "\x00" + database }
-
-// identityConfig is the connect config of one identity, kept with the
-// password it was built with.
-type identityConfig struct {
-	password string
-	cfg      *pgconn.Config
-}
 
 // lagSample is one successful lag/role probe result (immutable once stored).
 type lagSample struct {
@@ -132,7 +125,7 @@ func newNode(s *Set, nc NodeConfig) (*Node, error) {
 		connCfg:  connCfg,
 		probeCfg: probeCfg,
 		defKey:   identityKey(connCfg.User, connCfg.Database),
-		idCfgs:   map[string]identityConfig{},
+		idCfgs:   map[string]*pgconn.Config{},
 		sem:      make(chan struct{}, nc.PoolSize),
 		kick:     make(chan struct{}, 1),
 		br:       newBreaker(s.cfg.Breaker),
@@ -281,14 +274,13 @@ func (n *Node) identity(id *Identity) (string, *pgconn.Config) {
 	key := identityKey(id.User, id.Database)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	ic, ok := n.idCfgs[key]
-	if !ok || ic.password != id.Password {
-		cfg := n.connCfg.Copy()
+	cfg := n.idCfgs[key]
+	if cfg == nil || cfg.Password != id.Password {
+		cfg = n.connCfg.Copy()
 		cfg.User, cfg.Password, cfg.Database = id.User, id.Password, id.Database
-		ic = identityConfig{password: id.Password, cfg: cfg}
-		n.idCfgs[key] = ic
+		n.idCfgs[key] = cfg
 	}
-	return key, ic.cfg
+	return key, cfg
 }
 
 func (n *Node) acquireSlot(ctx context.Context) error {

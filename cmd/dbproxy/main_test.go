@@ -93,28 +93,38 @@ var listenRE = regexp.MustCompile(`proxy listening on (\S+)`)
 // returns the proxy address it printed.
 func startUp(t *testing.T, dir string) (addr string, stop func() string) {
 	t.Helper()
+	return startCommand(t, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
+		"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, func(out string) string {
+		if m := listenRE.FindStringSubmatch(out); m != nil && strings.Contains(out, "ready in") {
+			return m[1]
+		}
+		return ""
+	})
+}
+
+// startCommand runs `dbproxy args...` until the returned stop is called
+// (which checks it exits 0 and returns its output). It waits, at most 3
+// minutes, until ready finds the address to return in the output so far.
+func startCommand(t *testing.T, args []string, ready func(out string) string) (addr string, stop func() string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
-			"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, &out, &out)
-	}()
+	go func() { done <- run(ctx, args, &out, &out) }()
 	deadline := time.After(3 * time.Minute)
 	for {
-		if m := listenRE.FindStringSubmatch(out.String()); m != nil && strings.Contains(out.String(), "ready in") {
-			addr = m[1]
+		if addr = ready(out.String()); addr != "" {
 			break
 		}
 		select {
 		case code := <-done:
 			cancel()
-			t.Fatalf("dbproxy up exited %d before it was ready:\n%s", code, out.String())
+			t.Fatalf("dbproxy %s exited %d before it was ready:\n%s", args[0], code, out.String())
 		case <-deadline:
 			cancel()
 			<-done
-			t.Fatalf("dbproxy up not ready after 3 minutes:\n%s", out.String())
-		case <-time.After(100 * time.Millisecond):
+			t.Fatalf("dbproxy %s not ready after 3 minutes:\n%s", args[0], out.String())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	return addr, func() string {
@@ -122,10 +132,10 @@ func startUp(t *testing.T, dir string) (addr string, stop func() string) {
 		select {
 		case code := <-done:
 			if code != 0 {
-				t.Errorf("dbproxy up exited %d after Ctrl-C:\n%s", code, out.String())
+				t.Errorf("dbproxy %s exited %d after Ctrl-C:\n%s", args[0], code, out.String())
 			}
 		case <-time.After(2 * time.Minute):
-			t.Errorf("dbproxy up did not stop within 2 minutes")
+			t.Errorf("dbproxy %s did not stop within 2 minutes", args[0])
 		}
 		return out.String()
 	}

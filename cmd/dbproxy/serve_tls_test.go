@@ -77,33 +77,20 @@ func TestServeBackendTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.Close()
-		sctx, stop := context.WithCancel(ctx)
-		var out syncBuffer
-		done := make(chan int, 1)
-		go func() { done <- run(sctx, []string{"serve", "--config", path}, &out, &out) }()
-		t.Cleanup(func() {
-			stop()
-			if code := <-done; code != 0 {
-				t.Errorf("serve exited %d:\n%s", code, out.String())
-			}
-		})
 		re := regexp.MustCompile(`serve: listening on ([0-9.]+:[0-9]+)`)
-		for {
-			if m := re.FindStringSubmatch(out.String()); m != nil {
-				conn, err := pgx.Connect(ctx, "postgres://app:app@"+m[1]+"/app?sslmode=disable")
-				if err != nil {
-					t.Fatalf("connect to the proxy: %v", err)
-				}
-				t.Cleanup(func() { conn.Close(context.Background()) })
-				return conn
+		addr, stop := startCommand(t, []string{"serve", "--config", path}, func(out string) string {
+			if m := re.FindStringSubmatch(out); m != nil {
+				return m[1]
 			}
-			select {
-			case code := <-done:
-				done <- code
-				t.Fatalf("serve exited %d:\n%s", code, out.String())
-			case <-time.After(50 * time.Millisecond):
-			}
+			return ""
+		})
+		t.Cleanup(func() { stop() })
+		conn, err := pgx.Connect(ctx, "postgres://app:app@"+addr+"/app?sslmode=disable")
+		if err != nil {
+			t.Fatalf("connect to the proxy: %v", err)
 		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
 	}
 
 	t.Run("verify-full", func(t *testing.T) {

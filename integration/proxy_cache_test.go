@@ -86,7 +86,7 @@ func testProxyCachePerUser(t *testing.T, ctx context.Context, env *proxyEnv, cc 
 		t.Fatal(err)
 	}
 	defer app.Close(ctx)
-	reader, err := pgx.Connect(ctx, fmt.Sprintf("postgres://cache_reader:cr@%s/app?sslmode=disable", env.addr))
+	reader, err := pgx.Connect(ctx, env.urlAs("cache_reader", "cr", "app"))
 	if err != nil {
 		t.Fatal(err)
 	}

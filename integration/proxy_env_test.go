@@ -117,7 +117,12 @@ func (e *proxyEnv) dsn(extra string) string {
 }
 
 func (e *proxyEnv) url(extra string) string {
-	return fmt.Sprintf("postgres://app:app@%s/app?sslmode=disable%s", e.addr, extra)
+	return e.urlAs("app", "app", "app") + extra
+}
+
+// urlAs is a URL for the proxy as user with password, to database db.
+func (e *proxyEnv) urlAs(user, password, db string) string {
+	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", user, password, e.addr, db)
 }
 
 // newProxyTestRouter routes over shards s0 and s1 (one per cluster).

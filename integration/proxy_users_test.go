@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -58,7 +57,7 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	}, func(d *proxy.Deps) { d.HomeDatabase = "app" })
 	connectTo := func(user, password, db string) *pgx.Conn {
 		t.Helper()
-		conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", user, password, env.addr, db))
+		conn, err := pgx.Connect(ctx, env.urlAs(user, password, db))
 		if err != nil {
 			t.Fatalf("connect as %s: %v", user, err)
 		}

@@ -548,9 +548,6 @@ func (c *clientConn) notifier() *notifier {
 	if n == nil {
 		n = newNotifier(s)
 		n.ident = c.backendID
-		if s.dbNotify == nil {
-			s.dbNotify = map[string]*notifier{}
-		}
 		s.dbNotify[c.database] = n
 	}
 	return n

@@ -156,7 +156,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := s.Reload(cfg.Reloadable()); err != nil {
 		return nil, err
 	}
-	s.notify = newNotifier(s)
+	s.notify, s.dbNotify = newNotifier(s), map[string]*notifier{}
 	return s, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dbproxy/dbproxy/internal/pgdial"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -202,7 +203,7 @@ func (s *stream) slotName() string {
 func (s *stream) session(ctx context.Context) (wasUp bool, err error) {
 	setupCtx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 	defer cancel()
-	conn, err := pgconn.ConnectConfig(setupCtx, s.pgcfg)
+	conn, err := pgdial.Connect(setupCtx, s.pgcfg)
 	if err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
@@ -211,7 +212,7 @@ func (s *stream) session(ctx context.Context) (wasUp bool, err error) {
 		_ = conn.Close(cctx)
 		cancel()
 	}()
-	qconn, err := pgconn.ConnectConfig(setupCtx, s.qcfg)
+	qconn, err := pgdial.Connect(setupCtx, s.qcfg)
 	if err != nil {
 		return false, fmt.Errorf("connect (visibility checks): %w", err)
 	}

@@ -175,10 +175,11 @@ type Pool struct {
 // The keys mean what libpq's connection parameters of the same names mean.
 type Backend struct {
 	// SSLMode: disable, allow, prefer (default: TLS when the server offers
-	// it, unverified), require (TLS, unverified unless SSLRootCert is set,
-	// then as verify-ca), verify-ca (TLS with a certificate signed by a
-	// trusted CA) or verify-full (verify-ca and the node's host matches
-	// the certificate).
+	// it, unverified; asked for on the connection itself, so a server
+	// without TLS costs no second connection), require (TLS, unverified
+	// unless SSLRootCert is set, then as verify-ca), verify-ca (TLS with a
+	// certificate signed by a trusted CA) or verify-full (verify-ca and the
+	// node's host matches the certificate).
 	SSLMode string `toml:"sslmode"`
 	// SSLRootCert is a PEM file of the CAs trusted for verify-ca and
 	// verify-full; "" means the system's trusted roots, "system" says so

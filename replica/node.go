@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dbproxy/dbproxy/internal/pgdial"
 	"github.com/dbproxy/dbproxy/internal/sockio"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
@@ -323,7 +324,7 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 	if conn == nil {
 		n.makeRoom()
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-		conn, err = pgconn.ConnectConfig(cctx, cfg.Copy())
+		conn, err = pgdial.Connect(cctx, cfg)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/dbproxy/dbproxy/internal/pgdial"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -71,7 +72,7 @@ func (n *Node) healthProbe(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ProbeTimeout)
 	defer cancel()
 	err := func() error {
-		c, err := pgconn.ConnectConfig(ctx, n.probeCfg.Copy())
+		c, err := pgdial.Connect(ctx, n.probeCfg)
 		if err != nil {
 			return err
 		}
@@ -103,7 +104,7 @@ func (n *Node) lagProbe(ctx context.Context, pc *probeConn) {
 	err := func() error {
 		if pc.c == nil || pc.c.IsClosed() {
 			pc.close(n)
-			c, err := pgconn.ConnectConfig(ctx, n.probeCfg.Copy())
+			c, err := pgdial.Connect(ctx, n.probeCfg)
 			if err != nil {
 				return err
 			}

@@ -27,6 +27,7 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 			"CREATE ROLE reader LOGIN PASSWORD 'rpw'",
 			"CREATE ROLE reader2 LOGIN PASSWORD 'rpw2'",
 			"CREATE ROLE mismatch LOGIN PASSWORD 'right'",
+			"CREATE ROLE outsider LOGIN PASSWORD 'opw'",
 			"CREATE TABLE open_rows (id int PRIMARY KEY, v text)",
 			"CREATE TABLE closed_rows (id int PRIMARY KEY, v text)",
 			"ALTER TABLE open_rows OWNER TO app",
@@ -43,6 +44,16 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 		if err := c.CreateDatabase(ctx, "other", "app", "app"); err != nil {
 			t.Fatal(err)
 		}
+		admin, err := c.Primary().Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"REVOKE CONNECT ON DATABASE other FROM PUBLIC", "GRANT CONNECT ON DATABASE other TO app, reader"} {
+			if _, err := admin.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %s: %v", c.Name(), q, err)
+			}
+		}
+		admin.Close(ctx)
 		if err := c.WaitCaughtUp(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +153,10 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	// Each listening connection holds a slot of its primary's pool: a
 	// proxy with room for them.
 	lenv := startProxyEnvWith(t, ctx, clusters, nil, func(c *proxy.Config) {
-		c.Users = append(c.Users, proxy.User{Name: "reader", Password: "rpw"})
+		c.Users = append(c.Users,
+			proxy.User{Name: "reader", Password: "rpw"},
+			proxy.User{Name: "outsider", Password: "opw"},
+			proxy.User{Name: "mismatch", Password: "x", BackendPassword: "wrong"})
 		c.Databases = []string{"app", "other"}
 	}, func(d *proxy.Deps) { d.HomeDatabase = "app" })
 	env = lenv // connect and connectTo now reach it
@@ -151,6 +165,16 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 		if _, err := c.Exec(ctx, "LISTEN ch"); err != nil {
 			t.Fatalf("LISTEN: %v", err)
 		}
+	}
+	// The proxy's own connections listen; a client the server would not
+	// let in gets the server's refusal, not the database's notifications.
+	outsider := connectTo("outsider", "opw", "other") // no CONNECT on other
+	if _, err := outsider.Exec(ctx, "LISTEN ch"); errCode(err) != "42501" {
+		t.Errorf("LISTEN of a user without CONNECT on the database: %v; want the server's 42501", err)
+	}
+	mismatch = connect("mismatch", "x")
+	if _, err := mismatch.Exec(ctx, "LISTEN ch"); errCode(err) != "28P01" {
+		t.Errorf("LISTEN of a user whose backend password is wrong: %v; want the server's 28P01", err)
 	}
 	notifier := connectTo("reader", "rpw", "other")
 	if _, err := notifier.Exec(ctx, "NOTIFY ch, 'in other'"); err != nil {
@@ -167,6 +191,9 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	}
 	if p, err := wait(other, 10*time.Second); err != nil || p != "in other" {
 		t.Errorf("listener in database other: %q, %v; want the notification sent there", p, err)
+	}
+	if p, err := wait(outsider, 500*time.Millisecond); err == nil {
+		t.Errorf("a user without CONNECT on database other got its notification %q", p)
 	}
 	if _, err := reader.Exec(ctx, "NOTIFY ch, 'in app'"); err != nil {
 		t.Fatal(err)

@@ -46,6 +46,9 @@ type clientConn struct {
 	// backendID is who the client's backend connections log in as: its
 	// own user, to its own database (set at authentication).
 	backendID *replica.Identity
+	// loginChecked: backendID logged in to a node (checkBackendLogin).
+	// Owned by the reader goroutine.
+	loginChecked bool
 
 	state    atomic.Uint32 // connState
 	shutdown atomic.Bool   // Close asked this connection to end

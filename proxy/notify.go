@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -562,6 +563,9 @@ func (c *clientConn) listen(ctx context.Context, channel string) error {
 	if held {
 		return nil
 	}
+	if err := c.checkBackendLogin(ctx); err != nil {
+		return err
+	}
 	if err := c.notifier().acquire(ctx, channel); err != nil {
 		return err
 	}
@@ -571,6 +575,28 @@ func (c *clientConn) listen(ctx context.Context, channel string) error {
 	}
 	c.listenHeld[channel] = true
 	c.mu.Unlock()
+	return nil
+}
+
+// checkBackendLogin makes sure, once per session, that the client's
+// backend identity logs in to its database before the proxy listens for
+// it. The fan-out's own connections answer LISTEN, so PostgreSQL would
+// otherwise never see this client: a role that pg_hba.conf refuses, that
+// lacks CONNECT on the database or whose backend password is wrong would
+// get the database's notifications. The server's refusal is returned. An
+// idle pooled connection of the identity (it logged in before) counts.
+// Called by the reader.
+func (c *clientConn) checkBackendLogin(ctx context.Context) error {
+	if c.loginChecked {
+		return nil
+	}
+	first := slices.Min(slices.Collect(maps.Keys(c.srv.shards)))
+	lease, err := c.srv.shards[first].Primary().AcquireAs(ctx, c.backendID)
+	if err != nil {
+		return err
+	}
+	lease.Release(nil)
+	c.loginChecked = true
 	return nil
 }
 

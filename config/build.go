@@ -173,18 +173,29 @@ func (c *Config) CacheConfig() cache.Config {
 }
 
 // CacheStreamConfig returns the change-stream config of the shard named
-// shardName: its primary, reached as the first user (who needs the
-// REPLICATION attribute) to the first database.
+// shardName for the first database.
 func (c *Config) CacheStreamConfig(shardName string) (cache.StreamConfig, error) {
+	if len(c.Server.Databases) == 0 {
+		return cache.StreamConfig{}, fmt.Errorf("config: no database for the cache stream")
+	}
+	return c.CacheStreamConfigFor(shardName, c.Server.Databases[0])
+}
+
+// CacheStreamConfigFor returns the config of a change stream decoding
+// database on the primary of the shard named shardName, reached as the
+// first user (who needs the REPLICATION attribute, and CONNECT on the
+// database). Its Shard is shardName; a stream of a database other than the
+// first is watched under another name (proxy.CacheShard).
+func (c *Config) CacheStreamConfigFor(shardName, database string) (cache.StreamConfig, error) {
 	p, ok := c.Primary(shardName)
 	if !ok {
 		return cache.StreamConfig{}, fmt.Errorf("config: shard %q has no primary", shardName)
 	}
-	if len(c.Users) == 0 || len(c.Server.Databases) == 0 {
-		return cache.StreamConfig{}, fmt.Errorf("config: no user or database for the cache stream")
+	if len(c.Users) == 0 {
+		return cache.StreamConfig{}, fmt.Errorf("config: no user for the cache stream")
 	}
 	sc := cache.DefaultStreamConfig()
 	sc.Shard = shardName
-	sc.ConnString = c.ConnURL(p, c.Users[0].Name, c.Users[0].BackendPasswordOrPlain(), c.Server.Databases[0])
+	sc.ConnString = c.ConnURL(p, c.Users[0].Name, c.Users[0].BackendPasswordOrPlain(), database)
 	return sc, sc.Validate()
 }

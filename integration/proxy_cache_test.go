@@ -68,6 +68,127 @@ func TestProxyCache(t *testing.T) {
 		}, func(d *proxy.Deps) { d.Cache = cc })
 		testProxyCachePerUser(t, ctx, uenv, cc, clusters)
 	})
+	t.Run("OtherDatabase", func(t *testing.T) { testProxyCacheOtherDatabase(t, ctx, cc, clusters) })
+}
+
+// testProxyCacheOtherDatabase: clients of a second database read through
+// the cache under that database's own change streams (proxy.CacheShard):
+// their reads hit, a write made straight on the primary in that database
+// (which only its stream sees) invalidates, and the same statement in the
+// home database gets the home database's rows.
+func testProxyCacheOtherDatabase(t *testing.T, ctx context.Context, cc *cache.Cache, clusters []*pgcluster.Cluster) {
+	const db = "cache_other"
+	var direct *pgx.Conn // superuser, s0's primary, database db
+	for i, c := range clusters {
+		if err := c.CreateDatabase(ctx, db, "app", "app"); err != nil {
+			t.Fatal(err)
+		}
+		admin, err := c.Primary().Connect(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.Close(context.Background()) })
+		qs := []string{"CREATE PUBLICATION dbproxy_cache FOR ALL TABLES"}
+		if i == 0 { // unsharded tables live on s0
+			direct = admin
+			qs = append(qs, "CREATE TABLE db_kv (k int PRIMARY KEY, v text)", "ALTER TABLE db_kv OWNER TO app", "INSERT INTO db_kv VALUES (1, 'other')")
+		}
+		for _, q := range qs {
+			if _, err := admin.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %s: %v", c.Name(), q, err)
+			}
+		}
+		p := c.Primary()
+		sc := cache.DefaultStreamConfig()
+		sc.Shard = proxy.CacheShard(fmt.Sprintf("s%d", i), db, "app")
+		sc.ConnString = fmt.Sprintf("host=%s port=%d user=app password=app dbname=%s sslmode=disable", p.Host, p.Port, db)
+		sc.Publication = "dbproxy_cache"
+		if err := cc.Watch(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err = cc.WaitUp(wctx, sc.Shard)
+		cancel()
+		if err != nil {
+			t.Fatalf("stream %s: %v", sc.Shard, err)
+		}
+	}
+	home, err := clusters[0].Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close(ctx)
+	for _, q := range []string{"CREATE TABLE db_kv (k int PRIMARY KEY, v text)", "ALTER TABLE db_kv OWNER TO app", "INSERT INTO db_kv VALUES (1, 'app')"} {
+		if _, err := home.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := clusters[0].WaitCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env := startProxyEnvWith(t, ctx, clusters, nil, func(c *proxy.Config) { c.Databases = []string{"app", db} },
+		func(d *proxy.Deps) { d.Cache = cc; d.HomeDatabase = "app" })
+	connect := func(database string) *pgx.Conn {
+		conn, err := pgx.Connect(ctx, env.urlAs("app", "app", database))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	other, app := connect(db), connect("app")
+	read := func(conn *pgx.Conn) string {
+		t.Helper()
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT v FROM db_kv WHERE k = 1").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	hit := false
+	for try := 0; try < 50 && !hit; try++ {
+		s0, p0 := cc.Stats(), env.picks()
+		if v := read(other); v != "other" {
+			t.Fatalf("read %d in %s: %q", try, db, v)
+		}
+		s1, p1 := cc.Stats(), env.picks()
+		hit = s1.Hits == s0.Hits+1 && p1 == p0
+		if !hit {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !hit {
+		t.Fatalf("no cache hit in database %s within 50 reads: %+v", db, cc.Stats())
+	}
+	if v := read(app); v != "app" {
+		t.Errorf("the same read in database app: %q, want app's row", v)
+	}
+	// The cache's TTL is 10 minutes: only the stream of db can drop the
+	// entry.
+	if _, err := direct.Exec(ctx, "UPDATE db_kv SET v = 'other2' WHERE k = 1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for v := read(other); v != "other2"; v = read(other) {
+		if time.Now().After(deadline) {
+			t.Fatalf("read in %s still %q 10 s after a direct UPDATE; stats %+v", db, v, cc.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Without db's stream on s0 its reads are not served from the cache,
+	// though the home database's stream of s0 is up.
+	if err := cc.Unwatch(ctx, proxy.CacheShard("s0", db, "app")); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		s0, p0 := cc.Stats(), env.picks()
+		if v := read(other); v != "other2" {
+			t.Fatalf("read in %s after its stream stopped: %q", db, v)
+		}
+		if s1, p1 := cc.Stats(), env.picks(); s1.Hits != s0.Hits || p1 != p0+1 {
+			t.Fatalf("read in %s served from the cache (hits %d -> %d, picks %d -> %d) while its stream is stopped", db, s0.Hits, s1.Hits, p0, p1)
+		}
+	}
 }
 
 // testProxyCachePerUser: a result cached for one user is not served to

@@ -95,6 +95,8 @@ type cacheConnState struct {
 	ns       string // cacheNamespace + replayed settings
 	tablesOf *router.Statement
 	tables   []string
+	shardOf  string // the shard whose CacheShard name shard holds
+	shard    string
 
 	// tooLarge remembers (by hash of the key parts, until the time
 	// stored) reads whose result exceeded cacheRecordLimit, so that they
@@ -147,7 +149,7 @@ type cachedBatch struct {
 // through the cache, and with which tables.
 func (c *clientConn) cacheTarget(att *attachment, p plan, st *router.Statement) (target, []string, bool) {
 	cc := c.srv.cache
-	if cc == nil || !c.atHome() || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
+	if cc == nil || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
 		return target{}, nil, false
 	}
 	eff := p.eff
@@ -230,8 +232,11 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 			delete(cs.tooLarge, large)
 		}
 	}
+	if cs.shard == "" || cs.shardOf != r.t.name {
+		cs.shardOf, cs.shard = r.t.name, CacheShard(r.t.name, c.database, c.srv.homeDB)
+	}
 	key := cache.NewKey(cache.KeyParts{
-		Shard:         r.t.name,
+		Shard:         cs.shard,
 		Namespace:     cs.ns,
 		SQL:           keySQL,
 		Params:        r.params,
@@ -655,6 +660,8 @@ func (c *clientConn) invalidateCacheWrites() {
 	tok := c.sess.rs.CausalToken()
 	c.mu.Unlock()
 	if len(w) > 0 {
-		c.srv.cache.InvalidateAfter(func(shard string) uint64 { return uint64(tok.LSN(shard)) }, w...)
+		// Commit positions are the server's, whichever database's stream
+		// (CacheShard) decodes them.
+		c.srv.cache.InvalidateAfter(func(name string) uint64 { return uint64(tok.LSN(shardOfCacheShard(name))) }, w...)
 	}
 }

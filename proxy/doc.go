@@ -7,8 +7,10 @@
 // User.BackendPassword, or its plain Password) to the database it named,
 // so PostgreSQL's privileges apply to it; a user the proxy cannot log in
 // as is refused at authentication (28000). Results are cached per user
-// and database; clients of a database other than Deps.HomeDatabase do
-// not use the cache. LISTEN connections are per database: the home
+// and database; a database other than Deps.HomeDatabase has its entries
+// under its own Cache shard names (CacheShard), served only while a
+// change stream of that database is up. LISTEN connections are per
+// database: the home
 // database's use the replica sets' own identity, another database's the
 // identity of the first client that listened there.
 //

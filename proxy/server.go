@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,12 +35,14 @@ type Deps struct {
 	// proxy's committed writes (see cache.go). Its change streams are the
 	// caller's to start.
 	Cache *cache.Cache
-	// HomeDatabase is the database the replica sets' own connections use
-	// and the Cache's change streams decode. Clients of another database
-	// do not read through the cache (its streams do not see that
-	// database's writes), and their LISTENs are served by listening
-	// connections of that database (notifications are per database). ""
-	// means every client's database is the home database.
+	// HomeDatabase is the database the replica sets' own connections use.
+	// The Cache's entries of a shard's home-database reads are under the
+	// shard's name, those of another database under CacheShard(shard,
+	// database, HomeDatabase): the caller watches a change stream of that
+	// database under that name, or its reads are never stored (a stream
+	// decodes one database). LISTENs of another database are served by
+	// listening connections of that database (notifications are per
+	// database). "" means every client's database is the home database.
 	HomeDatabase string
 	// Logger overrides Config.Logger when non-nil.
 	Logger *slog.Logger
@@ -383,3 +386,22 @@ func (s *Server) learnBackendParams(conn interface{ ParameterStatus(string) stri
 // statements it prepared on any backend before are closed on their next
 // use.
 func (s *Server) schemaChanged() { s.schemaEpoch.Add(1) }
+
+// CacheShard is the Cache shard name under which a client of database
+// reading shard keeps its entries: the shard's own name for the home
+// database, "shard/database" for another. A change stream from the
+// shard's primary decoding database is to be watched under that name.
+func CacheShard(shard, database, home string) string {
+	if home == "" || database == home {
+		return shard
+	}
+	return shard + "/" + database
+}
+
+// shardOfCacheShard is the shard a CacheShard name belongs to.
+func shardOfCacheShard(name string) string {
+	if i := strings.IndexByte(name, '/'); i >= 0 {
+		return name[:i]
+	}
+	return name
+}

@@ -290,8 +290,10 @@ func (rp *runningProxy) statusHandler() http.Handler {
 }
 
 // startCache creates the result cache and starts one change stream per shard
-// primary; reads of a shard are served from the cache only while its stream
-// is up.
+// primary and database (server.databases; the first is the proxy's home
+// database, the others' streams are named by proxy.CacheShard); reads of a
+// shard in a database are served from the cache only while that stream is
+// up.
 func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, log *slog.Logger) (*cache.Cache, error) {
 	cc := cfg.CacheConfig()
 	cc.Logger = log.With("component", "cache")
@@ -299,14 +301,18 @@ func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, l
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
+	home := cfg.Server.Databases[0]
 	for _, si := range topo.Shards() {
-		sc, err := cfg.CacheStreamConfig(si.Name)
-		if err == nil {
-			err = c.Watch(ctx, sc)
-		}
-		if err != nil {
-			c.Close(context.WithoutCancel(ctx))
-			return nil, fmt.Errorf("cache stream of shard %s: %w", si.Name, err)
+		for _, db := range cfg.Server.Databases {
+			sc, err := cfg.CacheStreamConfigFor(si.Name, db)
+			if err == nil {
+				sc.Shard = proxy.CacheShard(si.Name, db, home)
+				err = c.Watch(ctx, sc)
+			}
+			if err != nil {
+				c.Close(context.WithoutCancel(ctx))
+				return nil, fmt.Errorf("cache stream of shard %s, database %s: %w", si.Name, db, err)
+			}
 		}
 	}
 	return c, nil

@@ -157,15 +157,22 @@ func wantCodes(t *testing.T, what string, got []uint32, want ...uint32) {
 	}
 }
 
-func TestPreferWithoutServerTLS(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c := pgcluster.StartT(t, pgcluster.Options{Name: "pgdialplain"})
+// startPrimary starts a one-node cluster with database app (user app,
+// password app) and a relay in front of it.
+func startPrimary(t *testing.T, ctx context.Context, opts pgcluster.Options) (*pgcluster.Node, *relay) {
+	t.Helper()
+	c := pgcluster.StartT(t, opts)
 	if err := c.CreateDatabase(ctx, "app", "app", "app"); err != nil {
 		t.Fatal(err)
 	}
 	p := c.Primary()
-	r := startRelay(t, net.JoinHostPort(p.Host, fmt.Sprint(p.Port)))
+	return p, startRelay(t, net.JoinHostPort(p.Host, fmt.Sprint(p.Port)))
+}
+
+func TestPreferWithoutServerTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, r := startPrimary(t, ctx, pgcluster.Options{Name: "pgdialplain"})
 
 	conn := connect(t, ctx, r.connString("sslmode=prefer"))
 	wantCodes(t, "prefer, server without TLS", r.take(), sslRequestCode)
@@ -200,12 +207,7 @@ func TestPreferWithServerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := pgcluster.StartT(t, pgcluster.Options{Name: "pgdialtls", TLS: &pgcluster.TLS{CertPEM: certPEM, KeyPEM: keyPEM}})
-	if err := c.CreateDatabase(ctx, "app", "app", "app"); err != nil {
-		t.Fatal(err)
-	}
-	p := c.Primary()
-	r := startRelay(t, net.JoinHostPort(p.Host, fmt.Sprint(p.Port)))
+	p, r := startPrimary(t, ctx, pgcluster.Options{Name: "pgdialtls", TLS: &pgcluster.TLS{CertPEM: certPEM, KeyPEM: keyPEM}})
 
 	conn := connect(t, ctx, r.connString("sslmode=prefer"))
 	wantCodes(t, "prefer, server with TLS", r.take(), sslRequestCode)

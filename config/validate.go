@@ -166,6 +166,8 @@ func (c *Config) validateShards(el *errorList) {
 		k := indexKey("shards", i)
 		if s.Name == "" {
 			el.invalid(k+".name", "must be set")
+		} else if strings.Contains(s.Name, "/") {
+			el.invalid(k+".name", "shard %q: '/' is not allowed in a shard name (it separates shard and database in cache stream names)", s.Name)
 		} else if j, dup := shardNames[s.Name]; dup {
 			el.invalid(k+".name", "shard %q is already defined by shards[%d]", s.Name, j)
 		} else {

@@ -164,6 +164,11 @@ var validateCases = []validateCase{
 		key:  "shards[1].name", sentinel: ErrInvalid, msg: `shard "s0" is already defined by shards[0]`, marker: "# dupshard",
 	},
 	{
+		name: "slash in shard name",
+		mut:  replaceIn("shards", `name = "s1"`, `name = "s1/x" # slashshard`),
+		key:  "shards[1].name", sentinel: ErrInvalid, msg: `shard "s1/x": '/' is not allowed in a shard name`, marker: "# slashshard",
+	},
+	{
 		name: "duplicate node name across shards",
 		mut:  replaceIn("shards", `name = "s1-primary"`, `name = "s0-standby" # dupnode`),
 		key:  "shards[1].nodes[0].name", sentinel: ErrInvalid, msg: `node "s0-standby" is already defined by shards[0].nodes[1]`, marker: "# dupnode",

@@ -391,6 +391,7 @@ func (s *Server) schemaChanged() { s.schemaEpoch.Add(1) }
 // reading shard keeps its entries: the shard's own name for the home
 // database, "shard/database" for another. A change stream from the
 // shard's primary decoding database is to be watched under that name.
+// Shard names must not contain '/' (config refuses them).
 func CacheShard(shard, database, home string) string {
 	if home == "" || database == home {
 		return shard

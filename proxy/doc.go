@@ -132,21 +132,25 @@
 // backend (whose notifications would reach the next client to lease it).
 // Per shard (and per database clients listen in), one goroutine holds a
 // backend leased from the shard's primary and LISTENs there on every
-// channel a client of that database listens on; each
-// NotificationResponse it receives is written to every client listening
-// on the channel, between messages, whatever the client is doing (also
-// deep idle), by a short-lived goroutine per client so that a slow client
-// delays no one. A LISTEN is answered once every shard listens on the
+// channel a client of that database listens on; each NotificationResponse
+// it receives is written to every client listening on the channel, between
+// messages, whatever the client is doing (also deep idle), by a short-lived
+// goroutine per client so that a slow client delays no one. A session's
+// first LISTEN first leases a backend as the client's own user (or finds
+// one idle) on the first shard's primary, so a client PostgreSQL would not
+// let into the database (no CONNECT, a pg_hba.conf refusal, a wrong backend
+// password) gets the server's error instead of the database's
+// notifications. A LISTEN is answered once every shard listens on the
 // channel, so a NOTIFY (on any shard, also inside a transaction pinned to
-// one) committed after the answer is delivered. LISTEN and UNLISTEN
-// inside a transaction take effect at COMMIT, as in PostgreSQL; DISCARD
-// ALL and UNLISTEN * end every subscription. A LISTEN inside a
-// multi-statement string is refused (0A000). When a listening backend
-// fails, the clients listening are ended with FATAL 08006 (notifications
-// may have been lost; a client that reconnects and listens again knows to
-// catch up); a client that leaves 16 MiB of notifications unread is
-// closed. The listening backend is closed when the last listener leaves.
-// The payload's pid is the notifying backend's, as PostgreSQL sends it.
+// one) committed after the answer is delivered. LISTEN and UNLISTEN inside
+// a transaction take effect at COMMIT, as in PostgreSQL; DISCARD ALL and
+// UNLISTEN * end every subscription. A LISTEN inside a multi-statement
+// string is refused (0A000). When a listening backend fails, the clients
+// listening are ended with FATAL 08006 (notifications may have been lost; a
+// client that reconnects and listens again knows to catch up); a client
+// that leaves 16 MiB of notifications unread is closed. The listening
+// backend is closed when the last listener leaves. The payload's pid is the
+// notifying backend's, as PostgreSQL sends it.
 //
 // # Cancellation
 //

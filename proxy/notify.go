@@ -583,11 +583,19 @@ func (c *clientConn) listen(ctx context.Context, channel string) error {
 // it. The fan-out's own connections answer LISTEN, so PostgreSQL would
 // otherwise never see this client: a role that pg_hba.conf refuses, that
 // lacks CONNECT on the database or whose backend password is wrong would
-// get the database's notifications. The server's refusal is returned. An
-// idle pooled connection of the identity (it logged in before) counts.
+// get the database's notifications. The server's refusal is returned. A
+// backend the client holds, or an idle pooled connection of the identity
+// (it logged in before), counts.
 // Called by the reader.
 func (c *clientConn) checkBackendLogin(ctx context.Context) error {
 	if c.loginChecked {
+		return nil
+	}
+	c.mu.Lock()
+	attached := c.att != nil // a backend of the client's own (session pooling, a transaction)
+	c.mu.Unlock()
+	if attached {
+		c.loginChecked = true
 		return nil
 	}
 	first := slices.Min(slices.Collect(maps.Keys(c.srv.shards)))

@@ -93,14 +93,10 @@ func TestServeBackendTLS(t *testing.T) {
 		return conn
 	}
 
-	t.Run("verify-full", func(t *testing.T) {
-		conn := serve(t, config.Backend{SSLMode: "verify-full", SSLRootCert: "certs/ca.pem"})
-		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS tls_rows (id int PRIMARY KEY)"); err != nil {
-			t.Fatalf("create through the proxy: %v", err)
-		}
-		if _, err := conn.Exec(ctx, "INSERT INTO tls_rows VALUES (1) ON CONFLICT DO NOTHING"); err != nil {
-			t.Fatalf("insert through the proxy: %v", err)
-		}
+	// wantTLS checks that the proxy's backend connections to the primary
+	// and to the standby are TLS.
+	wantTLS := func(t *testing.T, conn *pgx.Conn) {
+		t.Helper()
 		for _, q := range []string{
 			"SELECT ssl, pg_is_in_recovery() FROM pg_stat_ssl WHERE pid = pg_backend_pid() /* dbproxy: primary */",
 			"SELECT ssl, pg_is_in_recovery() FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -116,6 +112,17 @@ func TestServeBackendTLS(t *testing.T) {
 				t.Errorf("%s: ran on a standby: %v, want %v", q, standby, wantStandby)
 			}
 		}
+	}
+
+	t.Run("verify-full", func(t *testing.T) {
+		conn := serve(t, config.Backend{SSLMode: "verify-full", SSLRootCert: "certs/ca.pem"})
+		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS tls_rows (id int PRIMARY KEY)"); err != nil {
+			t.Fatalf("create through the proxy: %v", err)
+		}
+		if _, err := conn.Exec(ctx, "INSERT INTO tls_rows VALUES (1) ON CONFLICT DO NOTHING"); err != nil {
+			t.Fatalf("insert through the proxy: %v", err)
+		}
+		wantTLS(t, conn)
 		// dbproxy status (no status listener: it probes the nodes itself)
 		// reaches them with the same [backend] settings, run from
 		// another directory.
@@ -135,6 +142,9 @@ func TestServeBackendTLS(t *testing.T) {
 				t.Errorf("status: node %s not healthy: %s", n.Name, n.LastError)
 			}
 		}
+	})
+	t.Run("prefer", func(t *testing.T) { // negotiated on the connection (internal/pgdial)
+		wantTLS(t, serve(t, config.Backend{SSLMode: "prefer"}))
 	})
 	t.Run("plaintext refused by the server", func(t *testing.T) {
 		conn := serve(t, config.Backend{SSLMode: "disable"})

@@ -41,8 +41,10 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 			}
 		}
 		conn.Close(ctx)
-		if err := c.CreateDatabase(ctx, "other", "app", "app"); err != nil {
-			t.Fatal(err)
+		for _, db := range []string{"other", "other2"} {
+			if err := c.CreateDatabase(ctx, db, "app", "app"); err != nil {
+				t.Fatal(err)
+			}
 		}
 		admin, err := c.Primary().Connect(ctx, "app")
 		if err != nil {
@@ -157,7 +159,7 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 			proxy.User{Name: "reader", Password: "rpw"},
 			proxy.User{Name: "outsider", Password: "opw"},
 			proxy.User{Name: "mismatch", Password: "x", BackendPassword: "wrong"})
-		c.Databases = []string{"app", "other"}
+		c.Databases = []string{"app", "other", "other2"}
 	}, func(d *proxy.Deps) { d.HomeDatabase = "app" })
 	env = lenv // connect and connectTo now reach it
 	app, other, reader = connect("app", "app"), connectTo("app", "app", "other"), connect("reader", "rpw")
@@ -206,6 +208,46 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	}
 	if _, err := other.Exec(ctx, "SELECT 1"); err != nil { // the timed-out wait cancelled nothing the proxy holds
 		t.Fatalf("after the wait: %v", err)
+	}
+
+	// Another database's listening connections log in as the client whose
+	// LISTEN started them, not as whoever listened there first: reader
+	// starts other2's, leaves, and can no longer log in (its password
+	// changed on the servers, its sessions ended); app's LISTEN there
+	// still works.
+	baseline := lenv.srv.Stats().ListenerShards
+	first := connectTo("reader", "rpw", "other2")
+	if _, err := first.Exec(ctx, "LISTEN ch2"); err != nil {
+		t.Fatalf("LISTEN in other2: %v", err)
+	}
+	first.Close(ctx)
+	for deadline := time.Now().Add(10 * time.Second); lenv.srv.Stats().ListenerShards != baseline; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("other2's listeners still running 10 s after their only client left: %+v", lenv.srv.Stats())
+		}
+	}
+	for _, c := range clusters {
+		admin, err := c.Primary().Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"ALTER ROLE reader PASSWORD 'changed'", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'reader'"} {
+			if _, err := admin.Exec(ctx, q); err != nil {
+				t.Fatalf("%s: %s: %v", c.Name(), q, err)
+			}
+		}
+		admin.Close(ctx)
+	}
+	second := connectTo("app", "app", "other2")
+	if _, err := second.Exec(ctx, "LISTEN ch2"); err != nil {
+		t.Fatalf("LISTEN in other2 after its first listener's role changed: %v", err)
+	}
+	sender := connectTo("app", "app", "other2")
+	if _, err := sender.Exec(ctx, "NOTIFY ch2, 'in other2'"); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := wait(second, 10*time.Second); err != nil || p != "in other2" {
+		t.Errorf("listener in other2: %q, %v", p, err)
 	}
 
 }

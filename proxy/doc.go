@@ -10,9 +10,9 @@
 // and database; a database other than Deps.HomeDatabase has its entries
 // under its own Cache shard names (CacheShard), served only while a
 // change stream of that database is up. LISTEN connections are per
-// database: the home
-// database's use the replica sets' own identity, another database's the
-// identity of the first client that listened there.
+// database: the home database's use the replica sets' own identity,
+// another database's the identity of the client whose LISTEN started
+// them.
 //
 // # Overview
 //

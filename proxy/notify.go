@@ -50,10 +50,10 @@ var errListenerLost = &clientError{code: codeConnectionFailure, message: "termin
 // notifier fans notifications from the shards' primaries out to client
 // connections. Its methods are safe for concurrent use.
 type notifier struct {
-	srv   *Server
-	ident *replica.Identity // who the listeners log in as (nil: the sets' own)
+	srv *Server
 
 	mu        sync.Mutex
+	ident     *replica.Identity // who the listeners log in as (nil: the sets' own)
 	chans     map[string]*notifyChannel
 	listeners map[shard.ID]*listener
 	waits     []*listenWait
@@ -89,9 +89,15 @@ func newNotifier(s *Server) *notifier {
 
 // acquire takes a reference on channel for a client and returns once
 // every shard's listener listens on it (or with the first error, the
-// reference given back).
-func (n *notifier) acquire(ctx context.Context, channel string) error {
+// reference given back). A non-nil ident becomes the listeners' identity
+// when none is running (another database's fan-out takes that of the
+// client listening now, whose login was checked, rather than keeping one
+// of a client that may have left or can no longer log in).
+func (n *notifier) acquire(ctx context.Context, channel string, ident *replica.Identity) error {
 	n.mu.Lock()
+	if ident != nil && len(n.listeners) == 0 {
+		n.ident = ident
+	}
 	ch := n.chans[channel]
 	if ch == nil {
 		ch = &notifyChannel{subs: map[*clientConn]struct{}{}}
@@ -295,7 +301,10 @@ func (l *listener) connect(ctx context.Context) (*replica.Lease, error) {
 	if node == nil {
 		return nil, newClientError(codeConnectionFailure, fmt.Sprintf("shard %d has no primary", l.id))
 	}
-	return node.AcquireAs(ctx, l.n.ident)
+	l.n.mu.Lock()
+	ident := l.n.ident
+	l.n.mu.Unlock()
+	return node.AcquireAs(ctx, ident)
 }
 
 // serve listens on lease's backend until it fails (an error), nothing is
@@ -536,8 +545,8 @@ func (c *clientConn) atHome() bool { return c.srv.homeDB == "" || c.database == 
 
 // notifier returns the fan-out of the client's database: notifications
 // are per database in PostgreSQL. The home database's listeners use the
-// replica sets' own connections; another database's log in as the first
-// client that listened there.
+// replica sets' own connections; another database's log in as the client
+// whose LISTEN started them (listen).
 func (c *clientConn) notifier() *notifier {
 	if c.atHome() {
 		return c.srv.notify
@@ -548,7 +557,6 @@ func (c *clientConn) notifier() *notifier {
 	n := s.dbNotify[c.database]
 	if n == nil {
 		n = newNotifier(s)
-		n.ident = c.backendID
 		s.dbNotify[c.database] = n
 	}
 	return n
@@ -566,7 +574,11 @@ func (c *clientConn) listen(ctx context.Context, channel string) error {
 	if err := c.checkBackendLogin(ctx); err != nil {
 		return err
 	}
-	if err := c.notifier().acquire(ctx, channel); err != nil {
+	var ident *replica.Identity
+	if !c.atHome() {
+		ident = c.backendID
+	}
+	if err := c.notifier().acquire(ctx, channel, ident); err != nil {
 		return err
 	}
 	c.mu.Lock()

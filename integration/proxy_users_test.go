@@ -18,44 +18,45 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	clusters := startProxyClusters(t, ctx)
-	for _, c := range clusters {
-		conn, err := c.Primary().Connect(ctx, "app")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range []string{
-			"CREATE ROLE reader LOGIN PASSWORD 'rpw'",
-			"CREATE ROLE reader2 LOGIN PASSWORD 'rpw2'",
-			"CREATE ROLE mismatch LOGIN PASSWORD 'right'",
-			"CREATE ROLE outsider LOGIN PASSWORD 'opw'",
-			"CREATE TABLE open_rows (id int PRIMARY KEY, v text)",
-			"CREATE TABLE closed_rows (id int PRIMARY KEY, v text)",
-			"ALTER TABLE open_rows OWNER TO app",
-			"ALTER TABLE closed_rows OWNER TO app",
-			"INSERT INTO open_rows VALUES (1, 'open')",
-			"INSERT INTO closed_rows VALUES (1, 'closed')",
-			"GRANT SELECT ON open_rows TO reader, reader2",
-		} {
-			if _, err := conn.Exec(ctx, q); err != nil {
-				t.Fatalf("%s: %s: %v", c.Name(), q, err)
+	// onPrimaries runs qs as the superuser in database app of every
+	// cluster's primary.
+	onPrimaries := func(qs ...string) {
+		t.Helper()
+		for _, c := range clusters {
+			conn, err := c.Primary().Connect(ctx, "app")
+			if err != nil {
+				t.Fatal(err)
 			}
+			for _, q := range qs {
+				if _, err := conn.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %s: %v", c.Name(), q, err)
+				}
+			}
+			conn.Close(ctx)
 		}
-		conn.Close(ctx)
+	}
+	onPrimaries(
+		"CREATE ROLE reader LOGIN PASSWORD 'rpw'",
+		"CREATE ROLE reader2 LOGIN PASSWORD 'rpw2'",
+		"CREATE ROLE mismatch LOGIN PASSWORD 'right'",
+		"CREATE ROLE outsider LOGIN PASSWORD 'opw'",
+		"CREATE TABLE open_rows (id int PRIMARY KEY, v text)",
+		"CREATE TABLE closed_rows (id int PRIMARY KEY, v text)",
+		"ALTER TABLE open_rows OWNER TO app",
+		"ALTER TABLE closed_rows OWNER TO app",
+		"INSERT INTO open_rows VALUES (1, 'open')",
+		"INSERT INTO closed_rows VALUES (1, 'closed')",
+		"GRANT SELECT ON open_rows TO reader, reader2",
+	)
+	for _, c := range clusters {
 		for _, db := range []string{"other", "other2"} {
 			if err := c.CreateDatabase(ctx, db, "app", "app"); err != nil {
 				t.Fatal(err)
 			}
 		}
-		admin, err := c.Primary().Connect(ctx, "app")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range []string{"REVOKE CONNECT ON DATABASE other FROM PUBLIC", "GRANT CONNECT ON DATABASE other TO app, reader"} {
-			if _, err := admin.Exec(ctx, q); err != nil {
-				t.Fatalf("%s: %s: %v", c.Name(), q, err)
-			}
-		}
-		admin.Close(ctx)
+	}
+	onPrimaries("REVOKE CONNECT ON DATABASE other FROM PUBLIC", "GRANT CONNECT ON DATABASE other TO app, reader")
+	for _, c := range clusters {
 		if err := c.WaitCaughtUp(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -226,18 +227,7 @@ func TestProxyUsersLogInAsThemselves(t *testing.T) {
 			t.Fatalf("other2's listeners still running 10 s after their only client left: %+v", lenv.srv.Stats())
 		}
 	}
-	for _, c := range clusters {
-		admin, err := c.Primary().Connect(ctx, "app")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, q := range []string{"ALTER ROLE reader PASSWORD 'changed'", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'reader'"} {
-			if _, err := admin.Exec(ctx, q); err != nil {
-				t.Fatalf("%s: %s: %v", c.Name(), q, err)
-			}
-		}
-		admin.Close(ctx)
-	}
+	onPrimaries("ALTER ROLE reader PASSWORD 'changed'", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'reader'")
 	second := connectTo("app", "app", "other2")
 	if _, err := second.Exec(ctx, "LISTEN ch2"); err != nil {
 		t.Fatalf("LISTEN in other2 after its first listener's role changed: %v", err)

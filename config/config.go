@@ -225,6 +225,12 @@ type Cache struct {
 	// FillAfterMisses (1 or 2) is the miss of a key that fills it: 2 keeps
 	// reads of keys read once (random scans) off the cache entirely.
 	FillAfterMisses int `toml:"fill_after_misses"`
+	// Databases are the databases of server.databases whose reads are
+	// cached (default: all of them). Each has its own change stream on
+	// every shard primary: one walsender and one temporary replication
+	// slot there per database, counted against max_wal_senders and
+	// max_replication_slots beside the standbys'.
+	Databases []string `toml:"databases"`
 }
 
 // Default returns a configuration with every default filled in and no
@@ -278,7 +284,8 @@ func Default() *Config {
 // Server.PoolMode, Routing.Balance, Users[i].Auth, Shards[i].Weight and
 // Shards[i].Nodes[j].Weight (0 -> 1), Routing.DefaultShard ("" -> first
 // shard), Cache.IncludeTables (nil -> ["*"]), Cache.ExcludeTables
-// (nil -> []) and Backend.SSLMode ("" -> "prefer"). Other fields get
+// (nil -> []), Cache.Databases (nil -> Server.Databases) and
+// Backend.SSLMode ("" -> "prefer"). Other fields get
 // their defaults from Default (Parse decodes onto Default()), so an
 // explicit zero there stays zero and Validate reports it. Node.PoolSize 0
 // is left as is; see NodePoolSize.
@@ -315,6 +322,9 @@ func (c *Config) ApplyDefaults() {
 	if c.Cache.ExcludeTables == nil {
 		c.Cache.ExcludeTables = []string{}
 	}
+	if c.Cache.Databases == nil {
+		c.Cache.Databases = slices.Clone(c.Server.Databases)
+	}
 	if c.Backend.SSLMode == "" {
 		c.Backend.SSLMode = "prefer"
 	}
@@ -336,6 +346,7 @@ func (c *Config) Clone() *Config {
 	}
 	n.Cache.IncludeTables = slices.Clone(c.Cache.IncludeTables)
 	n.Cache.ExcludeTables = slices.Clone(c.Cache.ExcludeTables)
+	n.Cache.Databases = slices.Clone(c.Cache.Databases)
 	return &n
 }
 

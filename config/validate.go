@@ -342,6 +342,20 @@ func (c *Config) validateCache(el *errorList) {
 	if cc.MaxEntryBytes > 0 && cc.MaxBytes > 0 && cc.MaxEntryBytes > cc.MaxBytes {
 		el.invalid("cache.max_entry_bytes", "must not exceed cache.max_bytes (%d > %d)", cc.MaxEntryBytes, cc.MaxBytes)
 	}
+	if cc.Enabled && len(cc.Databases) == 0 {
+		el.invalid("cache.databases", "must list at least one of server.databases (or set cache.enabled = false)")
+	}
+	seen := map[string]int{}
+	for i, db := range cc.Databases {
+		k := indexKey("cache.databases", i)
+		if !slices.Contains(c.Server.Databases, db) {
+			el.invalid(k, "database %q is not in server.databases", db)
+		} else if j, dup := seen[db]; dup {
+			el.invalid(k, "database %q is listed twice (also cache.databases[%d])", db, j)
+		} else {
+			seen[db] = i
+		}
+	}
 	for _, list := range []struct {
 		key  string
 		pats []string

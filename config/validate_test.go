@@ -400,6 +400,16 @@ var validateCases = []validateCase{
 		key:  "cache.max_entry_bytes", sentinel: ErrInvalid, msg: "must not exceed cache.max_bytes", marker: "max_entry_bytes",
 	},
 	{
+		name: "cache database not served",
+		mut:  set("extra", "\n[cache]\ndatabases = [\"app\", \"nope\"] # cachedbs\n"),
+		key:  "cache.databases[1]", sentinel: ErrInvalid, msg: `database "nope" is not in server.databases`, marker: "# cachedbs",
+	},
+	{
+		name: "cache enabled for no database",
+		mut:  set("extra", "\n[cache]\nenabled = true\ndatabases = []\n"),
+		key:  "cache.databases", sentinel: ErrInvalid, msg: "must list at least one of server.databases", marker: "databases = []",
+	},
+	{
 		name:     "syntax error has line",
 		mut:      set("extra", "\n[pool]\nsize = = 3\n"),
 		sentinel: ErrSyntax, msg: "", marker: "size = = 3", key: "*",

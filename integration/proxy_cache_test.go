@@ -189,6 +189,24 @@ func testProxyCacheOtherDatabase(t *testing.T, ctx context.Context, cc *cache.Ca
 			t.Fatalf("read in %s served from the cache (hits %d -> %d, picks %d -> %d) while its stream is stopped", db, s0.Hits, s1.Hits, p0, p1)
 		}
 	}
+	// A database left out of Deps.CacheDatabases (cache.databases) does
+	// not go through the cache at all: no lookups, no fills.
+	benv := startProxyEnvWith(t, ctx, clusters, nil, func(c *proxy.Config) { c.Databases = []string{"app", db} },
+		func(d *proxy.Deps) { d.Cache = cc; d.HomeDatabase = "app"; d.CacheDatabases = []string{"app"} })
+	bypass, err := pgx.Connect(ctx, benv.urlAs("app", "app", db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bypass.Close(ctx)
+	s0 := cc.Stats()
+	for i := 0; i < 3; i++ {
+		if v := read(bypass); v != "other2" {
+			t.Fatalf("read in %s through a proxy that does not cache it: %q", db, v)
+		}
+	}
+	if s1 := cc.Stats(); s1.Hits+s1.Misses != s0.Hits+s0.Misses {
+		t.Errorf("reads in %s, which is not among the cache's databases, looked the cache up: %+v -> %+v", db, s0, s1)
+	}
 }
 
 // testProxyCachePerUser: a result cached for one user is not served to

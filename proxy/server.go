@@ -44,6 +44,9 @@ type Deps struct {
 	// listening connections of that database (notifications are per
 	// database). "" means every client's database is the home database.
 	HomeDatabase string
+	// CacheDatabases are the databases whose clients read through Cache
+	// (nil: every database). Clients of another database bypass it.
+	CacheDatabases []string
 	// Logger overrides Config.Logger when non-nil.
 	Logger *slog.Logger
 }
@@ -57,6 +60,8 @@ type Server struct {
 	shards map[shard.ID]*replica.Set
 	cache  *cache.Cache // nil: no result cache
 	homeDB string       // Deps.HomeDatabase
+	// cacheDBs holds Deps.CacheDatabases (nil: every database).
+	cacheDBs map[string]bool
 
 	live atomic.Pointer[liveConfig] // the reloadable part
 
@@ -160,6 +165,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.notify, s.dbNotify = newNotifier(s), map[string]*notifier{}
+	if deps.CacheDatabases != nil {
+		s.cacheDBs = map[string]bool{}
+		for _, db := range deps.CacheDatabases {
+			s.cacheDBs[db] = true
+		}
+	}
 	return s, nil
 }
 

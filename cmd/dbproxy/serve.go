@@ -146,7 +146,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		return fail(err)
 	}
 	pcfg.Logger = log
-	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, HomeDatabase: backendDB, Logger: log})
+	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, HomeDatabase: backendDB, CacheDatabases: cfg.Cache.Databases, Logger: log})
 	if err != nil {
 		return fail(err)
 	}
@@ -290,10 +290,10 @@ func (rp *runningProxy) statusHandler() http.Handler {
 }
 
 // startCache creates the result cache and starts one change stream per shard
-// primary and database (server.databases; the first is the proxy's home
-// database, the others' streams are named by proxy.CacheShard); reads of a
-// shard in a database are served from the cache only while that stream is
-// up.
+// primary and database of cache.databases (the first of server.databases
+// is the proxy's home database, the others' streams are named by
+// proxy.CacheShard); reads of a shard in a database are served from the
+// cache only while that stream is up.
 func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, log *slog.Logger) (*cache.Cache, error) {
 	cc := cfg.CacheConfig()
 	cc.Logger = log.With("component", "cache")
@@ -303,7 +303,7 @@ func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, l
 	}
 	home := cfg.Server.Databases[0]
 	for _, si := range topo.Shards() {
-		for _, db := range cfg.Server.Databases {
+		for _, db := range cfg.Cache.Databases {
 			sc, err := cfg.CacheStreamConfigFor(si.Name, db)
 			if err == nil {
 				sc.Shard = proxy.CacheShard(si.Name, db, home)

@@ -137,7 +137,7 @@
 // messages, whatever the client is doing (also deep idle), by a short-lived
 // goroutine per client so that a slow client delays no one. A session's
 // first LISTEN first leases a backend as the client's own user (or finds
-// one idle) on the first shard's primary, so a client PostgreSQL would not
+// one idle) on the default shard's primary, so a client PostgreSQL would not
 // let into the database (no CONNECT, a pg_hba.conf refusal, a wrong backend
 // password) gets the server's error instead of the database's
 // notifications. A LISTEN is answered once every shard listens on the

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -590,14 +589,14 @@ func (c *clientConn) listen(ctx context.Context, channel string) error {
 	return nil
 }
 
-// checkBackendLogin makes sure, once per session, that the client's
-// backend identity logs in to its database before the proxy listens for
-// it. The fan-out's own connections answer LISTEN, so PostgreSQL would
-// otherwise never see this client: a role that pg_hba.conf refuses, that
-// lacks CONNECT on the database or whose backend password is wrong would
-// get the database's notifications. The server's refusal is returned. A
-// backend the client holds, or an idle pooled connection of the identity
-// (it logged in before), counts.
+// checkBackendLogin makes sure, once per session, that the client's backend
+// identity logs in to its database before the proxy listens for it (on the
+// default shard's primary). The fan-out's own connections answer LISTEN, so
+// PostgreSQL would otherwise never see this client: a role that pg_hba.conf
+// refuses, that lacks CONNECT on the database or whose backend password is
+// wrong would get the database's notifications. The server's refusal is
+// returned. A backend the client holds, or an idle pooled connection of the
+// identity (it logged in before), counts.
 // Called by the reader.
 func (c *clientConn) checkBackendLogin(ctx context.Context) error {
 	if c.loginChecked {
@@ -610,8 +609,7 @@ func (c *clientConn) checkBackendLogin(ctx context.Context) error {
 		c.loginChecked = true
 		return nil
 	}
-	first := slices.Min(slices.Collect(maps.Keys(c.srv.shards)))
-	lease, err := c.srv.shards[first].Primary().AcquireAs(ctx, c.backendID)
+	lease, err := c.srv.shards[c.srv.defaultShard()].Primary().AcquireAs(ctx, c.backendID)
 	if err != nil {
 		return err
 	}

@@ -133,7 +133,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.sets[si.ID] = set
 	}
 	if cfg.Cache.Enabled {
-		if rp.cache, err = startCache(ctx, fcfg, topo, log); err != nil {
+		if rp.cache, err = startCache(ctx, fcfg, topo, backendDB, log); err != nil {
 			return fail(err)
 		}
 	}
@@ -290,18 +290,17 @@ func (rp *runningProxy) statusHandler() http.Handler {
 }
 
 // startCache creates the result cache and starts one change stream per shard
-// primary and database of cache.databases (the first of server.databases
-// is the proxy's home database, the others' streams are named by
-// proxy.CacheShard); reads of a shard in a database are served from the
-// cache only while that stream is up.
-func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, log *slog.Logger) (*cache.Cache, error) {
+// primary and database of cache.databases (the streams of databases other
+// than home, the proxy's home database, are named by proxy.CacheShard);
+// reads of a shard in a database are served from the cache only while that
+// stream is up.
+func startCache(ctx context.Context, cfg *config.Config, topo *shard.Topology, home string, log *slog.Logger) (*cache.Cache, error) {
 	cc := cfg.CacheConfig()
 	cc.Logger = log.With("component", "cache")
 	c, err := cache.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	home := cfg.Server.Databases[0]
 	for _, si := range topo.Shards() {
 		for _, db := range cfg.Cache.Databases {
 			sc, err := cfg.CacheStreamConfigFor(si.Name, db)

@@ -296,6 +296,10 @@ func testReplicaPool(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {
 	s := rsNewSet(t, ctx, c, func(cfg *replica.Config) {
 		cfg.Nodes[1].PoolSize = 2
 		cfg.AcquireTimeout = wait
+		// The reads below check where Pick sends them, not freshness: on a
+		// loaded machine a late probe must not remove a standby.
+		cfg.MaxStaleness = time.Minute
+		cfg.LagMaxAge = time.Minute
 	})
 	defer rsClose(t, s)
 	s1, s2, p := s.Node("s1"), s.Node("s2"), s.Primary()
@@ -318,6 +322,19 @@ func testReplicaPool(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {
 			_, err := rsQuery(ctx, l, "SELECT pg_sleep(5)")
 			l.Release(err)
 		}()
+	}
+	// Reads do not queue on the full s1 while s2 has free connections:
+	// round robin's turns of s1 go to s2, and every read runs at once
+	// (before, every other read waited AcquireTimeout and failed with 53300).
+	for i := range 10 {
+		n, v, err := rsRead(ctx, s, replica.PickRequest{}, "SELECT pg_is_in_recovery()")
+		if err != nil || n != s2 || v != "t" {
+			name := "no node"
+			if n != nil {
+				name = n.Name()
+			}
+			t.Fatalf("read %d with s1's pool full: on %s: %q, %v; want s2", i, name, v, err)
+		}
 	}
 	start := time.Now()
 	_, err := s1.Acquire(ctx)

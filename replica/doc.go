@@ -62,8 +62,12 @@
 // LeastLatency (EWMA of lease durations from Release and Node.Observe; one
 // pick in 16 is round robin so slower nodes keep being measured), Hash
 // (rendezvous hashing of PickRequest.HashKey: a key stays on its standby
-// while that standby qualifies). Other ties break round robin. Pick does
-// not allocate with up to 16 standbys.
+// while that standby qualifies). Other ties break round robin. Except under
+// Hash, a pick whose standby has every pool slot taken goes to the
+// qualifying standby with the most free slots, when one has any, instead of
+// leaving the read to wait on the full pool (a slow standby does not hold
+// reads another could serve at once). Pick does not allocate with up to 16
+// standbys.
 //
 // # Pools, leases and the breaker
 //

@@ -1,5 +1,22 @@
 package replica
 
+// saturated reports whether every connection slot of n is taken (in use
+// or being connected), so that acquiring a lease would wait.
+func (n *Node) saturated() bool { return len(n.sem) >= cap(n.sem) }
+
+// spill returns the candidate with the most free connection slots, n
+// (the policy's saturated choice) when none has any. Ties keep the
+// earlier candidate.
+func spill(cands []*Node, n *Node) *Node {
+	best, free := n, 0
+	for _, c := range cands {
+		if f := cap(c.sem) - len(c.sem); f > free {
+			best, free = c, f
+		}
+	}
+	return best
+}
+
 // choose applies the balancing policy to the eligible candidates (len >= 1).
 // It allocates nothing for up to 16 candidates.
 func (s *Set) choose(c []*Node, key uint64) *Node {

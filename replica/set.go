@@ -249,7 +249,10 @@ func (s *Set) freshness(n *Node, now int64, minLSN LSN, maxStale time.Duration) 
 // closed (or half-open with a free trial slot), observed in recovery, whose
 // lag measurement is recent (LagMaxAge), whose lag time is within the
 // staleness bound and whose last known replay LSN is >= req.MinLSN; the
-// balancing policy chooses among those. If none qualifies but some standby
+// balancing policy chooses among those. When the chosen standby has every
+// connection slot taken (its acquisition would wait) and another qualifying
+// standby has a free one, Pick returns the one with the most free slots
+// instead, except under the Hash policy, whose point is affinity. If none qualifies but some standby
 // is only behind, Pick waits up to Config.CatchUpWait (asking those
 // standbys' lag probes to measure again at once and waking on each new
 // measurement). Then it falls back to the primary (counted in the primary's
@@ -289,6 +292,9 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 		}
 		if len(cands) > 0 {
 			n := s.choose(cands, req.HashKey)
+			if s.cfg.Policy != Hash && n.saturated() {
+				n = spill(cands, n)
+			}
 			n.picks.Add(1)
 			if timer != nil {
 				timer.Stop()

@@ -347,6 +347,47 @@ func TestLeastLatency(t *testing.T) {
 	}
 }
 
+// fill takes every connection slot of n, as leases in use do.
+func fill(n *Node) {
+	for len(n.sem) < cap(n.sem) {
+		n.sem <- struct{}{}
+	}
+}
+
+func TestPickSpillsFromFullStandby(t *testing.T) {
+	for _, policy := range []Policy{RoundRobin, WeightedRoundRobin, LeastLatency} {
+		t.Run(policy.String(), func(t *testing.T) {
+			s := newSyntheticSet(t, policy, 1, 1, 1)
+			s1, s2 := s.standbys[0], s.standbys[1]
+			fill(s1)
+			for range cap(s2.sem) - 1 {
+				s2.sem <- struct{}{} // one slot left on s2, all of them on s3
+			}
+			// s1's turns go to s3 (the most free slots); s2 keeps its own.
+			if got := pickN(t, s, 300, PickRequest{}); got["s1"] != 0 || got["s2"] != 100 || got["s3"] != 200 {
+				t.Fatalf("picks with s1 full and s2 nearly so: %v; want s2 100, s3 200", got)
+			}
+			fill(s.standbys[2])
+			if got := pickN(t, s, 300, PickRequest{}); got["s1"] != 0 || got["s2"] != 300 {
+				t.Fatalf("picks with s1 and s3 full: %v; want all on s2", got)
+			}
+			fill(s2)
+			got := pickN(t, s, 300, PickRequest{})
+			if got["s1"]+got["s2"]+got["s3"] != 300 || got["s1"] == 0 || got["s2"] == 0 || got["s3"] == 0 {
+				t.Fatalf("picks with every standby full: %v; want the policy's spread (the lease waits)", got)
+			}
+		})
+	}
+	t.Run("hash keeps affinity", func(t *testing.T) {
+		s := newSyntheticSet(t, Hash, 1, 1)
+		n, _ := s.Pick(context.Background(), PickRequest{HashKey: 42})
+		fill(n)
+		if got, _ := s.Pick(context.Background(), PickRequest{HashKey: 42}); got != n {
+			t.Fatalf("hash pick moved from full %s to %s", n.Name(), got.Name())
+		}
+	})
+}
+
 func TestHashSticky(t *testing.T) {
 	s := newSyntheticSet(t, Hash, 1, 1, 1)
 	owner := map[uint64]string{}

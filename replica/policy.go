@@ -1,8 +1,8 @@
 package replica
 
-// saturated reports whether every connection slot of n is taken (in use
-// or being connected), so that acquiring a lease would wait.
-func (n *Node) saturated() bool { return len(n.sem) >= cap(n.sem) }
+// freeSlots is how many leases n can hand out without waiting: connection
+// slots neither in use nor being connected.
+func (n *Node) freeSlots() int { return cap(n.sem) - len(n.sem) }
 
 // spill returns the candidate with the most free connection slots, n
 // (the policy's saturated choice) when none has any. Ties keep the
@@ -10,7 +10,7 @@ func (n *Node) saturated() bool { return len(n.sem) >= cap(n.sem) }
 func spill(cands []*Node, n *Node) *Node {
 	best, free := n, 0
 	for _, c := range cands {
-		if f := cap(c.sem) - len(c.sem); f > free {
+		if f := c.freeSlots(); f > free {
 			best, free = c, f
 		}
 	}

@@ -252,11 +252,12 @@ func (s *Set) freshness(n *Node, now int64, minLSN LSN, maxStale time.Duration) 
 // balancing policy chooses among those. When the chosen standby has every
 // connection slot taken (its acquisition would wait) and another qualifying
 // standby has a free one, Pick returns the one with the most free slots
-// instead, except under the Hash policy, whose point is affinity. If none qualifies but some standby
-// is only behind, Pick waits up to Config.CatchUpWait (asking those
-// standbys' lag probes to measure again at once and waking on each new
-// measurement). Then it falls back to the primary (counted in the primary's
-// Stats().Fallbacks), or fails with ErrNoHealthyReplica if req.NoFallback.
+// instead, except under the Hash policy, whose point is affinity. If none
+// qualifies but some standby is only behind, Pick waits up to
+// Config.CatchUpWait (asking those standbys' lag probes to measure again at
+// once and waking on each new measurement). Then it falls back to the
+// primary (counted in the primary's Stats().Fallbacks), or fails with
+// ErrNoHealthyReplica if req.NoFallback.
 // It never returns a standby that does not qualify.
 //
 // Errors: ErrClosed after Close; ctx's error if ctx ends while waiting.
@@ -292,7 +293,7 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 		}
 		if len(cands) > 0 {
 			n := s.choose(cands, req.HashKey)
-			if s.cfg.Policy != Hash && n.saturated() {
+			if s.cfg.Policy != Hash && n.freeSlots() == 0 {
 				n = spill(cands, n)
 			}
 			n.picks.Add(1)

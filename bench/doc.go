@@ -28,8 +28,10 @@
 //     Config.IdleConnections) and two Pgpool-II instances
 //     (streaming-replication mode, load balancing over the three bmain nodes,
 //     Config.PgpoolChildren children; the second with the shmem query cache).
-//     As root the poolers run as pgcluster.ServerUser (PgBouncer refuses
-//     root). Every process runs in its own process group with a parent-death
+//     The three poolers reach PostgreSQL on the nodes' Unix sockets (TCP
+//     when a node has none); clients, direct runs included, connect over
+//     loopback TCP. As root the poolers run as pgcluster.ServerUser
+//     (PgBouncer refuses root). Every process runs in its own process group with a parent-death
 //     signal.
 //  4. Runs every workload through every target, interleaved: for each round,
 //     for each workload, the targets in the order of Targets. pgbench runs as

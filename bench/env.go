@@ -363,14 +363,14 @@ func (e *env) dbproxyConfig(port int) (*config.Config, error) {
 			if j == 0 {
 				role = config.RolePrimary
 			}
-			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: n.Host, Port: n.Port, Role: role, Weight: 1})
+			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: poolerHost(n), Port: n.Port, Role: role, Weight: 1})
 		}
 		cfg.Shards = append(cfg.Shards, sh)
 	}
 	cfg.Tables = []config.Table{{Name: shardedTable, ShardKey: []string{"id"}, KeyTypes: []config.KeyType{config.KeyInt}}}
 	cfg.Routing.DefaultShard = "s0"
 	cfg.Pool.Size = 20
-	cfg.Backend.SSLMode = "disable" // the clusters serve plain TCP, as PgBouncer reaches them
+	cfg.Backend.SSLMode = "disable" // the clusters serve no TLS
 	cfg.ApplyDefaults()
 	// Room for every idle-conns connection and the sanity check's.
 	cfg.Server.MaxClientConns = max(cfg.Server.MaxClientConns, e.cfg.IdleConnections+100)

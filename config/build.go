@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dbproxy/dbproxy/cache"
@@ -134,12 +135,20 @@ func (c *Config) ConnURL(n Node, user, password, db string) string {
 		}
 	}
 	u := url.URL{
-		Scheme:   "postgres",
-		User:     url.UserPassword(user, password),
-		Host:     n.Host + ":" + strconv.Itoa(n.Port),
-		Path:     "/" + db,
-		RawQuery: q.Encode(),
+		Scheme: "postgres",
+		User:   url.UserPassword(user, password),
+		Path:   "/" + db,
 	}
+	if n.IsSocket() {
+		// A Unix-socket directory goes in the query, as libpq reads it.
+		q.Set("host", n.Host)
+		q.Set("port", strconv.Itoa(n.Port))
+	} else {
+		u.Host = joinHostPort(n.Host, n.Port)
+	}
+	// pgconn does not read '+' in a query value as a space: encode it as
+	// %20 (a literal '+' is %2B).
+	u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
 	return u.String()
 }
 

@@ -114,6 +114,10 @@ type Shard struct {
 type Node struct {
 	// Name is unique across the whole config.
 	Name string `toml:"name"`
+	// Host is a host name, an IP address, or the absolute path of the
+	// directory holding the server's Unix socket (as in libpq; the
+	// socket is Host/.s.PGSQL.Port, and [backend]'s TLS settings do not
+	// apply to it).
 	Host string `toml:"host"`
 	Port int    `toml:"port"`
 	// Role: primary (exactly one per shard) or standby.
@@ -126,6 +130,11 @@ type Node struct {
 
 // Addr returns "host:port".
 func (n Node) Addr() string { return joinHostPort(n.Host, n.Port) }
+
+// IsSocket reports whether Host names a Unix-socket directory (an
+// absolute path, as in libpq): the server's socket is
+// Host/.s.PGSQL.Port.
+func (n Node) IsSocket() bool { return strings.HasPrefix(n.Host, "/") }
 
 // Table is one [[tables]] entry: a sharded table and its shard key.
 // Tables not listed are unsharded and live on Routing.DefaultShard.

@@ -421,6 +421,39 @@ func TestConnURLBackendTLS(t *testing.T) {
 	}
 }
 
+// TestConnURLHosts: a node's host is a host name, an IPv6 address or a
+// Unix-socket directory, and reaches pgconn as such (a socket connection
+// has no TLS, as in libpq).
+func TestConnURLHosts(t *testing.T) {
+	c := loadExample(t)
+	c.Backend = Backend{SSLMode: "require"}
+	for _, tc := range []struct {
+		host string
+		tls  bool
+	}{
+		{"db1.example.com", true},
+		{"::1", true},
+		{"/var/run/postgresql", false},
+		{"/tmp/dir with space", false},
+	} {
+		n := Node{Name: "n", Host: tc.host, Port: 5433}
+		url := c.ConnURL(n, "app", "p@ss:w/rd", "app")
+		pc, err := pgconn.ParseConfig(url)
+		if err != nil {
+			t.Fatalf("%s: %s does not parse: %v", tc.host, url, err)
+		}
+		if pc.Host != tc.host || pc.Port != 5433 || pc.User != "app" || pc.Password != "p@ss:w/rd" || pc.Database != "app" {
+			t.Errorf("%s: %s parses to host %q port %d user %q password %q database %q", tc.host, url, pc.Host, pc.Port, pc.User, pc.Password, pc.Database)
+		}
+		if (pc.TLSConfig != nil) != tc.tls {
+			t.Errorf("%s: TLS %v, want %v", tc.host, pc.TLSConfig != nil, tc.tls)
+		}
+		if n.IsSocket() != strings.HasPrefix(tc.host, "/") {
+			t.Errorf("%s: IsSocket %v", tc.host, n.IsSocket())
+		}
+	}
+}
+
 // TestWithFilesIn: relative file paths are taken from the given directory;
 // absolute ones, empty ones and sslrootcert = "system" stay; c is not changed.
 func TestWithFilesIn(t *testing.T) {

@@ -190,11 +190,17 @@ func (c *Config) validateShards(el *errorList) {
 			}
 			if n.Host == "" {
 				el.invalid(nk+".host", "must be set")
+			} else if !n.IsSocket() && strings.Contains(n.Host, "/") {
+				el.invalid(nk+".host", "%q is neither a host name nor an absolute path (a Unix-socket directory starts with /)", n.Host)
 			}
 			if n.Port < 1 || n.Port > 65535 {
 				el.invalid(nk+".port", "must be between 1 and 65535 (got %d)", n.Port)
 			} else if n.Host != "" {
-				a := strings.ToLower(n.Host) + ":" + strconv.Itoa(n.Port)
+				h := n.Host
+				if !n.IsSocket() {
+					h = strings.ToLower(h) // host names are case-insensitive, paths are not
+				}
+				a := h + ":" + strconv.Itoa(n.Port)
 				if prev, dup := addrs[a]; dup {
 					el.invalid(nk+".port", "%s is already used by %s (each node needs its own host:port)", n.Addr(), prev)
 				} else {

@@ -192,6 +192,11 @@ var validateCases = []validateCase{
 		key:  "shards[0].nodes[1].role", sentinel: ErrInvalid, msg: `unknown role "replica" (allowed: primary, standby)`, marker: `"replica"`,
 	},
 	{
+		name: "relative socket directory",
+		mut:  replaceIn("shards", "host = \"127.0.0.1\"\n  port = 5442", "host = \"run/pg\" # relsock\n  port = 5442"),
+		key:  "shards[1].nodes[0].host", sentinel: ErrInvalid, msg: `"run/pg" is neither a host name nor an absolute path`, marker: "# relsock",
+	},
+	{
 		name: "port zero",
 		mut:  replaceIn("shards", "port = 5442", "port = 0"),
 		key:  "shards[1].nodes[0].port", sentinel: ErrInvalid, msg: "must be between 1 and 65535 (got 0)", marker: "port = 0",

@@ -160,6 +160,14 @@ func TestUpServesAndReuses(t *testing.T) {
 	if len(cfg.Shards) != 2 || len(cfg.Shards[0].Nodes) != 2 || !cfg.TLSEnabled() || !cfg.Cache.Enabled {
 		t.Errorf("generated config: %d shards, %d nodes in s0, tls %v, cache %v", len(cfg.Shards), len(cfg.Shards[0].Nodes), cfg.TLSEnabled(), cfg.Cache.Enabled)
 	}
+	// The proxy reaches the local nodes on their Unix sockets.
+	for _, sh := range cfg.Shards {
+		for _, n := range sh.Nodes {
+			if want := filepath.Join(dir, sh.Name, n.Name); n.Host != want {
+				t.Errorf("node %s: host %q, want its socket directory %s", n.Name, n.Host, want)
+			}
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, "postgres://app:app@"+addr+"/app?sslmode=require")
@@ -172,6 +180,12 @@ func TestUpServesAndReuses(t *testing.T) {
 	} {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for _, q := range []string{"SELECT inet_server_addr() IS NULL", "SELECT inet_server_addr() IS NULL /* dbproxy: primary */"} {
+		var overSocket bool
+		if err := conn.QueryRow(ctx, q).Scan(&overSocket); err != nil || !overSocket {
+			t.Errorf("%s: %v, %v (want true: the backend connection is on a Unix socket)", q, overSocket, err)
 		}
 	}
 	conn.Close(ctx)

@@ -331,11 +331,24 @@ func (c *Cluster) writeMeta() error {
 	return os.Rename(tmp, c.metaPath())
 }
 
+// maxSocketPath is the longest Unix socket path the kernel takes
+// (sockaddr_un's sun_path holds 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// socketFits reports whether a server socket in dir fits in sun_path
+// whatever its port (".s.PGSQL.65535").
+func socketFits(dir string) bool {
+	return len(filepath.Join(dir, ".s.PGSQL.65535")) <= maxSocketPath
+}
+
 func (c *Cluster) newNode(name string, port int, standby bool, slot string) *Node {
 	nodeDir := filepath.Join(c.root, name)
 	n := &Node{
 		Name: name, Host: "127.0.0.1", Port: port, Dir: filepath.Join(nodeDir, "data"),
 		c: c, nodeDir: nodeDir, standby: standby, slot: slot,
+	}
+	if socketFits(nodeDir) && (c.tls == nil || !c.tls.Only) {
+		n.SocketDir = nodeDir
 	}
 	if standby && len(c.nodes) > 0 {
 		n.upstream = c.nodes[0]

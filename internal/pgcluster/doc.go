@@ -27,16 +27,17 @@
 //
 // Every node listens on 127.0.0.1 only, on a free loopback port (found by
 // listening on port 0; a bind clash at first start moves the node to another
-// port), with no Unix socket: connect over TCP (Node.ConnString, Connect).
-// pg_hba.conf trusts user postgres and replication connections from
-// 127.0.0.1; every other user authenticates with scram-sha-256 (over TLS
+// port), and on a Unix socket in its node directory (Node.SocketDir; none
+// when that path would not fit in a socket address, or with
+// Options.TLS.Only). Node.ConnString and Connect use TCP. pg_hba.conf
+// trusts user postgres and replication connections from 127.0.0.1 and on
+// the socket; every other user authenticates with scram-sha-256 (over TLS
 // only with Options.TLS.Only; Options.TLS makes every node serve TLS with
 // the given certificate, written into its data directory). Both files are
-// rewritten on every start. Every node
-// gets DefaultSettings (sized for a small shared machine: shared_buffers
-// 128MB, max_connections 200, wal_level logical, hot_standby_feedback on,
-// wal_receiver_status_interval 1s, logging to postgres.log at warning) plus
-// Options.Settings.
+// rewritten on every start. Every node gets DefaultSettings (sized for a
+// small shared machine: shared_buffers 128MB, max_connections 200,
+// wal_level logical, hot_standby_feedback on, wal_receiver_status_interval
+// 1s, logging to postgres.log at warning) plus Options.Settings.
 //
 // A temporary cluster records its owning process in an "owner" file; the
 // first Start in a process stops and removes temporary clusters whose owner

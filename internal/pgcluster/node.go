@@ -28,9 +28,13 @@ type Node struct {
 	Host string
 	Port int
 	Dir  string // data directory
+	// SocketDir is the directory of the node's Unix socket
+	// (SocketDir/.s.PGSQL.Port), "" when it has none (see the package
+	// documentation).
+	SocketDir string
 
 	c       *Cluster
-	nodeDir string // holds Dir, the log file and nothing else
+	nodeDir string // holds Dir, the log file, the Unix socket and nothing else
 	standby bool   // created as a standby
 	slot    string // physical slot on the upstream (standbys)
 
@@ -336,11 +340,24 @@ func (n *Node) killLocked() error {
 	if !waitExit(append([]int{pid}, kids...), 30*time.Second) {
 		return fmt.Errorf("pgcluster: %s: server processes still alive 30s after SIGKILL", n.Name)
 	}
-	// Everything is dead: the lock file is stale. Remove it so a zombie
-	// postmaster (if nobody reaps it) cannot block the next start.
+	// Everything is dead: the lock files are stale. Remove them so a
+	// zombie postmaster (if nobody reaps it) cannot block the next start.
 	_ = os.Remove(filepath.Join(n.Dir, "postmaster.pid"))
+	n.removeSocketFiles()
 	n.c.logf("pgcluster: %s: killed postmaster %d and %d children", n.Name, pid, len(kids))
 	return nil
+}
+
+// removeSocketFiles removes the Unix socket and its lock file left by a
+// killed postmaster.
+func (n *Node) removeSocketFiles() {
+	if n.SocketDir == "" {
+		return
+	}
+	stale, _ := filepath.Glob(filepath.Join(n.SocketDir, ".s.PGSQL.*"))
+	for _, f := range stale {
+		_ = os.Remove(f)
+	}
 }
 
 func (n *Node) startLocked(ctx context.Context) error {
@@ -500,7 +517,7 @@ func (n *Node) writeConf() error {
 	for _, k := range slices.Sorted(maps.Keys(n.c.conf)) {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(n.c.conf[k], "'", "''"))
 	}
-	fmt.Fprintf(&b, "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n", n.Port)
+	fmt.Fprintf(&b, "port = %d\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n", n.Port, strings.ReplaceAll(n.SocketDir, "'", "''"))
 	hba := hbaConf
 	if t := n.c.tls; t != nil {
 		for name, pem := range map[string][]byte{"server.crt": t.CertPEM, "server.key": t.KeyPEM} {

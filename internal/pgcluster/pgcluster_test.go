@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 )
 
@@ -293,8 +295,32 @@ func TestNodeLifecycleErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close(ctx)
-	if workMem != "8MB" || maxConn != "200" || unixDirs != "" || hba != "scram-sha-256" {
-		t.Fatalf("settings: work_mem %s max_connections %s unix_socket_directories %q password_encryption %s", workMem, maxConn, unixDirs, hba)
+	if workMem != "8MB" || maxConn != "200" || unixDirs != p.SocketDir || p.SocketDir == "" || hba != "scram-sha-256" {
+		t.Fatalf("settings: work_mem %s max_connections %s unix_socket_directories %q (SocketDir %q) password_encryption %s", workMem, maxConn, unixDirs, p.SocketDir, hba)
+	}
+	// The Unix socket: postgres trusted, other users by password.
+	sconn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", p.SocketDir, p.Port))
+	if err != nil {
+		t.Fatalf("postgres over the Unix socket: %v", err)
+	}
+	var overSocket bool
+	if err := sconn.QueryRow(ctx, "SELECT inet_server_addr() IS NULL").Scan(&overSocket); err != nil || !overSocket {
+		t.Fatalf("connection over %s is not a Unix-socket one (%v, %v)", p.SocketDir, overSocket, err)
+	}
+	if _, err := sconn.Exec(ctx, "CREATE ROLE sockuser LOGIN PASSWORD 'pw'"); err != nil {
+		t.Fatal(err)
+	}
+	sconn.Close(ctx)
+	if c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=sockuser password=wrong dbname=postgres", p.SocketDir, p.Port)); err == nil {
+		c.Close(ctx)
+		t.Fatal("a wrong password was accepted over the Unix socket")
+	} else if !strings.Contains(err.Error(), "28P01") {
+		t.Fatalf("wrong password over the Unix socket: %v (want SQLSTATE 28P01)", err)
+	}
+	if c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=sockuser password=pw dbname=postgres", p.SocketDir, p.Port)); err != nil {
+		t.Fatalf("password login over the Unix socket: %v", err)
+	} else {
+		c.Close(ctx)
 	}
 	// Pause/resume on a primary is a server error, reported with the node.
 	if err := p.PauseReplay(ctx); err == nil || !strings.Contains(err.Error(), p.Name) {

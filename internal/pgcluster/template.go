@@ -28,6 +28,9 @@ const templateRecipe = "v1"
 var initdbArgs = []string{"-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"}
 
 const hbaConf = "# Written by pgcluster.\n" +
+	"local all postgres trust\n" +
+	"local replication all trust\n" +
+	"local all all scram-sha-256\n" +
 	"host all postgres 127.0.0.1/32 trust\n" +
 	"host replication all 127.0.0.1/32 trust\n" +
 	"host all all 127.0.0.1/32 scram-sha-256\n"

@@ -36,7 +36,9 @@ var ErrBadDSN = errors.New("dbproxy driver: invalid DSN")
 // shards lists shards separated by ','; each is name ':' nodes, nodes
 // separated by '|'. The first node of a shard is its primary, the others
 // its standbys. A node is [name '@'] host ':' port ['*' weight]; an IPv6
-// host is bracketed ("[::1]:5432"). Unnamed nodes are called
+// host is bracketed ("[::1]:5432"), and a host that is an absolute path is
+// the directory of the server's Unix socket ("/var/run/postgresql:5432",
+// see config.Node.Host). Unnamed nodes are called
 // "<shard>-primary" and "<shard>-standby<i>" (i from 1).
 //
 // tables lists sharded tables separated by ','; each is name '(' column ':'

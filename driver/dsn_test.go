@@ -20,6 +20,7 @@ var testDSNs = []string{
 	"shards=s0:127.0.0.1:5432|127.0.0.1:5433,s1:p1@10.0.0.2:5432|r1@10.0.0.3:5432*3;user=app;password=p%3Bw%25d;database=app;tables=users(id:int),orders(tenant:text,id:uuid)",
 	"shards=s0:[::1]:5432|[::1]:5433;user=u;password=x;database=d;default_shard=s0;balance=least_latency;max_staleness=250ms;catch_up_wait=10ms;acquire_timeout=2s;health_interval=1s;lag_interval=50ms;probe_timeout=900ms;pool_size=7",
 	"shards=s0:127.0.0.1:5432;user=app;password=app;database=app;cache=off",
+	"shards=s0:p@/var/run/postgresql:5432|127.0.0.1:5433;user=app;password=app;database=app",
 }
 
 func TestParseDSNInline(t *testing.T) {
@@ -57,6 +58,24 @@ func TestParseDSNInline(t *testing.T) {
 	}
 	if _, err := cfg.Topology(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestParseDSNSocket: a node given by its Unix-socket directory.
+func TestParseDSNSocket(t *testing.T) {
+	d := mustDSN(t, testDSNs[7])
+	cfg, err := d.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := cfg.Shards[0].Nodes[0]; n.Name != "p" || n.Host != "/var/run/postgresql" || n.Port != 5432 || !n.IsSocket() {
+		t.Fatalf("node %+v", n)
+	}
+	if _, err := ParseDSN("shards=s0:run/pg:5432;user=app;password=app;database=app"); err != nil {
+		t.Fatal(err) // parses; the config check refuses it
+	}
+	if _, err := mustDSN(t, "shards=s0:run/pg:5432;user=app;password=app;database=app").Config(); err == nil || !strings.Contains(err.Error(), "absolute path") {
+		t.Fatalf("relative socket directory: %v", err)
 	}
 }
 

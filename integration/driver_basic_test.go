@@ -43,6 +43,11 @@ func TestDriverBasics(t *testing.T) {
 		}
 	}
 	mustExec(`INSERT INTO settings VALUES ('a', '1'), ('b', NULL)`)
+	// s0's primary (settings' shard) is configured by its socket directory.
+	var overSocket string
+	if err := db.QueryRowContext(ctx, `INSERT INTO settings VALUES ('socket', (inet_server_addr() IS NULL)::text) RETURNING v`).Scan(&overSocket); err != nil || overSocket != "true" {
+		t.Fatalf("write to s0's primary over its Unix socket: %q, %v", overSocket, err)
+	}
 
 	// Rows really are spread over both shards.
 	for i, c := range clusters {

@@ -67,14 +67,22 @@ func startDriverClusters(t testing.TB, ctx context.Context, name string, shards,
 
 // driverConfig is the dbproxy configuration of clusters: shard s<i> per
 // cluster, user app/app, database app, and the given sharded tables
-// ("users(id:int)").
+// ("users(id:int)"). The first shard's primary is reached on its Unix
+// socket, every other node over TCP.
 func driverConfig(t testing.TB, clusters []*pgcluster.Cluster, tables string, mut func(*config.Config)) *config.Config {
 	t.Helper()
 	var shards []string
 	for i, c := range clusters {
 		var nodes []string
-		for _, n := range c.Nodes() {
-			nodes = append(nodes, fmt.Sprintf("%s@%s:%d", n.Name, n.Host, n.Port))
+		for j, n := range c.Nodes() {
+			host := n.Host
+			if i == 0 && j == 0 {
+				if n.SocketDir == "" {
+					t.Fatalf("%s has no Unix socket", n.Name)
+				}
+				host = n.SocketDir
+			}
+			nodes = append(nodes, fmt.Sprintf("%s@%s:%d", n.Name, host, n.Port))
 		}
 		shards = append(shards, fmt.Sprintf("s%d:%s", i, strings.Join(nodes, "|")))
 	}

@@ -218,7 +218,12 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	p("\nClusters: `bmain` = 1 primary + 2 streaming standbys (PostgreSQL settings: %s); `bshard` = 1 primary, second shard of the sharded writes. ",
 		settingsText())
 	p("dbproxy: `dbproxy serve` as a separate process, shards s0 = bmain (reads of unsharded tables go to its standbys), s1 = bshard, table %s sharded by id, pool 20 per node. ", shardedTable)
-	p("PgBouncer: transaction pooling, pool 20, to the bmain primary. Pgpool-II: streaming-replication mode, load balancing over the 3 bmain nodes (weight 1 each), %d children; pgpool_cache adds the shmem query cache (256 MB).\n\n", cfg.PgpoolChildren)
+	p("PgBouncer: transaction pooling, pool 20, to the bmain primary. Pgpool-II: streaming-replication mode, load balancing over the 3 bmain nodes (weight 1 each), %d children; pgpool_cache adds the shmem query cache (256 MB). ", cfg.PgpoolChildren)
+	if e.main != nil && e.main.Primary().SocketDir != "" {
+		p("The proxies and poolers reach PostgreSQL on the nodes' Unix sockets; pgbench and the Go workloads connect to every target, direct included, over loopback TCP.\n\n")
+	} else {
+		p("Everything connects over loopback TCP.\n\n")
+	}
 
 	renderLoad(p, a)
 	renderIdle(p, a, cfg)

@@ -30,6 +30,13 @@ type Server struct {
 	// Listen is the PostgreSQL-protocol listen address, host:port.
 	// Port 0 picks a free port (tests).
 	Listen string `toml:"listen"`
+	// UnixSocketDir, when set, also serves clients on the Unix socket
+	// UnixSocketDir/.s.PGSQL.<port of Listen>, where libpq-based clients
+	// on this machine find it with host=UnixSocketDir (as for
+	// PostgreSQL). An absolute path; "" (default) serves TCP only.
+	// Clients on the socket are not asked for TLS (tls_required applies
+	// to TCP clients), as PostgreSQL's local connections are not.
+	UnixSocketDir string `toml:"unix_socket_dir"`
 	// PoolMode: transaction (default) or session.
 	PoolMode PoolMode `toml:"pool_mode"`
 	// TLSCert and TLSKey are PEM file paths; set both or neither.

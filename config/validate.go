@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,16 @@ func (c *Config) Validate() error {
 	c.validateCache(el)
 	c.validateBackend(el)
 	return el.err()
+}
+
+// MaxSocketPath is the longest Unix socket path the kernel takes
+// (sockaddr_un's sun_path holds 108 bytes with the terminating NUL).
+const MaxSocketPath = 107
+
+// SocketPath is the path of the PostgreSQL-protocol Unix socket for port
+// in dir, named as PostgreSQL names its own (dir/.s.PGSQL.port).
+func SocketPath(dir string, port int) string {
+	return filepath.Join(dir, ".s.PGSQL."+strconv.Itoa(port))
 }
 
 func joinHostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
@@ -82,6 +93,14 @@ func (c *Config) validateServer(el *errorList) {
 		el.invalid("server.listen", "must be set (host:port)")
 	} else {
 		checkAddr(el, "server.listen", s.Listen)
+	}
+	if d := s.UnixSocketDir; d != "" {
+		switch {
+		case !filepath.IsAbs(d):
+			el.invalid("server.unix_socket_dir", "%q is not an absolute path", d)
+		case len(filepath.Join(d, ".s.PGSQL.65535")) > MaxSocketPath:
+			el.invalid("server.unix_socket_dir", "%q is too long: a socket path in it would exceed %d bytes", d, MaxSocketPath)
+		}
 	}
 	checkEnum(el, "server.pool_mode", s.PoolMode == PoolTransaction || s.PoolMode == PoolSession, "pool_mode", poolModeNames)
 	switch {

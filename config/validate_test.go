@@ -335,6 +335,16 @@ var validateCases = []validateCase{
 		key:  "server.tls_key", sentinel: ErrInvalid, msg: "tls_cert is not", marker: "tls_key",
 	},
 	{
+		name: "relative unix_socket_dir",
+		mut:  replaceIn("server", `databases`, "unix_socket_dir = \"run\"\ndatabases"),
+		key:  "server.unix_socket_dir", sentinel: ErrInvalid, msg: `"run" is not an absolute path`, marker: "unix_socket_dir",
+	},
+	{
+		name: "unix_socket_dir too long for a socket path",
+		mut:  replaceIn("server", `databases`, "unix_socket_dir = \"/"+strings.Repeat("d", 100)+"\"\ndatabases"),
+		key:  "server.unix_socket_dir", sentinel: ErrInvalid, msg: "would exceed 107 bytes", marker: "unix_socket_dir",
+	},
+	{
 		name: "tls_required without certificate",
 		mut:  replaceIn("server", `databases`, "tls_required = true\ndatabases"),
 		key:  "server.tls_required", sentinel: ErrInvalid, msg: "needs tls_cert and tls_key", marker: "tls_required",

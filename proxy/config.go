@@ -115,7 +115,9 @@ type Config struct {
 	// TLS, when non-nil, lets clients upgrade with SSLRequest. When nil
 	// the proxy answers SSLRequest with 'N'.
 	TLS *tls.Config
-	// RequireTLS refuses clients that do not upgrade (needs TLS).
+	// RequireTLS refuses clients that do not upgrade (needs TLS), except
+	// on a Unix socket, where TLS is neither asked for nor offered (an
+	// SSLRequest gets 'N'), as in PostgreSQL.
 	RequireTLS bool
 	// PoolMode is PoolTransaction (default) or PoolSession.
 	PoolMode PoolMode

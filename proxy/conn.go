@@ -37,6 +37,7 @@ type clientConn struct {
 	start     time.Time
 	remote    string
 	tls       bool
+	local     bool // on a Unix socket: no TLS asked or offered
 
 	pid    uint32
 	secret []byte
@@ -98,6 +99,9 @@ type clientConn struct {
 
 func newClientConn(s *Server, nc net.Conn) *clientConn {
 	c := &clientConn{srv: s, netConn: nc, start: time.Now(), remote: nc.RemoteAddr().String(), lastTx: 'I'}
+	if nc.LocalAddr().Network() == "unix" {
+		c.local, c.remote = true, "[local]"
+	}
 	c.cond = sync.NewCond(&c.mu)
 	c.to.idle, c.to.attached, c.to.closing = c.stateIdle, c.stateAttached, c.stateClosing
 	c.secret = make([]byte, 4)
@@ -230,7 +234,7 @@ func (c *clientConn) stateStartup(ctx context.Context) stateFn {
 		}
 		switch m := msg.(type) {
 		case *pgproto3.SSLRequest:
-			if c.tls || c.srv.cfg.TLS == nil {
+			if c.tls || c.local || c.srv.cfg.TLS == nil {
 				if _, err := c.netConn.Write([]byte{'N'}); err != nil {
 					return c.to.closing
 				}
@@ -295,7 +299,7 @@ func (c *clientConn) acceptStartup(m *pgproto3.StartupMessage) stateFn {
 	delete(params, "user")
 	delete(params, "database")
 	c.startupParams = params
-	if c.srv.cfg.RequireTLS && !c.tls {
+	if c.srv.cfg.RequireTLS && !c.tls && !c.local {
 		return reject(codeInvalidAuthSpec, "dbproxy requires TLS (connect with sslmode=require)")
 	}
 	if m.ProtocolVersion == pgproto3.ProtocolVersion32 || len(unknown) > 0 {

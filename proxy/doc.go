@@ -17,12 +17,14 @@
 // # Overview
 //
 // The client side speaks pgproto3 (protocol 3.0; a 3.2 request is
-// negotiated down): SSLRequest (TLS when Config.TLS is set, else 'N'),
-// GSSENCRequest (always 'N'), CancelRequest, StartupMessage, then
-// SCRAM-SHA-256 (with SCRAM-SHA-256-PLUS channel binding over TLS) or md5
-// authentication against Config.Users. After AuthenticationOk the client
-// gets ParameterStatus values of the real servers, a BackendKeyData with a
-// pid and secret issued by the proxy, and ReadyForQuery.
+// negotiated down): SSLRequest (TLS when Config.TLS is set, else 'N';
+// always 'N' on a Unix-socket listener, whose clients Config.RequireTLS
+// does not concern), GSSENCRequest (always 'N'), CancelRequest,
+// StartupMessage, then SCRAM-SHA-256 (with SCRAM-SHA-256-PLUS channel
+// binding over TLS) or md5 authentication against Config.Users. After
+// AuthenticationOk the client gets ParameterStatus values of the real
+// servers, a BackendKeyData with a pid and secret issued by the proxy, and
+// ReadyForQuery.
 //
 // Every request (a simple Query, or an extended-protocol batch up to its
 // Sync) is classified by router.Classify and routed by

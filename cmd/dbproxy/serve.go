@@ -54,6 +54,9 @@ config (users, staleness bound); other changes are refused and logged.`, stderr)
 	}
 	defer srv.stop(stderr)
 	fmt.Fprintf(stdout, "dbproxy serve: listening on %s", srv.addr)
+	if srv.socket != "" {
+		fmt.Fprintf(stdout, " and %s", srv.socket)
+	}
 	if srv.statusAddr != "" {
 		fmt.Fprintf(stdout, ", status and metrics on http://%s", srv.statusAddr)
 	}
@@ -82,8 +85,9 @@ config (users, staleness bound); other changes are refused and logged.`, stderr)
 // status server.
 type runningProxy struct {
 	addr       string
+	socket     string // the Unix socket's path; "" without one
 	statusAddr string
-	done       chan error // Serve's result
+	done       chan error // the Serve results, one per listener
 
 	cfg    *config.Config
 	srv    *proxy.Server
@@ -112,7 +116,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	// database; the proxy's own (probes, LISTEN, the function catalog, the
 	// cache's change streams) as the first user to the first database.
 	backendUser, backendDB := cfg.Users[0].Name, cfg.Server.Databases[0]
-	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}, done: make(chan error, 1)}
+	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}}
 	fail := func(err error) (*runningProxy, error) {
 		rp.closeSets()
 		return nil, err
@@ -155,10 +159,25 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		return fail(fmt.Errorf("server.listen: %w", err))
 	}
 	rp.addr = ln.Addr().String()
+	lns := []net.Listener{ln}
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	if dir := cfg.Server.UnixSocketDir; dir != "" {
+		uln, err := listenUnix(ctx, config.SocketPath(dir, ln.Addr().(*net.TCPAddr).Port))
+		if err != nil {
+			closeAll()
+			return fail(fmt.Errorf("server.unix_socket_dir: %w", err))
+		}
+		rp.socket = uln.Addr().String()
+		lns = append(lns, uln)
+	}
 	if cfg.Server.StatusListen != "" {
 		sln, err := net.Listen("tcp", cfg.Server.StatusListen)
 		if err != nil {
-			ln.Close()
+			closeAll()
 			return fail(fmt.Errorf("server.status_listen: %w", err))
 		}
 		rp.statusAddr = sln.Addr().String()
@@ -167,8 +186,41 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	rp.cancel = cancel
-	go func() { rp.done <- rp.srv.Serve(sctx, ln) }()
+	rp.done = make(chan error, len(lns)) // every Serve can report without a reader
+	for _, l := range lns {
+		go func() { rp.done <- rp.srv.Serve(sctx, l) }()
+	}
 	return rp, nil
+}
+
+// listenUnix listens on the Unix socket path. A socket file nothing
+// accepts on (left by a proxy that was killed) is replaced; one another
+// process serves, or a file that is not a socket, is an error. The socket
+// is open to every local user (mode 0777, PostgreSQL's default): clients
+// authenticate on it as over TCP. Closing the listener removes the file.
+func listenUnix(ctx context.Context, path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		d := net.Dialer{Timeout: time.Second}
+		if c, err := d.DialContext(ctx, "unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use by another server", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // stop shuts the proxy down (draining up to the shutdown timeout), then the

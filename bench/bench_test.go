@@ -167,6 +167,42 @@ func TestQuickEndToEnd(t *testing.T) {
 	}
 }
 
+// TestUnixClients runs pgbench and a Go workload through every wire
+// target with Config.UnixClients: each is reached on its Unix socket, and
+// the report says so.
+func TestUnixClients(t *testing.T) {
+	cfg := QuickConfig()
+	cfg.Out = t.TempDir()
+	cfg.Progress = testWriter{t}
+	cfg.UnixClients = true
+	cfg.Duration = 2 * time.Second
+	cfg.Targets = []string{TargetDirect, TargetDbproxy, TargetPgBouncer, TargetPgpool}
+	cfg.Workloads = []Workload{{Kind: KindSelectOnly, Mode: "simple", Clients: 8}, {Kind: KindPointSelect, Clients: 8}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	sum, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	for _, r := range sum.Results {
+		if r.Status != StatusOK || r.TPS <= 0 {
+			t.Errorf("%s → %s: status %s, %v tps (%s)", r.Workload, r.Target, r.Status, r.TPS, r.Reason)
+		}
+	}
+	if len(sum.Results) != 8 {
+		t.Errorf("%d results, want 8", len(sum.Results))
+	}
+	for _, tg := range cfg.Targets {
+		if h := sum.Hosts[tg]; !filepath.IsAbs(h) {
+			t.Errorf("%s reached at %q, want a socket directory", tg, h)
+		}
+	}
+	report, _ := os.ReadFile(filepath.Join(cfg.Out, ReportFile))
+	if !strings.Contains(string(report), "connect to every target, direct included, on its Unix socket") {
+		t.Errorf("report.md does not say the clients used Unix sockets")
+	}
+}
+
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) {

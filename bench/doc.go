@@ -30,7 +30,8 @@
 //     Config.PgpoolChildren children; the second with the shmem query cache).
 //     The three poolers reach PostgreSQL on the nodes' Unix sockets (TCP
 //     when a node has none); clients, direct runs included, connect over
-//     loopback TCP. As root the poolers run as pgcluster.ServerUser
+//     loopback TCP, or with Config.UnixClients (`dbproxy bench
+//     --unix-clients`) on each target's Unix socket. As root the poolers run as pgcluster.ServerUser
 //     (PgBouncer refuses root). Every process runs in its own process group with a parent-death
 //     signal.
 //  4. Runs every workload through every target, interleaved: for each round,

@@ -111,7 +111,14 @@ func setup(ctx context.Context, cfg Config, say func(string, ...any)) (_ *env, e
 	if err := e.loadData(ctx); err != nil {
 		return nil, err
 	}
-	e.endpoints[TargetDirect] = endpoint{e.main.Primary().Host, e.main.Primary().Port}
+	direct := e.main.Primary()
+	e.endpoints[TargetDirect] = endpoint{direct.Host, direct.Port}
+	if cfg.UnixClients {
+		if direct.SocketDir == "" {
+			return nil, fmt.Errorf("unix clients: %s has no Unix socket (its directory's path is too long for one: set a shorter TMPDIR)", direct.Name)
+		}
+		e.endpoints[TargetDirect] = endpoint{direct.SocketDir, direct.Port}
+	}
 	if err := e.writeDbproxyConfig(); err != nil {
 		return nil, err
 	}
@@ -368,6 +375,12 @@ func (e *env) dbproxyConfig(port int) (*config.Config, error) {
 		cfg.Shards = append(cfg.Shards, sh)
 	}
 	cfg.Tables = []config.Table{{Name: shardedTable, ShardKey: []string{"id"}, KeyTypes: []config.KeyType{config.KeyInt}}}
+	if e.cfg.UnixClients {
+		cfg.Server.UnixSocketDir = e.dbproxySocketDir()
+		if err := os.MkdirAll(cfg.Server.UnixSocketDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	cfg.Routing.DefaultShard = "s0"
 	cfg.Pool.Size = 20
 	cfg.Backend.SSLMode = "disable" // the clusters serve no TLS
@@ -430,7 +443,7 @@ func (e *env) startDbproxy(ctx context.Context) error {
 		return err
 	}
 	e.procs[TargetDbproxy] = p
-	ep := endpoint{"127.0.0.1", e.dbproxyPort}
+	ep := e.clientEndpoint(e.dbproxySocketDir(), e.dbproxyPort)
 	if err := waitReady(ctx, p, ep, time.Minute); err != nil {
 		return err
 	}
@@ -502,6 +515,20 @@ func (e *env) sanityCheck(ctx context.Context, t string) error {
 	}
 	return nil
 }
+
+// clientEndpoint is where clients reach a target listening on
+// 127.0.0.1:port and, with Config.UnixClients, on a socket in sockDir:
+// the socket then.
+func (e *env) clientEndpoint(sockDir string, port int) endpoint {
+	if e.cfg.UnixClients {
+		return endpoint{sockDir, port}
+	}
+	return endpoint{"127.0.0.1", port}
+}
+
+// dbproxySocketDir is the directory of dbproxy's client socket
+// (Config.UnixClients).
+func (e *env) dbproxySocketDir() string { return filepath.Join(e.work, "dbproxy-run") }
 
 // waitReady polls until user bench can log in through ep and run SELECT 1,
 // the process exits, or timeout.

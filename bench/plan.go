@@ -104,6 +104,10 @@ type Config struct {
 	// Install lets the harness apt-get install pgbouncer and pgpool2 when
 	// they are missing (root only).
 	Install bool
+	// UnixClients makes pgbench and the Go workloads connect to every
+	// target, direct included, on its Unix socket instead of loopback TCP
+	// (a client on the database's machine).
+	UnixClients bool
 }
 
 // DefaultConfig is the full benchmark: every workload of benchmarks.md at

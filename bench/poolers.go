@@ -38,13 +38,17 @@ func (e *env) startPgBouncer(ctx context.Context) error {
 		return err
 	}
 	p := e.main.Primary()
+	sockDir := "" // PgBouncer's default is /tmp: none unless clients use one
+	if e.cfg.UnixClients {
+		sockDir = dir
+	}
 	ini := fmt.Sprintf(`[databases]
 %s = host=%s port=%d dbname=%s
 
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = %d
-unix_socket_dir =
+unix_socket_dir = %s
 auth_type = scram-sha-256
 auth_file = %s
 pool_mode = transaction
@@ -57,7 +61,7 @@ ignore_startup_parameters = extra_float_digits,options
 log_connections = 0
 log_disconnections = 0
 logfile = %s
-`, benchDB, poolerHost(p), p.Port, benchDB, port, filepath.Join(dir, "userlist.txt"), max(2000, e.cfg.IdleConnections+100), filepath.Join(dir, "pgbouncer.log"))
+`, benchDB, poolerHost(p), p.Port, benchDB, port, sockDir, filepath.Join(dir, "userlist.txt"), max(2000, e.cfg.IdleConnections+100), filepath.Join(dir, "pgbouncer.log"))
 	files := map[string]string{
 		"pgbouncer.ini": ini,
 		"userlist.txt":  fmt.Sprintf("%q %q\n", benchUser, benchPassword),
@@ -71,7 +75,7 @@ logfile = %s
 		return err
 	}
 	e.procs[TargetPgBouncer] = proc
-	ep := endpoint{"127.0.0.1", port}
+	ep := e.clientEndpoint(dir, port)
 	if err := waitReady(ctx, proc, ep, time.Minute); err != nil {
 		return fmt.Errorf("%w\npgbouncer.log:\n%s", err, fileTail(filepath.Join(dir, "pgbouncer.log"), 20))
 	}
@@ -157,7 +161,9 @@ func (e *env) startPgpool(ctx context.Context, target string, cache bool) error 
 		"pgpool.conf": b.String(),
 		"pcp.conf":    "",
 		"pool_hba.conf": "host all postgres 127.0.0.1/32 trust\n" +
-			"host all all 127.0.0.1/32 scram-sha-256\n",
+			"host all all 127.0.0.1/32 scram-sha-256\n" +
+			"local all postgres trust\n" +
+			"local all all scram-sha-256\n",
 		"pool_passwd": fmt.Sprintf("%s:TEXT%s\n", benchUser, benchPassword),
 	}
 	cred, err := writeServerFiles(dir, files)
@@ -176,7 +182,7 @@ func (e *env) startPgpool(ctx context.Context, target string, cache bool) error 
 		return err
 	}
 	e.procs[target] = proc
-	ep := endpoint{"127.0.0.1", port}
+	ep := e.clientEndpoint(dir, port)
 	if err := waitReady(ctx, proc, ep, 2*time.Minute); err != nil {
 		return err
 	}

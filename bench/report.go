@@ -200,6 +200,9 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 		mode = "quick (smoke run: short runs, one round; figures are not comparable to a full run)"
 	}
 	p("# dbproxy benchmark: direct, dbproxy, PgBouncer, Pgpool-II side by side\n\n")
+	if cfg.UnixClients {
+		mode += ", clients on Unix sockets"
+	}
 	p("Generated %s by `dbproxy bench` in %s. Mode: %s.\n\n", time.Now().UTC().Format(time.RFC3339), elapsed.Round(time.Second), mode)
 	p("%d interleaved round(s) (in each round every workload runs through every target back to back: %s), %s per run, pgbench scale %d, ",
 		cfg.Rounds, strings.Join(a.targets, ", "), cfg.Duration, cfg.Scale)
@@ -219,10 +222,14 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 		settingsText())
 	p("dbproxy: `dbproxy serve` as a separate process, shards s0 = bmain (reads of unsharded tables go to its standbys), s1 = bshard, table %s sharded by id, pool 20 per node. ", shardedTable)
 	p("PgBouncer: transaction pooling, pool 20, to the bmain primary. Pgpool-II: streaming-replication mode, load balancing over the 3 bmain nodes (weight 1 each), %d children; pgpool_cache adds the shmem query cache (256 MB). ", cfg.PgpoolChildren)
+	clients := "over loopback TCP"
+	if cfg.UnixClients {
+		clients = "on its Unix socket (--unix-clients)"
+	}
 	if e.main != nil && e.main.Primary().SocketDir != "" {
-		p("The proxies and poolers reach PostgreSQL on the nodes' Unix sockets; pgbench and the Go workloads connect to every target, direct included, over loopback TCP.\n\n")
+		p("The proxies and poolers reach PostgreSQL on the nodes' Unix sockets; pgbench and the Go workloads connect to every target, direct included, %s.\n\n", clients)
 	} else {
-		p("Everything connects over loopback TCP.\n\n")
+		p("The proxies and poolers reach PostgreSQL over loopback TCP; pgbench and the Go workloads connect to every target %s.\n\n", clients)
 	}
 
 	renderLoad(p, a)

@@ -27,6 +27,9 @@ type Summary struct {
 	// PIDs of the proxy and pooler processes Run started (all stopped when
 	// Run returns), by target.
 	PIDs map[string]int
+	// Hosts the clients connected to at the end, by target: 127.0.0.1, or
+	// a socket directory with Config.UnixClients.
+	Hosts map[string]string
 }
 
 // Run starts the clusters and every selected target, runs every workload
@@ -62,9 +65,12 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	r := &runner{e: e, cfg: cfg, say: say, began: began}
 	runErr := r.all(ctx)
 	files, werr := r.write()
-	sum := &Summary{Results: r.results, Files: files, Elapsed: time.Since(began), PIDs: map[string]int{}}
+	sum := &Summary{Results: r.results, Files: files, Elapsed: time.Since(began), PIDs: map[string]int{}, Hosts: map[string]string{}}
 	for t, p := range e.procs {
 		sum.PIDs[t] = p.pid()
+	}
+	for t, ep := range e.endpoints {
+		sum.Hosts[t] = ep.host
 	}
 	if runErr != nil {
 		return sum, runErr

@@ -35,6 +35,7 @@ pgbouncer and pgpool2 with apt-get when they are missing (root only).
 	workloads := fs.String("workloads", "", "comma-separated workload names or kinds to run (default all of the mode); kinds: "+kindList())
 	idle := fs.Int("idle-conns", 0, "connections idle-conns holds open (0 = mode default: 5000, quick 200)")
 	noInstall := fs.Bool("no-install", false, "never apt-get install missing pgbouncer/pgpool2")
+	unixClients := fs.Bool("unix-clients", false, "clients connect to every target (direct included) on its Unix socket instead of loopback TCP")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -69,6 +70,7 @@ pgbouncer and pgpool2 with apt-get when they are missing (root only).
 		}
 	}
 	cfg.Install = !*noInstall
+	cfg.UnixClients = *unixClients
 	cfg.Progress = stdout
 	bin, err := os.Executable()
 	if err != nil {

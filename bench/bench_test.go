@@ -201,6 +201,9 @@ func TestUnixClients(t *testing.T) {
 	if !strings.Contains(string(report), "connect to every target, direct included, on its Unix socket") {
 		t.Errorf("report.md does not say the clients used Unix sockets")
 	}
+	if !strings.Contains(string(report), "not measured in this run (idle-conns was not among its workloads)") {
+		t.Errorf("report.md does not say why the RSS target was not measured")
+	}
 }
 
 type testWriter struct{ t *testing.T }

@@ -331,14 +331,18 @@ func renderTargets(p func(string, ...any), a *aggregation) {
 	}
 	p("\n- dbproxy RSS ≤ %d MB holding %d idle client connections: ", targetRSSMB, targetIdleConns)
 	var c *cell
+	planned := false
 	for _, w := range a.workloads {
 		if w.Kind == KindIdleConns {
+			planned = true
 			if x := a.get(w.Name(), TargetDbproxy); x != nil && x.rssHeld.n > 0 {
 				c = x
 			}
 		}
 	}
 	switch {
+	case c == nil && !planned:
+		p("not measured in this run (idle-conns was not among its workloads).\n\n")
 	case c == nil:
 		p("not measured in this run (idle-conns did not run ok through dbproxy).\n\n")
 	default:

@@ -82,23 +82,7 @@ func TestServeUnixSocket(t *testing.T) {
 	}}}
 	cfg.Backend.SSLMode = "disable"
 	cfg.ApplyDefaults()
-	path := filepath.Join(dir, "dbproxy.toml")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Encode(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-
-	re := regexp.MustCompile(`serve: listening on [0-9.]+:[0-9]+ and (\S+)`)
-	got, stop := startCommand(t, []string{"serve", "--config", path}, func(out string) string {
-		if m := re.FindStringSubmatch(out); m != nil {
-			return m[1]
-		}
-		return ""
-	})
+	got, stop := startServe(t, dir, cfg, regexp.MustCompile(`serve: listening on [0-9.]+:[0-9]+ and (\S+)`))
 	stopped := false
 	defer func() {
 		if !stopped {

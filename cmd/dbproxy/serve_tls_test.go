@@ -68,22 +68,7 @@ func TestServeBackendTLS(t *testing.T) {
 		cfg.Routing.ProbeTimeout = config.Duration(2 * time.Second)
 		cfg.Backend = b
 		cfg.ApplyDefaults()
-		path := filepath.Join(dir, "dbproxy.toml")
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cfg.Encode(f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		re := regexp.MustCompile(`serve: listening on ([0-9.]+:[0-9]+)`)
-		addr, stop := startCommand(t, []string{"serve", "--config", path}, func(out string) string {
-			if m := re.FindStringSubmatch(out); m != nil {
-				return m[1]
-			}
-			return ""
-		})
+		addr, stop := startServe(t, dir, cfg, regexp.MustCompile(`serve: listening on ([0-9.]+:[0-9]+)`))
 		t.Cleanup(func() { stop() })
 		conn, err := pgx.Connect(ctx, "postgres://app:app@"+addr+"/app?sslmode=disable")
 		if err != nil {
@@ -159,5 +144,27 @@ func TestServeBackendTLS(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "certificate") {
 			t.Errorf("query with a CA that did not sign the server's certificate: %v, want a certificate error", err)
 		}
+	})
+}
+
+// startServe writes cfg to dir/dbproxy.toml and runs `dbproxy serve` on it
+// until the returned stop is called; it returns the first submatch of
+// ready in the output (what the test connects to).
+func startServe(t *testing.T, dir string, cfg *config.Config, ready *regexp.Regexp) (string, func() string) {
+	t.Helper()
+	path := filepath.Join(dir, "dbproxy.toml")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Encode(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return startCommand(t, []string{"serve", "--config", path}, func(out string) string {
+		if m := ready.FindStringSubmatch(out); m != nil {
+			return m[1]
+		}
+		return ""
 	})
 }

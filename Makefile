@@ -15,8 +15,10 @@ UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /integration -e /internal/test
 
 # Start the embedded local default: 2 shards (primary + 2 hot standbys each)
 # and the proxy on 127.0.0.1:6432. Installs PostgreSQL 15 first if missing.
-up: postgres
-	$(GO) run ./cmd/dbproxy up
+# Built and run rather than `go run`: go run exits 1 when the terminal's
+# Ctrl-C reaches it, although dbproxy stops everything and exits 0.
+up: postgres build
+	./dbproxy up
 
 build:
 	$(GO) build -o dbproxy ./cmd/dbproxy

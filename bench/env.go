@@ -370,7 +370,7 @@ func (e *env) dbproxyConfig(port int) (*config.Config, error) {
 			if j == 0 {
 				role = config.RolePrimary
 			}
-			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: poolerHost(n), Port: n.Port, Role: role, Weight: 1})
+			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: n.LocalHost(), Port: n.Port, Role: role, Weight: 1})
 		}
 		cfg.Shards = append(cfg.Shards, sh)
 	}

@@ -12,17 +12,6 @@ import (
 	"github.com/dbproxy/dbproxy/internal/pgcluster"
 )
 
-// poolerHost is how the poolers (dbproxy, PgBouncer, Pgpool-II) reach
-// node n: on its Unix socket, as a pooler on the database's machine is
-// set up, or over TCP when the node has no socket (pgcluster.Node.SocketDir).
-// Direct runs stay on TCP.
-func poolerHost(n *pgcluster.Node) string {
-	if n.SocketDir != "" {
-		return n.SocketDir
-	}
-	return n.Host
-}
-
 // startPgBouncer runs PgBouncer in front of the main primary: transaction
 // pooling, pool 20, SCRAM client auth from an auth_file with the plain
 // password (which it also uses towards PostgreSQL), max_client_conn above
@@ -61,7 +50,7 @@ ignore_startup_parameters = extra_float_digits,options
 log_connections = 0
 log_disconnections = 0
 logfile = %s
-`, benchDB, poolerHost(p), p.Port, benchDB, port, sockDir, filepath.Join(dir, "userlist.txt"), max(2000, e.cfg.IdleConnections+100), filepath.Join(dir, "pgbouncer.log"))
+`, benchDB, p.LocalHost(), p.Port, benchDB, port, sockDir, filepath.Join(dir, "userlist.txt"), max(2000, e.cfg.IdleConnections+100), filepath.Join(dir, "pgbouncer.log"))
 	files := map[string]string{
 		"pgbouncer.ini": ini,
 		"userlist.txt":  fmt.Sprintf("%q %q\n", benchUser, benchPassword),
@@ -138,7 +127,7 @@ func (e *env) startPgpool(ctx context.Context, target string, cache bool) error 
 	set("failover_on_backend_error", "off")
 	set("use_watchdog", "off")
 	for i, n := range e.main.Nodes() {
-		set(fmt.Sprintf("backend_hostname%d", i), poolerHost(n))
+		set(fmt.Sprintf("backend_hostname%d", i), n.LocalHost())
 		set(fmt.Sprintf("backend_port%d", i), n.Port)
 		set(fmt.Sprintf("backend_weight%d", i), 1)
 		set(fmt.Sprintf("backend_flag%d", i), "DISALLOW_TO_FAILOVER")

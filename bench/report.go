@@ -199,10 +199,10 @@ func renderReport(a *aggregation, e *env, cfg Config, elapsed time.Duration) str
 	if cfg.Quick {
 		mode = "quick (smoke run: short runs, one round; figures are not comparable to a full run)"
 	}
-	p("# dbproxy benchmark: direct, dbproxy, PgBouncer, Pgpool-II side by side\n\n")
 	if cfg.UnixClients {
 		mode += ", clients on Unix sockets"
 	}
+	p("# dbproxy benchmark: direct, dbproxy, PgBouncer, Pgpool-II side by side\n\n")
 	p("Generated %s by `dbproxy bench` in %s. Mode: %s.\n\n", time.Now().UTC().Format(time.RFC3339), elapsed.Round(time.Second), mode)
 	p("%d interleaved round(s) (in each round every workload runs through every target back to back: %s), %s per run, pgbench scale %d, ",
 		cfg.Rounds, strings.Join(a.targets, ", "), cfg.Duration, cfg.Scale)

@@ -98,7 +98,7 @@ func (c *Config) validateServer(el *errorList) {
 		switch {
 		case !filepath.IsAbs(d):
 			el.invalid("server.unix_socket_dir", "%q is not an absolute path", d)
-		case len(filepath.Join(d, ".s.PGSQL.65535")) > MaxSocketPath:
+		case len(SocketPath(d, 65535)) > MaxSocketPath: // whatever the port
 			el.invalid("server.unix_socket_dir", "%q is too long: a socket path in it would exceed %d bytes", d, MaxSocketPath)
 		}
 	}

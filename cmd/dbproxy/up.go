@@ -228,11 +228,7 @@ func upConfig(clusters []*pgcluster.Cluster, o upOptions) (*config.Config, error
 			if i == 0 {
 				role = config.RolePrimary
 			}
-			host := n.Host
-			if n.SocketDir != "" {
-				host = n.SocketDir
-			}
-			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: host, Port: n.Port, Role: role, Weight: 1})
+			sh.Nodes = append(sh.Nodes, config.Node{Name: n.Name, Host: n.LocalHost(), Port: n.Port, Role: role, Weight: 1})
 		}
 		cfg.Shards = append(cfg.Shards, sh)
 	}

@@ -43,6 +43,15 @@ type Node struct {
 	mu sync.Mutex // serializes lifecycle operations
 }
 
+// LocalHost is the host a client on this machine reaches n by: its
+// Unix-socket directory, or Host when it has no socket.
+func (n *Node) LocalHost() string {
+	if n.SocketDir != "" {
+		return n.SocketDir
+	}
+	return n.Host
+}
+
 // ConnString is a libpq keyword/value connection string for the superuser
 // postgres (trusted, no password) on database db ("" means postgres).
 func (n *Node) ConnString(db string) string {

@@ -60,6 +60,7 @@ type attachment struct {
 	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
 	heldRFQ     pgproto3.ReadyForQuery
 	ddl         bool // a schema change was sent: Server.schemaChanged again when the transaction ends
+	retryable   bool // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -599,11 +600,20 @@ func (c *clientConn) pumpLoop(att *attachment) {
 	// interrupt ends the read itself. (A Flush the client sends while the
 	// rows stream takes effect at the message that ends them.)
 	directRows := false
+	forwarded := false // something of the reply was queued for the client
 	for {
 		msg, err := att.conn.ReceiveMessage(context.Background())
 		if err != nil {
+			if !forwarded && c.retryLater(att, err) {
+				return // the reader sends the request again elsewhere
+			}
 			c.pumpFailed(ctx, att, err) // the backend is discarded
 			return
+		}
+		if !forwarded {
+			if ferr, ok := fatalError(msg); ok && c.retryLater(att, ferr) {
+				return
+			}
 		}
 		if dr, ok := msg.(*pgproto3.DataRow); ok && directRows {
 			if err := c.forwardToClient(dr, false); err != nil {
@@ -623,6 +633,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if len(att.expect) > 0 && att.expect[0].kind == 'P' && att.expect[0].seg == att.recvSeg {
 			// The segment's first reply: its ParseComplete precedes it.
 			att.popExpect()
+			forwarded = true
 			c.wmu.Lock()
 			c.queue(parseComplete)
 			c.wmu.Unlock()
@@ -633,6 +644,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			// its (swallowed) BindComplete.
 			rd := att.expect[0].rowDesc
 			att.popExpect()
+			forwarded = true
 			c.wmu.Lock()
 			c.queue(rd)
 			c.wmu.Unlock()
@@ -673,6 +685,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if _, ok := msg.(*pgproto3.DataRow); ok && !flush && !stop {
 			directRows = true
 		}
+		forwarded = true
 		if err := c.forwardToClient(msg, flush); err != nil || stop {
 			return
 		}
@@ -1032,6 +1045,20 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 	if set == nil {
 		return nil, nil, nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", t.shard))
 	}
+	for attempt := 0; ; attempt++ {
+		lease, bst, deferred, err := c.leaseOn(ctx, set, t, preamble)
+		if err == nil || t.primary || attempt == maxReadRetries || !nodeFailed(ctx, err) {
+			return lease, bst, deferred, err
+		}
+		// The standby failed before anything was sent: it is suspected
+		// now (no reads until its lag probe succeeds), so Pick chooses
+		// another standby, or the primary.
+		c.srv.readRetries.Add(1)
+	}
+}
+
+// leaseOn is one attempt of leaseFor.
+func (c *clientConn) leaseOn(ctx context.Context, set *replica.Set, t target, preamble []string) (*replica.Lease, *backendState, []string, error) {
 	var node *replica.Node
 	if t.primary {
 		node = set.Primary()

@@ -37,7 +37,12 @@
 //     standby picked by replica.Set.Pick with the session's causal
 //     position and staleness bound) and stream the messages both ways; a
 //     deferred BEGIN is sent in the same flush as the transaction's first
-//     statement (its replies dropped);
+//     statement (its replies dropped); a read on a standby outside a
+//     transaction whose standby fails before answering (connecting to it,
+//     or, for a simple Query, the connection breaking or the server
+//     ending it with FATAL before the first reply message) runs on
+//     another standby or the primary instead, unseen by the client (at
+//     most maxReadRetries more nodes; Stats.ReadRetries; see retry.go);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the
@@ -265,7 +270,8 @@
 // user, 28000 TLS required, 3D000 database not allowed, 53300 too many
 // clients, 57P01 shutdown, 25P03 idle in transaction past
 // Config.IdleTransactionTimeout (closed), 57014 cancelled, 08006 backend
-// lost, 0A000 unsupported (e.g. cross-shard transactions, via the router). Malformed
+// lost (FATAL, the connection is closed, when it was lost mid-request and
+// the request could not run elsewhere), 0A000 unsupported (e.g. cross-shard transactions, via the router). Malformed
 // input never panics and never leaves a goroutine behind (fuzzed:
 // FuzzStartup, FuzzMessages).
 //

@@ -63,23 +63,35 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	if att != nil && !p.pinned && isCursorCommand(st) {
 		p.pinned = true // session pooling: the cursor is on the backend the session holds
 	}
+	fresh := att == nil // leased for this request alone (retry.go)
 	att, err = c.use(ctx, att, p)
 	if err != nil {
 		return c.localError(err, false)
 	}
-	c.noteStatement(att, st)
+	text, args, param := "", []string(nil), false
 	if c.srv.cfg.AutoPrepare {
-		if text, args, ok := st.Parameterize(); ok {
-			if err := c.forwardParameterized(att, text, args); err != nil {
-				return c.backendFailed(att, err)
-			}
+		text, args, param = st.Parameterize()
+	}
+	for tries := 0; ; tries++ {
+		c.noteStatement(att, st)
+		c.markRetryable(att, p, fresh, tries)
+		if param {
+			err = c.forwardParameterized(att, text, args)
+		} else {
+			err = c.forward(att, m)
+		}
+		if err != nil && !c.retryLater(att, err) {
+			return c.backendFailed(att, err)
+		}
+		if !c.takeResend() {
 			return c.to.attached
 		}
+		// The standby failed before answering: the read runs elsewhere.
+		if att, err = c.attach(ctx, p.targets[0], nil, false); err != nil {
+			c.observeDetached(err)
+			return c.localError(err, false)
+		}
 	}
-	if err := c.forward(att, m); err != nil {
-		return c.backendFailed(att, err)
-	}
-	return c.to.attached
 }
 
 // handleFunctionCall forwards a FunctionCall to the attached backend, or

@@ -101,6 +101,7 @@ type Server struct {
 	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
 	idleTxTimeouts       atomic.Uint64 // sessions ended by IdleTransactionTimeout
+	readRetries          atomic.Uint64 // reads sent again to another node after theirs failed before answering (retry.go)
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
 	notify               *notifier     // LISTEN/NOTIFY fan-out of the home database (notify.go)
 	dbNotifyMu           sync.Mutex
@@ -342,6 +343,7 @@ func (s *Server) Stats() Stats {
 	st.CommitLSNPiggybacked = s.commitLSNPiggybacked.Load()
 	st.CommitLSNQueries = s.commitLSNQueries.Load()
 	st.IdleTransactionTimeouts = s.idleTxTimeouts.Load()
+	st.ReadRetries = s.readRetries.Load()
 	for _, c := range s.reg.all() {
 		cs := c.stats()
 		if cs.DeepIdle {

@@ -113,10 +113,16 @@ type Stats struct {
 	// IdleTransactionTimeouts counts sessions ended by
 	// Config.IdleTransactionTimeout (25P03).
 	IdleTransactionTimeouts uint64
-	Clients                 int            // live client connections
-	ByState                 map[string]int // live connections per state name
-	DeepIdle                int            // idle connections that gave their protocol buffers back (idle for a second or more)
-	Conns                   []ClientStats  // one entry per live connection
+	// ReadRetries counts reads outside a transaction that ran on another
+	// node because theirs failed (connecting to it, or the connection
+	// broke or was ended by the server) before any reply reached the
+	// client.
+	ReadRetries uint64
+
+	Clients  int            // live client connections
+	ByState  map[string]int // live connections per state name
+	DeepIdle int            // idle connections that gave their protocol buffers back (idle for a second or more)
+	Conns    []ClientStats  // one entry per live connection
 
 	// Commit positions read for causal tokens after write transactions:
 	// in the same flush as the committing request, or with a query of

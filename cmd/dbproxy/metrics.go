@@ -27,6 +27,7 @@ var (
 	descIdleTxEnded  = prometheus.NewDesc("dbproxy_clients_idle_transaction_timeouts_total", "Client sessions ended (25P03) for idling inside a transaction longer than server.idle_transaction_timeout.", nil, nil)
 	descDeepIdle     = prometheus.NewDesc("dbproxy_clients_deep_idle", "Idle client connections that gave their protocol buffers back.", nil, nil)
 	descListen       = prometheus.NewDesc("dbproxy_listen_channels", "Channels clients LISTEN on through the proxy.", nil, nil)
+	descReadRetries  = prometheus.NewDesc("dbproxy_read_retries_total", "Reads outside a transaction sent again to another node because theirs failed before answering.", nil, nil)
 	descCommitLSN    = prometheus.NewDesc("dbproxy_commit_lsn_reads_total", "Commit positions read for causal tokens, by how (piggybacked: in the committing request's flush; query: a round trip of its own).", []string{"how"}, nil)
 	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large, not_admitted).", []string{"op"}, nil)
 	descCacheBytes   = prometheus.NewDesc("dbproxy_cache_bytes", "Bytes held by the result cache.", nil, nil)
@@ -36,7 +37,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descCommitLSN,
+		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descReadRetries, descCommitLSN,
 		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
@@ -79,6 +80,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descAccepted, st.Accepted)
 	counter(descRejected, st.Rejected)
 	counter(descIdleTxEnded, st.IdleTransactionTimeouts)
+	counter(descReadRetries, st.ReadRetries)
 	gauge(descDeepIdle, float64(st.DeepIdle))
 	gauge(descListen, float64(st.ListenChannels))
 	counter(descCommitLSN, st.CommitLSNPiggybacked, "piggybacked")

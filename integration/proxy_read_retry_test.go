@@ -1,0 +1,225 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
+	"github.com/dbproxy/dbproxy/shard"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// TestProxyReadsSurviveStandbyFailure checks that reads outside a
+// transaction do not fail when their standby does, on one shard of a
+// primary and two streaming standbys, over the simple protocol (with
+// literals, which the proxy sends parameterized, and without):
+//
+//   - every backend of both standbys is terminated (pg_terminate_backend,
+//     FATAL 57P01) while the proxy holds them idle in its pools: the next
+//     reads, sent on those dead connections, are answered from elsewhere;
+//   - both standbys crash (SIGKILL of every server process), one after the
+//     other, under a continuous read load from 8 clients: no client sees
+//     an error, and once both are down the primary answers.
+func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cl := pgcluster.StartT(t, pgcluster.Options{Name: "readretry", Standbys: 2})
+	if err := cl.WaitStreaming(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+		t.Fatal(err)
+	}
+	env := startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
+	setup := connectProxy(t, env)
+	simple(t, setup, "CREATE TABLE rr (id int PRIMARY KEY, v text)")
+	simple(t, setup, "INSERT INTO rr SELECT i, 'v' || i FROM generate_series(1, 100) i")
+	for _, sb := range cl.Standbys() {
+		conn, err := sb.Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, sb.Name+" replaying the rows", func() bool {
+			var n int
+			return conn.QueryRow(ctx, "SELECT count(*) FROM rr").Scan(&n) == nil && n == 100
+		})
+		_ = conn.Close(ctx)
+	}
+
+	const clients = 8
+	conns := make([]*pgconn.PgConn, clients)
+	for i := range conns {
+		conns[i] = connectProxy(t, env)
+	}
+	// read runs one read on client i and checks its answer.
+	read := func(i, n int) error {
+		id := n%100 + 1
+		sql := fmt.Sprintf("SELECT v FROM rr WHERE id = %d", id)
+		want := fmt.Sprintf("v%d", id)
+		if n%3 == 0 {
+			sql, want = "SELECT count(*) FROM rr WHERE id > 0", "100" // sent as is (no parameter)
+		}
+		res, err := conns[i].Exec(ctx, sql).ReadAll()
+		if err != nil {
+			return fmt.Errorf("%s: %w", sql, err)
+		}
+		if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != want {
+			return fmt.Errorf("%s: got %v, want %s", sql, res, want)
+		}
+		return nil
+	}
+	readAll := func(round int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make([]error, clients)
+		for i := range clients {
+			wg.Go(func() {
+				for n := range 20 {
+					if err := read(i, round*100+n); err != nil {
+						errs[i] = err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("client %d: %v", i, err)
+			}
+		}
+	}
+	retries := func() uint64 { return env.srv.Stats().ReadRetries }
+
+	// Warm the standbys' pools, then terminate every app backend on them.
+	readAll(0)
+	if n := poolIdle(env, "standby"); n == 0 {
+		t.Fatal("no idle standby connection pooled after the warm-up")
+	}
+	before := retries()
+	for _, sb := range cl.Standbys() {
+		conn, err := sb.Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var killed int
+		err = conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+			WHERE usename = 'app' AND backend_type = 'client backend'`).Scan(&killed)
+		_ = conn.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if killed == 0 {
+			t.Fatalf("%s: no app backend to terminate", sb.Name)
+		}
+	}
+	readAll(1)
+	if retries() == before {
+		t.Fatal("reads on terminated backends: Stats().ReadRetries did not move")
+	}
+	t.Logf("terminated backends: %d reads sent again", retries()-before)
+
+	// Crash the standbys one after the other under load.
+	before = retries()
+	var stop atomic.Bool
+	var done [clients]atomic.Int64
+	errs := make([]error, clients)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() {
+			for n := 0; !stop.Load(); n++ {
+				if err := read(i, n); err != nil {
+					errs[i] = err
+					return
+				}
+				done[i].Add(1)
+			}
+		})
+	}
+	progress := func() []int64 {
+		out := make([]int64, clients)
+		for i := range out {
+			out[i] = done[i].Load()
+		}
+		return out
+	}
+	// waitProgress waits until every client has made a few more reads.
+	waitProgress := func(what string) {
+		t.Helper()
+		from := progress()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			now, ok := progress(), true
+			for i := range now {
+				if now[i] < from[i]+20 {
+					ok = false
+				}
+				if errs[i] != nil {
+					stop.Store(true)
+					wg.Wait()
+					t.Fatalf("%s: client %d: %v", what, i, errs[i])
+				}
+			}
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				stop.Store(true)
+				wg.Wait()
+				t.Fatalf("%s: clients stalled at %v (from %v)", what, now, from)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitProgress("before the crashes")
+	primaryReads := primaryFallbacks(env)
+	for _, sb := range cl.Standbys() {
+		if err := sb.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		waitProgress("after " + sb.Name + " crashed")
+	}
+	waitProgress("with both standbys down")
+	stop.Store(true)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	if retries() == before {
+		t.Fatal("standby crashes under load: Stats().ReadRetries did not move")
+	}
+	if primaryFallbacks(env) == primaryReads {
+		t.Fatal("both standbys down, yet the primary answered no read")
+	}
+	t.Logf("crashes: %d reads sent again, %v reads per client", retries()-before, progress())
+}
+
+// poolIdle sums the idle pooled connections of env's nodes whose name
+// contains role.
+func poolIdle(env *proxyEnv, role string) int {
+	n := 0
+	for _, ns := range env.sets[shard.ID(0)].Stats() {
+		if strings.Contains(ns.Name, role) {
+			n += ns.Pool.Idle
+		}
+	}
+	return n
+}
+
+// primaryFallbacks is the number of reads shard 0's primary took because
+// no standby qualified.
+func primaryFallbacks(env *proxyEnv) uint64 {
+	for _, ns := range env.sets[shard.ID(0)].Stats() {
+		if strings.Contains(ns.Name, "primary") {
+			return ns.Fallbacks
+		}
+	}
+	return 0
+}

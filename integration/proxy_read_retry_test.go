@@ -17,7 +17,8 @@ import (
 // TestProxyReadsSurviveStandbyFailure checks that reads outside a
 // transaction do not fail when their standby does, on one shard of a
 // primary and two streaming standbys, over the simple protocol (with
-// literals, which the proxy sends parameterized, and without):
+// literals, which the proxy sends parameterized, and without) and the
+// extended protocol (the unnamed statement, and a named prepared one):
 //
 //   - every backend of both standbys is terminated (pg_terminate_backend,
 //     FATAL 57P01) while the proxy holds them idle in its pools: the next
@@ -55,21 +56,43 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	conns := make([]*pgconn.PgConn, clients)
 	for i := range conns {
 		conns[i] = connectProxy(t, env)
+		if i >= 6 {
+			if _, err := conns[i].Prepare(ctx, "rr_get", "SELECT v FROM rr WHERE id = $1", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	// read runs one read on client i and checks its answer.
+	// read runs one read on client i and checks its answer: clients 0-3
+	// over the simple protocol, 4-5 the unnamed statement, 6-7 rr_get.
 	read := func(i, n int) error {
 		id := n%100 + 1
 		sql := fmt.Sprintf("SELECT v FROM rr WHERE id = %d", id)
 		want := fmt.Sprintf("v%d", id)
-		if n%3 == 0 {
+		var rows [][][]byte
+		var err error
+		switch {
+		case i < 4 && n%3 == 0:
 			sql, want = "SELECT count(*) FROM rr WHERE id > 0", "100" // sent as is (no parameter)
+			fallthrough
+		case i < 4:
+			var res []*pgconn.Result
+			if res, err = conns[i].Exec(ctx, sql).ReadAll(); err == nil && len(res) == 1 {
+				rows = res[0].Rows
+			}
+		case i < 6:
+			sql = "SELECT v FROM rr WHERE id = $1"
+			r := conns[i].ExecParams(ctx, sql, [][]byte{fmt.Appendf(nil, "%d", id)}, nil, nil, nil).Read()
+			rows, err = r.Rows, r.Err
+		default:
+			sql = "EXECUTE rr_get"
+			r := conns[i].ExecPrepared(ctx, "rr_get", [][]byte{fmt.Appendf(nil, "%d", id)}, nil, nil).Read()
+			rows, err = r.Rows, r.Err
 		}
-		res, err := conns[i].Exec(ctx, sql).ReadAll()
 		if err != nil {
-			return fmt.Errorf("%s: %w", sql, err)
+			return fmt.Errorf("%s (id %d): %w", sql, id, err)
 		}
-		if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != want {
-			return fmt.Errorf("%s: got %v, want %s", sql, res, want)
+		if len(rows) != 1 || string(rows[0][0]) != want {
+			return fmt.Errorf("%s (id %d): got %q, want %s", sql, id, rows, want)
 		}
 		return nil
 	}

@@ -59,8 +59,11 @@ type attachment struct {
 	lsnHeld     bool        // the ReadyForQuery ending the request before lsnSeg arrived and waits in heldRFQ
 	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
 	heldRFQ     pgproto3.ReadyForQuery
-	ddl         bool // a schema change was sent: Server.schemaChanged again when the transaction ends
-	retryable   bool // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
+	ddl         bool      // a schema change was sent: Server.schemaChanged again when the transaction ends
+	retryable   bool      // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
+	outBox      *protoBox // with retryable: the client's box, its writes and the length of its out buffer when the request was sent
+	outWrites   uint64
+	outMark     int
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -600,20 +603,17 @@ func (c *clientConn) pumpLoop(att *attachment) {
 	// interrupt ends the read itself. (A Flush the client sends while the
 	// rows stream takes effect at the message that ends them.)
 	directRows := false
-	forwarded := false // something of the reply was queued for the client
 	for {
 		msg, err := att.conn.ReceiveMessage(context.Background())
 		if err != nil {
-			if !forwarded && c.retryLater(att, err) {
+			if c.retryLater(att, err) {
 				return // the reader sends the request again elsewhere
 			}
 			c.pumpFailed(ctx, att, err) // the backend is discarded
 			return
 		}
-		if !forwarded {
-			if ferr, ok := fatalError(msg); ok && c.retryLater(att, ferr) {
-				return
-			}
+		if ferr, ok := fatalError(msg); ok && c.retryLater(att, ferr) {
+			return
 		}
 		if dr, ok := msg.(*pgproto3.DataRow); ok && directRows {
 			if err := c.forwardToClient(dr, false); err != nil {
@@ -633,7 +633,6 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if len(att.expect) > 0 && att.expect[0].kind == 'P' && att.expect[0].seg == att.recvSeg {
 			// The segment's first reply: its ParseComplete precedes it.
 			att.popExpect()
-			forwarded = true
 			c.wmu.Lock()
 			c.queue(parseComplete)
 			c.wmu.Unlock()
@@ -644,7 +643,6 @@ func (c *clientConn) pumpLoop(att *attachment) {
 			// its (swallowed) BindComplete.
 			rd := att.expect[0].rowDesc
 			att.popExpect()
-			forwarded = true
 			c.wmu.Lock()
 			c.queue(rd)
 			c.wmu.Unlock()
@@ -685,7 +683,6 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		if _, ok := msg.(*pgproto3.DataRow); ok && !flush && !stop {
 			directRows = true
 		}
-		forwarded = true
 		if err := c.forwardToClient(msg, flush); err != nil || stop {
 			return
 		}

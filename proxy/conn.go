@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -78,6 +79,13 @@ type clientConn struct {
 	skipToSync bool                       // a local error was sent: drop messages until Sync
 	localBatch *localResult               // the current batch is answered by the proxy
 	cacheState cacheConnState             // result cache bookkeeping (cache.go)
+	// The extended-protocol batch being sent while it may run again
+	// elsewhere (retry.go): its messages (copies), plan and statement;
+	// nil between batches.
+	replay     []pgproto3.FrontendMessage
+	replayBuf  []pgproto3.FrontendMessage // replay's backing array, reused
+	replayPlan plan
+	replayStmt *router.Statement
 
 	mu          sync.Mutex
 	cond        *sync.Cond

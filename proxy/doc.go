@@ -38,11 +38,11 @@
 //     position and staleness bound) and stream the messages both ways; a
 //     deferred BEGIN is sent in the same flush as the transaction's first
 //     statement (its replies dropped); a read on a standby outside a
-//     transaction whose standby fails before answering (connecting to it,
-//     or, for a simple Query, the connection breaking or the server
-//     ending it with FATAL before the first reply message) runs on
-//     another standby or the primary instead, unseen by the client (at
-//     most maxReadRetries more nodes; Stats.ReadRetries; see retry.go);
+//     transaction whose standby fails before its reply is written to the
+//     client (connecting to it fails, or the connection breaks or the
+//     server ends it with FATAL while the reply is still buffered) runs
+//     on another standby or the primary instead, unseen by the client
+//     (at most maxReadRetries more nodes; Stats.ReadRetries; retry.go);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the

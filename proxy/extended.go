@@ -55,10 +55,10 @@ func (c *clientConn) handleExtended(ctx context.Context, msg pgproto3.FrontendMe
 				return next
 			}
 		}
-		if err := c.forward(att, msg); err != nil {
-			return c.backendFailed(att, err)
+		if c.replay != nil {
+			c.keepForReplay(att, msg)
 		}
-		return c.to.attached
+		return c.afterForward(ctx, att, msg, c.forward(att, msg))
 	}
 
 	var trigger bool
@@ -161,12 +161,17 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 	if next, ok := c.cachedBatchStart(ctx, att, p, st, bind, ps); ok {
 		return next
 	}
+	fresh := att == nil // leased for this batch alone (retry.go)
 	att, err = c.use(ctx, att, p)
 	if err != nil {
 		return c.localError(err, true)
 	}
 	c.noteStatement(att, st)
-	return c.sendPending(att)
+	c.dropReplay()
+	if c.markRetryable(att, p, fresh, 0) {
+		c.startReplay(c.pending, p, st)
+	}
+	return c.sendPending(ctx, att)
 }
 
 // startDescribeBatch runs a batch without Bind (prepare and describe).
@@ -198,7 +203,7 @@ func (c *clientConn) startDescribeBatch(ctx context.Context, att *attachment, st
 		}
 		att = a
 	}
-	return c.sendPending(att)
+	return c.sendPending(ctx, att)
 }
 
 // prepareLeaseWait is how long a prepare-only batch (Parse ... Sync) waits
@@ -235,15 +240,20 @@ func (c *clientConn) parseOnlyBatch(st *router.Statement) bool {
 	return synced && parses > 0
 }
 
-func (c *clientConn) sendPending(att *attachment) stateFn {
+func (c *clientConn) sendPending(ctx context.Context, att *attachment) stateFn {
 	pending := c.pending
 	c.pending = nil
-	for _, m := range pending {
+	for i, m := range pending {
 		if _, ok := m.(*pgproto3.Sync); ok {
 			c.queries.Add(1)
 		}
-		if err := c.forward(att, m); err != nil {
+		err := c.forward(att, m)
+		if i < len(pending)-1 && err != nil {
+			c.dropReplay()
 			return c.backendFailed(att, err)
+		}
+		if i == len(pending)-1 {
+			return c.afterForward(ctx, att, m, err)
 		}
 	}
 	return c.to.attached

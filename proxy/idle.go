@@ -177,6 +177,7 @@ type protoBox struct {
 	small  []byte  // the box's own buffer while out is a large one
 	big    *[]byte // out's buffer from bigOutPool, nil if none
 	traced bool    // messages go through fe, whose tracer sees them
+	writes uint64  // writes of out to the connection (a reply not yet written may be taken back: retry.go)
 }
 
 func newProtoBox() *protoBox {

@@ -97,6 +97,7 @@ func (b *protoBox) flushOut(end bool) error {
 		err, b.outErr = b.outErr, nil
 	}
 	if len(b.out) > 0 {
+		b.writes++
 		if _, werr := b.nc.Write(b.out); err == nil {
 			err = werr
 		}

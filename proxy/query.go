@@ -9,6 +9,7 @@ import (
 
 // handleQuery runs a simple-protocol Query.
 func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn {
+	c.dropReplay()
 	st, err := c.classify(m.String)
 	if err != nil {
 		c.current(true)

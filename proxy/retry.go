@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/dbproxy/dbproxy/replica"
+	"github.com/dbproxy/dbproxy/router"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -18,11 +19,13 @@ import (
 //   - at lease time (leaseFor), when connecting to the standby, or
 //     bringing a pooled connection to the session's settings, fails at
 //     the connection level;
-//   - in flight, for a simple-protocol Query the reader pumps itself
-//     (handleQuery), when the backend connection breaks, or the server
-//     ends it with a FATAL error (a crash or shutdown of the standby,
-//     idle_session_timeout racing the request, ...), before the first
-//     reply message was forwarded.
+//   - in flight, for a request the reader pumps itself (a simple Query,
+//     or an extended-protocol batch ending with Sync, whose messages are
+//     kept for the purpose), when the backend connection breaks, or the
+//     server ends it with a FATAL error (a crash or shutdown of the
+//     standby, a terminated backend, idle_session_timeout racing the
+//     request, ...), while the reply is still in the proxy's buffer: what
+//     was queued for the client is taken back and the request sent again.
 //
 // The failed standby is suspected first (replica: no reads until its
 // lag probe succeeds again), so the next Pick chooses another standby or
@@ -69,14 +72,26 @@ func nodeFailed(ctx context.Context, err error) bool {
 	return replica.IsConnFailure(err)
 }
 
-// markRetryable records, before a simple-protocol request is sent on
-// att, whether it may run again elsewhere (see the comment above): a
-// read on a standby, on a backend leased for this request alone (fresh),
-// with no transaction to begin. Tries beyond maxReadRetries are not.
-func (c *clientConn) markRetryable(att *attachment, p plan, fresh bool, tries int) {
+// markRetryable records, before a request is sent on att, whether it may
+// run again elsewhere (see the comment above): a read on a standby, on a
+// backend leased for this request alone (fresh), with no transaction to
+// begin; tries beyond maxReadRetries may not. A retryable request notes
+// where the client's output stands, to take its reply back. It reports
+// whether the request is retryable.
+func (c *clientConn) markRetryable(att *attachment, p plan, fresh bool, tries int) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	att.retryable = fresh && tries < maxReadRetries && !att.primary && !p.pinned && len(p.preamble) == 0 && c.sess.rs.TxStatus() == 'I'
-	c.mu.Unlock()
+	if att.retryable {
+		c.wmu.Lock()
+		b := c.box
+		att.retryable = b != nil && !b.traced
+		if att.retryable {
+			att.outBox, att.outWrites, att.outMark = b, b.writes, len(b.out)
+		}
+		c.wmu.Unlock()
+	}
+	return att.retryable
 }
 
 // fatalError returns msg as an error when it is the FATAL (or PANIC)
@@ -100,15 +115,25 @@ func isFatalSeverity(unlocalized, localized string) bool {
 }
 
 // retryLater ends att without telling the client when its request may
-// run again elsewhere: att is retryable, nothing of its reply reached the
-// client (the caller knows), no pump goroutine runs it (the reader pumps
-// it inline, or has not started reading the reply), and err says that
-// the node failed. The lease is discarded with err (the node is
-// suspected) and the reader sends the request again (takeResend). It
-// reports whether it did.
+// run again elsewhere: att is retryable, no pump goroutine runs it (the
+// reader pumps it inline, or has not started reading the reply), err says
+// that the node failed, and nothing of the reply was written to the
+// client (what was queued is dropped). The lease is discarded with err
+// (the node is suspected) and the reader sends the request again
+// (takeResend). It reports whether it did.
 func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.mu.Lock()
 	ok := att.retryable && (att.inline || att.parked) && !att.stopped && !att.released && c.closeReason == nil && nodeFailed(c.ctx, err)
+	if ok {
+		c.wmu.Lock()
+		b := c.box
+		ok = b == att.outBox && b.writes == att.outWrites && len(b.out) >= att.outMark && b.outErr == nil
+		if ok {
+			b.out = b.out[:att.outMark]
+			c.unflushed = len(b.out)
+		}
+		c.wmu.Unlock()
+	}
 	if !ok {
 		c.mu.Unlock()
 		return false
@@ -134,4 +159,118 @@ func (c *clientConn) takeResend() bool {
 	r := c.resend
 	c.resend = false
 	return r
+}
+
+// startReplay keeps pending, the first messages of a batch that may run
+// again elsewhere (copies), in the connection's replay buffer.
+func (c *clientConn) startReplay(pending []pgproto3.FrontendMessage, p plan, st *router.Statement) {
+	c.replay = append(c.replayBuf[:0], pending...)
+	c.replayBuf = c.replay[:0]
+	c.replayPlan, c.replayStmt = p, st
+}
+
+// Messages drivers send in every batch, kept for a replay without a copy
+// (nothing modifies a message it sends).
+var (
+	executeUnnamed        = &pgproto3.Execute{}
+	describeUnnamedPortal = &pgproto3.Describe{ObjectType: 'P'}
+	describeUnnamedStmt   = &pgproto3.Describe{ObjectType: 'S'}
+)
+
+// replayCopy is copyFrontendMessage without allocating for the common
+// unnamed Execute and Describe.
+func replayCopy(msg pgproto3.FrontendMessage) pgproto3.FrontendMessage {
+	switch m := msg.(type) {
+	case *pgproto3.Execute:
+		if *m == *executeUnnamed {
+			return executeUnnamed
+		}
+	case *pgproto3.Describe:
+		switch *m {
+		case *describeUnnamedPortal:
+			return describeUnnamedPortal
+		case *describeUnnamedStmt:
+			return describeUnnamedStmt
+		}
+	}
+	return copyFrontendMessage(msg)
+}
+
+// keepForReplay adds a copy of msg, about to be sent in the batch being
+// kept, to c.replay. A batch longer than maxPending is not kept: its
+// request is then not retryable.
+func (c *clientConn) keepForReplay(att *attachment, msg pgproto3.FrontendMessage) {
+	if len(c.replay) < maxPending {
+		c.replay = append(c.replay, replayCopy(msg))
+		c.replayBuf = c.replay[:0]
+		return
+	}
+	c.dropReplay()
+	c.mu.Lock()
+	att.retryable = false
+	c.mu.Unlock()
+}
+
+// afterForward finishes sending msg, the last message the reader had of
+// a batch, whose send (and inline pump) returned err: a failure
+// retryLater takes, or one the inline pump took, sends the kept batch
+// again elsewhere (resendBatch); other failures lose the backend. The
+// kept batch is dropped at its Sync.
+func (c *clientConn) afterForward(ctx context.Context, att *attachment, msg pgproto3.FrontendMessage, err error) stateFn {
+	if err != nil && !c.retryLater(att, err) {
+		c.dropReplay()
+		return c.backendFailed(att, err)
+	}
+	if c.takeResend() {
+		return c.resendBatch(ctx)
+	}
+	if _, ok := msg.(*pgproto3.Sync); ok {
+		c.dropReplay() // answered, or being answered by a pump goroutine (which does not retry)
+	}
+	return c.to.attached
+}
+
+// resendBatch sends the kept batch (c.replay) on another backend, its
+// standby having failed before answering, as often as that happens up to
+// maxReadRetries.
+func (c *clientConn) resendBatch(ctx context.Context) stateFn {
+	msgs, p, st := c.replay, c.replayPlan, c.replayStmt
+	_, synced := msgs[len(msgs)-1].(*pgproto3.Sync)
+	for tries := 1; ; tries++ {
+		att, err := c.attach(ctx, p.targets[0], nil, false)
+		if err != nil {
+			c.dropReplay()
+			c.observeDetached(err)
+			// After the batch's Sync the client waits for ReadyForQuery;
+			// before it, the rest of the batch is skipped.
+			return c.localError(err, !synced)
+		}
+		c.noteStatement(att, st)
+		c.markRetryable(att, p, true, tries)
+		for _, m := range msgs {
+			if err = c.forward(att, m); err != nil {
+				break
+			}
+		}
+		if err != nil && !c.retryLater(att, err) {
+			c.dropReplay()
+			return c.backendFailed(att, err)
+		}
+		if !c.takeResend() {
+			if synced {
+				c.dropReplay()
+			}
+			return c.to.attached
+		}
+	}
+}
+
+// dropReplay forgets the kept batch (its buffer stays for the next,
+// holding no message).
+func (c *clientConn) dropReplay() {
+	if c.replay == nil {
+		return
+	}
+	clear(c.replay)
+	c.replay, c.replayPlan, c.replayStmt = nil, plan{}, nil
 }

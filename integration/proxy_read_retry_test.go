@@ -246,3 +246,107 @@ func primaryFallbacks(env *proxyEnv) uint64 {
 	}
 	return 0
 }
+
+// TestProxyReadRetriedAfterRecoveryConflict checks that a read a standby
+// cancels for a conflict with recovery (40001: replaying the primary's
+// ACCESS EXCLUSIVE lock on the table it reads, with
+// max_standby_streaming_delay = 0) runs again instead of failing, over
+// the simple and the extended protocol, and that the standby really did
+// cancel it (pg_stat_database_conflicts).
+func TestProxyReadRetriedAfterRecoveryConflict(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cl := pgcluster.StartT(t, pgcluster.Options{Name: "conflict", Standbys: 1,
+		Settings: map[string]string{"max_standby_streaming_delay": "0", "hot_standby_feedback": "off"}})
+	if err := cl.WaitStreaming(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+		t.Fatal(err)
+	}
+	env := startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
+	setup := connectProxy(t, env)
+	simple(t, setup, "CREATE TABLE cf (id int)")
+	simple(t, setup, "INSERT INTO cf SELECT generate_series(1, 10)")
+	sb := cl.Standbys()[0]
+	standby, err := sb.Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer standby.Close(ctx)
+	waitFor(t, 30*time.Second, "the standby replaying cf", func() bool {
+		var n int
+		return standby.QueryRow(ctx, "SELECT count(*) FROM cf").Scan(&n) == nil && n == 10
+	})
+	primary, err := cl.Primary().Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer primary.Close(ctx)
+	conflicts := func() int64 {
+		var n int64
+		if err := standby.QueryRow(ctx, "SELECT confl_lock FROM pg_stat_database_conflicts WHERE datname = 'app'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	// A read of cf that runs for a few seconds on the standby.
+	const rows = 10 * 8_000_000
+	for _, proto := range []string{"simple", "extended"} {
+		t.Run(proto, func(t *testing.T) {
+			pc := connectProxy(t, env)
+			beforeConflicts, beforeRetries := conflicts(), env.srv.Stats().ReadRetries
+			type answer struct {
+				count string
+				err   error
+			}
+			got := make(chan answer, 1)
+			start := time.Now()
+			go func() {
+				var rs [][][]byte
+				var err error
+				if proto == "simple" {
+					var res []*pgconn.Result
+					if res, err = pc.Exec(ctx, "SELECT count(*) FROM cf, generate_series(1, 8000000) g").ReadAll(); err == nil {
+						rs = res[0].Rows
+					}
+				} else {
+					r := pc.ExecParams(ctx, "SELECT count(*) FROM cf, generate_series(1, $1) g", [][]byte{[]byte("8000000")}, nil, nil, nil).Read()
+					rs, err = r.Rows, r.Err
+				}
+				if err == nil && len(rs) != 1 {
+					err = fmt.Errorf("%d rows", len(rs))
+				}
+				if err != nil {
+					got <- answer{err: err}
+					return
+				}
+				got <- answer{count: string(rs[0][0])}
+			}()
+			// Once the read runs on the standby, take the lock on the primary.
+			waitFor(t, 30*time.Second, "the read running on the standby", func() bool {
+				var n int
+				err := standby.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM cf%'").Scan(&n)
+				return err == nil && n > 0
+			})
+			if _, err := primary.Exec(ctx, "BEGIN; LOCK TABLE cf IN ACCESS EXCLUSIVE MODE; COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			a := <-got
+			if a.err != nil {
+				t.Fatalf("read through the proxy: %v", a.err)
+			}
+			if a.count != fmt.Sprint(rows) {
+				t.Fatalf("count %s, want %d", a.count, rows)
+			}
+			if conflicts() == beforeConflicts {
+				t.Fatalf("the standby cancelled no query (confl_lock unchanged): the read ended before the lock was replayed (%v)", time.Since(start))
+			}
+			if env.srv.Stats().ReadRetries == beforeRetries {
+				t.Fatal("Stats().ReadRetries did not move")
+			}
+			t.Logf("%s: answered after a recovery conflict in %v", proto, time.Since(start))
+		})
+	}
+}

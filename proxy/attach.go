@@ -64,6 +64,7 @@ type attachment struct {
 	outBox      *protoBox // with retryable: the client's box, its writes and the length of its out buffer when the request was sent
 	outWrites   uint64
 	outMark     int
+	conflict    bool // the standby cancelled the retryable request (recovery conflict): its reply is dropped until ReadyForQuery, then it is sent again
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -623,6 +624,14 @@ func (c *clientConn) pumpLoop(att *attachment) {
 		}
 		directRows = false
 		c.mu.Lock()
+		if att.conflict || c.recoveryConflict(att, msg) {
+			// The standby cancelled the read: drop the rest of its reply
+			// and send it again (retry.go).
+			if c.dropUntilReady(att, msg) {
+				return
+			}
+			continue
+		}
 		if att.lsnSeg >= 0 {
 			var own bool
 			if msg, own = c.commitLSNReply(att, msg); own {
@@ -741,23 +750,7 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 				return false, false, false
 			}
 		}
-		// The backend skips to the next Sync: forget what it will not answer.
-		keep := att.expect[:0]
-		for _, e := range att.expect {
-			if e.seg != att.recvSeg {
-				keep = append(keep, e)
-			} else if e.kind == '1' {
-				att.bst.forgetStatement(e.name)
-				client := e.name
-				if e.auto {
-					client = ""
-				}
-				if ps := c.sess.stmts[client]; ps != nil && ps.hash == e.hash && !e.swallow {
-					delete(c.sess.stmts, client)
-				}
-			}
-		}
-		att.expect = keep
+		c.forgetSegment(att)
 		if !att.transient {
 			c.sess.rs.ObserveError()
 		}
@@ -845,6 +838,29 @@ func (c *clientConn) observe(att *attachment, msg pgproto3.BackendMessage) (forw
 		flush = true
 	}
 	return true, flush, false
+}
+
+// forgetSegment drops what att expects of the segment being received,
+// which failed: the backend skips to the next Sync and will not answer
+// it, and the statements it was to prepare are not prepared. Called with
+// c.mu held.
+func (c *clientConn) forgetSegment(att *attachment) {
+	keep := att.expect[:0]
+	for _, e := range att.expect {
+		if e.seg != att.recvSeg {
+			keep = append(keep, e)
+		} else if e.kind == '1' {
+			att.bst.forgetStatement(e.name)
+			client := e.name
+			if e.auto {
+				client = ""
+			}
+			if ps := c.sess.stmts[client]; ps != nil && ps.hash == e.hash && !e.swallow {
+				delete(c.sess.stmts, client)
+			}
+		}
+	}
+	att.expect = keep
 }
 
 func (c *clientConn) observeCommand(att *attachment, tag []byte) {

@@ -41,8 +41,10 @@
 //     transaction whose standby fails before its reply is written to the
 //     client (connecting to it fails, or the connection breaks or the
 //     server ends it with FATAL while the reply is still buffered) runs
-//     on another standby or the primary instead, unseen by the client
-//     (at most maxReadRetries more nodes; Stats.ReadRetries; retry.go);
+//     on another standby or the primary instead, unseen by the client,
+//     as does one the standby cancels for a conflict with recovery
+//     (40001) (at most maxReadRetries more tries; Stats.ReadRetries;
+//     retry.go);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the

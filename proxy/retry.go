@@ -25,20 +25,28 @@ import (
 //     server ends it with a FATAL error (a crash or shutdown of the
 //     standby, a terminated backend, idle_session_timeout racing the
 //     request, ...), while the reply is still in the proxy's buffer: what
-//     was queued for the client is taken back and the request sent again.
+//     was queued for the client is taken back and the request sent again;
+//   - in flight as well, when the standby cancels the request for a
+//     conflict with recovery (40001, 40P01: replaying a lock, a vacuum
+//     cleanup or a buffer pin its query conflicts with, past
+//     max_standby_streaming_delay), while the reply is still buffered:
+//     the rest of the reply is dropped, the backend (healthy) goes back
+//     to its pool at ReadyForQuery, and the request is sent again, to
+//     whatever standby Pick chooses (the replay that conflicted is over
+//     by then).
 //
-// The failed standby is suspected first (replica: no reads until its
-// lag probe succeeds again), so the next Pick chooses another standby or
+// A failed standby is suspected first (replica: no reads until its lag
+// probe succeeds again), so the next Pick chooses another standby or
 // falls back to the primary. Re-running is safe: a standby cannot write,
 // and what must not run twice (volatile functions, locks, sequences) is
 // routed to the primary by the router. Nothing is retried inside a
-// transaction, in session pooling (the session's backend holds its
-// state), after part of a reply went out, or on the primary; those fail
-// as before (08006, and the client connection is closed when the
-// backend is lost mid-request).
+// transaction, on a backend a session keeps between requests (session
+// pooling), after part of a reply went out, or on the primary; those
+// fail as before (08006, and the client connection is closed when the
+// backend is lost mid-request; the 40001 error itself).
 
-// maxReadRetries bounds how many more nodes a read tries after the
-// first failed.
+// maxReadRetries bounds how many more times a read is sent after its
+// first try failed.
 const maxReadRetries = 2
 
 // nodeFailed reports whether err, from leasing or using a backend, says
@@ -123,17 +131,7 @@ func isFatalSeverity(unlocalized, localized string) bool {
 // (takeResend). It reports whether it did.
 func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.mu.Lock()
-	ok := att.retryable && (att.inline || att.parked) && !att.stopped && !att.released && c.closeReason == nil && nodeFailed(c.ctx, err)
-	if ok {
-		c.wmu.Lock()
-		b := c.box
-		ok = b == att.outBox && b.writes == att.outWrites && len(b.out) >= att.outMark && b.outErr == nil
-		if ok {
-			b.out = b.out[:att.outMark]
-			c.unflushed = len(b.out)
-		}
-		c.wmu.Unlock()
-	}
+	ok := att.retryable && (att.inline || att.parked) && !att.stopped && !att.released && c.closeReason == nil && nodeFailed(c.ctx, err) && c.takeBackReply(att)
 	if !ok {
 		c.mu.Unlock()
 		return false
@@ -148,6 +146,22 @@ func (c *clientConn) retryLater(att *attachment, err error) bool {
 	att.lease.Discard(err)
 	c.srv.readRetries.Add(1)
 	c.srv.log.Debug("read sent again elsewhere: its standby failed before answering", "node", att.nodeName, "err", err)
+	return true
+}
+
+// takeBackReply drops what was queued for the client since att's
+// request was sent, unless some of it was written already (or the
+// client's output changed hands); it reports whether it did. Called with
+// c.mu held.
+func (c *clientConn) takeBackReply(att *attachment) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := c.box
+	if b != att.outBox || b.writes != att.outWrites || len(b.out) < att.outMark || b.outErr != nil {
+		return false
+	}
+	b.out = b.out[:att.outMark]
+	c.unflushed = len(b.out)
 	return true
 }
 
@@ -273,4 +287,60 @@ func (c *clientConn) dropReplay() {
 	}
 	clear(c.replay)
 	c.replay, c.replayPlan, c.replayStmt = nil, plan{}, nil
+}
+
+// recoveryConflict reports whether msg is a standby's cancellation of
+// att's retryable request for a conflict with recovery (40001, or 40P01
+// for a buffer-pin deadlock; serializable transactions, the other source
+// of 40001, do not exist on a standby) that can be taken back: nothing
+// of the reply was written to the client, and the backend, healthy, goes
+// back to its pool at the ReadyForQuery that follows (transaction
+// pooling). If so, what was queued for the client is dropped, the
+// statement bookkeeping of the failed request is undone, and att is
+// marked (conflict). Called by the pump with c.mu held.
+func (c *clientConn) recoveryConflict(att *attachment, msg pgproto3.BackendMessage) bool {
+	e, ok := msg.(*pgproto3.ErrorResponse)
+	if !ok || (e.Code != "40001" && e.Code != "40P01") || isFatalSeverity(e.SeverityUnlocalized, e.Severity) {
+		return false
+	}
+	if !att.retryable || !att.inline || att.stopped || att.released || c.closeReason != nil || att.outstanding != 1 || c.srv.cfg.PoolMode != PoolTransaction {
+		return false
+	}
+	if !c.takeBackReply(att) {
+		return false
+	}
+	c.forgetSegment(att)
+	att.conflict = true
+	return true
+}
+
+// dropUntilReady handles msg, a message of a reply being dropped after a
+// recovery conflict: at its ReadyForQuery the backend goes back to its
+// pool and the reader sends the request again (takeResend), which
+// dropUntilReady reports. Called by the pump with c.mu held; it unlocks
+// it.
+func (c *clientConn) dropUntilReady(att *attachment, msg pgproto3.BackendMessage) (done bool) {
+	rfq, ok := msg.(*pgproto3.ReadyForQuery)
+	if !ok {
+		c.mu.Unlock()
+		return false
+	}
+	att.outstanding = 0
+	att.recvSeg++
+	att.bst.fingerprint = 0 // what the failed request set is unknown: replay the session's settings next time
+	if c.att == att {
+		c.att = nil
+	}
+	att.released = true
+	c.resend = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if rfq.TxStatus == 'I' {
+		c.releaseBackend(att)
+	} else {
+		att.lease.Discard(nil)
+	}
+	c.srv.readRetries.Add(1)
+	c.srv.log.Debug("read sent again: its standby cancelled it (conflict with recovery)", "node", att.nodeName)
+	return true
 }

@@ -59,10 +59,9 @@ type attachment struct {
 	lsnHeld     bool        // the ReadyForQuery ending the request before lsnSeg arrived and waits in heldRFQ
 	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
 	heldRFQ     pgproto3.ReadyForQuery
-	ddl         bool      // a schema change was sent: Server.schemaChanged again when the transaction ends
-	retryable   bool      // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
-	outBox      *protoBox // with retryable: the client's box, its writes and the length of its out buffer when the request was sent
-	outWrites   uint64
+	ddl         bool   // a schema change was sent: Server.schemaChanged again when the transaction ends
+	retryable   bool   // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
+	outWrites   uint64 // with retryable: the client box's writes and the length of its out buffer when the request was sent
 	outMark     int
 	conflict    bool // the standby cancelled the retryable request (recovery conflict): its reply is dropped until ReadyForQuery, then it is sent again
 }

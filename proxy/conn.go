@@ -72,7 +72,7 @@ type clientConn struct {
 	// to holds the state functions a state returns most often, bound to
 	// this connection once (a method value made at each return would be
 	// an allocation per request).
-	to struct{ idle, attached, closing stateFn }
+	to struct{ idle, attached, closing, sendQuery, sendBatch stateFn }
 
 	sess       *session                   // owned by the reader goroutine, read by the pump under mu
 	pending    []pgproto3.FrontendMessage // buffered extended-protocol messages (copies) awaiting a route
@@ -80,12 +80,13 @@ type clientConn struct {
 	localBatch *localResult               // the current batch is answered by the proxy
 	cacheState cacheConnState             // result cache bookkeeping (cache.go)
 	// The extended-protocol batch being sent while it may run again
-	// elsewhere (retry.go): its messages (copies), plan and statement;
+	// elsewhere (retry.go): its messages (copies), target and statement;
 	// nil between batches.
-	replay     []pgproto3.FrontendMessage
-	replayBuf  []pgproto3.FrontendMessage // replay's backing array, reused
-	replayPlan plan
-	replayStmt *router.Statement
+	replay       []pgproto3.FrontendMessage
+	replayBuf    []pgproto3.FrontendMessage // replay's backing array, reused
+	replayTarget target
+	replayStmt   *router.Statement
+	req          sendReq // the request stateSendQuery / stateSendBatch sends
 
 	mu          sync.Mutex
 	cond        *sync.Cond
@@ -113,6 +114,7 @@ func newClientConn(s *Server, nc net.Conn) *clientConn {
 	}
 	c.cond = sync.NewCond(&c.mu)
 	c.to.idle, c.to.attached, c.to.closing = c.stateIdle, c.stateAttached, c.stateClosing
+	c.to.sendQuery, c.to.sendBatch = c.stateSendQuery, c.stateSendBatch
 	c.secret = make([]byte, 4)
 	_, _ = rand.Read(c.secret)
 	c.ctx, c.cancel = context.WithCancel(s.baseCtx)

@@ -168,9 +168,19 @@ func (c *clientConn) startBatch(ctx context.Context, bind *pgproto3.Bind) stateF
 	}
 	c.noteStatement(att, st)
 	c.dropReplay()
-	if c.markRetryable(att, p, fresh, 0) {
-		c.startReplay(c.pending, p, st)
+	if c.markRetryable(att, retryEligible(&p, fresh), 0) {
+		c.startReplay(c.pending, p.targets[0], st)
 	}
+	c.req = sendReq{att: att}
+	return c.to.sendBatch
+}
+
+// stateSendBatch sends the buffered batch startBatch routed, from the
+// top of the reader's stack: the reply may be pumped inline under it
+// (see idle.go on stack depth).
+func (c *clientConn) stateSendBatch(ctx context.Context) stateFn {
+	att := c.req.att
+	c.req = sendReq{}
 	return c.sendPending(ctx, att)
 }
 

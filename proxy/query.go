@@ -64,31 +64,58 @@ func (c *clientConn) handleQuery(ctx context.Context, m *pgproto3.Query) stateFn
 	if att != nil && !p.pinned && isCursorCommand(st) {
 		p.pinned = true // session pooling: the cursor is on the backend the session holds
 	}
-	fresh := att == nil // leased for this request alone (retry.go)
+	eligible := retryEligible(&p, att == nil) // att == nil: leased for this request alone
 	att, err = c.use(ctx, att, p)
 	if err != nil {
 		return c.localError(err, false)
 	}
-	text, args, param := "", []string(nil), false
-	if c.srv.cfg.AutoPrepare {
-		text, args, param = st.Parameterize()
+	c.req = sendReq{att: att, st: st, m: m, eligible: eligible}
+	if eligible {
+		c.req.t = p.targets[0]
 	}
+	if c.srv.cfg.AutoPrepare {
+		c.req.text, c.req.args, c.req.param = st.Parameterize()
+	}
+	return c.to.sendQuery
+}
+
+// sendReq is a request routed to one backend, which a state function
+// sends from the top of the reader's stack: its reply may be pumped
+// inline under it (see idle.go on stack depth).
+type sendReq struct {
+	att      *attachment
+	st       *router.Statement
+	m        *pgproto3.Query // valid until the next client message is read
+	text     string          // with param: the parameterized text and its arguments
+	args     []string
+	param    bool
+	eligible bool   // the request may run elsewhere if its standby fails (retry.go)
+	t        target // with eligible: where it was routed
+}
+
+// stateSendQuery sends the simple-protocol request handleQuery routed,
+// and sends it again elsewhere while its standby fails before answering
+// (retry.go).
+func (c *clientConn) stateSendQuery(ctx context.Context) stateFn {
+	r := c.req
+	c.req = sendReq{}
 	for tries := 0; ; tries++ {
-		c.noteStatement(att, st)
-		c.markRetryable(att, p, fresh, tries)
-		if param {
-			err = c.forwardParameterized(att, text, args)
+		c.noteStatement(r.att, r.st)
+		c.markRetryable(r.att, r.eligible, tries)
+		var err error
+		if r.param {
+			err = c.forwardParameterized(r.att, r.text, r.args)
 		} else {
-			err = c.forward(att, m)
+			err = c.forward(r.att, r.m)
 		}
-		if err != nil && !c.retryLater(att, err) {
-			return c.backendFailed(att, err)
+		if err != nil && !c.retryLater(r.att, err) {
+			return c.backendFailed(r.att, err)
 		}
 		if !c.takeResend() {
 			return c.to.attached
 		}
 		// The standby failed before answering: the read runs elsewhere.
-		if att, err = c.attach(ctx, p.targets[0], nil, false); err != nil {
+		if r.att, err = c.attach(ctx, r.t, nil, false); err != nil {
 			c.observeDetached(err)
 			return c.localError(err, false)
 		}

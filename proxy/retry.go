@@ -80,22 +80,32 @@ func nodeFailed(ctx context.Context, err error) bool {
 	return replica.IsConnFailure(err)
 }
 
+// retryEligible reports whether a request planned as p may run again
+// elsewhere if its standby fails (see the comment above), as far as the
+// plan tells: on a backend leased for this request alone (fresh), with no
+// transaction to begin.
+func retryEligible(p *plan, fresh bool) bool {
+	return fresh && !p.pinned && len(p.preamble) == 0 && len(p.targets) == 1
+}
+
 // markRetryable records, before a request is sent on att, whether it may
-// run again elsewhere (see the comment above): a read on a standby, on a
-// backend leased for this request alone (fresh), with no transaction to
-// begin; tries beyond maxReadRetries may not. A retryable request notes
-// where the client's output stands, to take its reply back. It reports
-// whether the request is retryable.
-func (c *clientConn) markRetryable(att *attachment, p plan, fresh bool, tries int) bool {
+// run again elsewhere: an eligible request (retryEligible) reading on a
+// standby outside a transaction; tries beyond maxReadRetries may not. A
+// retryable request notes where the client's output stands, to take its
+// reply back. It reports whether the request is retryable.
+func (c *clientConn) markRetryable(att *attachment, eligible bool, tries int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	att.retryable = fresh && tries < maxReadRetries && !att.primary && !p.pinned && len(p.preamble) == 0 && c.sess.rs.TxStatus() == 'I'
+	att.retryable = eligible && tries < maxReadRetries && !att.primary && c.sess.rs.TxStatus() == 'I'
 	if att.retryable {
+		// The box stays while a backend is attached (deep idle takes it
+		// only from a connection without one): its writes and length
+		// tell whether the reply can be taken back.
 		c.wmu.Lock()
 		b := c.box
 		att.retryable = b != nil && !b.traced
 		if att.retryable {
-			att.outBox, att.outWrites, att.outMark = b, b.writes, len(b.out)
+			att.outWrites, att.outMark = b.writes, len(b.out)
 		}
 		c.wmu.Unlock()
 	}
@@ -150,14 +160,13 @@ func (c *clientConn) retryLater(att *attachment, err error) bool {
 }
 
 // takeBackReply drops what was queued for the client since att's
-// request was sent, unless some of it was written already (or the
-// client's output changed hands); it reports whether it did. Called with
-// c.mu held.
+// request was sent, unless some of it was written already; it reports
+// whether it did. Called with c.mu held.
 func (c *clientConn) takeBackReply(att *attachment) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	b := c.box
-	if b != att.outBox || b.writes != att.outWrites || len(b.out) < att.outMark || b.outErr != nil {
+	if b == nil || b.writes != att.outWrites || len(b.out) < att.outMark || b.outErr != nil {
 		return false
 	}
 	b.out = b.out[:att.outMark]
@@ -177,10 +186,10 @@ func (c *clientConn) takeResend() bool {
 
 // startReplay keeps pending, the first messages of a batch that may run
 // again elsewhere (copies), in the connection's replay buffer.
-func (c *clientConn) startReplay(pending []pgproto3.FrontendMessage, p plan, st *router.Statement) {
+func (c *clientConn) startReplay(pending []pgproto3.FrontendMessage, t target, st *router.Statement) {
 	c.replay = append(c.replayBuf[:0], pending...)
 	c.replayBuf = c.replay[:0]
-	c.replayPlan, c.replayStmt = p, st
+	c.replayTarget, c.replayStmt = t, st
 }
 
 // Messages drivers send in every batch, kept for a replay without a copy
@@ -248,10 +257,10 @@ func (c *clientConn) afterForward(ctx context.Context, att *attachment, msg pgpr
 // standby having failed before answering, as often as that happens up to
 // maxReadRetries.
 func (c *clientConn) resendBatch(ctx context.Context) stateFn {
-	msgs, p, st := c.replay, c.replayPlan, c.replayStmt
+	msgs, t, st := c.replay, c.replayTarget, c.replayStmt
 	_, synced := msgs[len(msgs)-1].(*pgproto3.Sync)
 	for tries := 1; ; tries++ {
-		att, err := c.attach(ctx, p.targets[0], nil, false)
+		att, err := c.attach(ctx, t, nil, false)
 		if err != nil {
 			c.dropReplay()
 			c.observeDetached(err)
@@ -260,7 +269,7 @@ func (c *clientConn) resendBatch(ctx context.Context) stateFn {
 			return c.localError(err, !synced)
 		}
 		c.noteStatement(att, st)
-		c.markRetryable(att, p, true, tries)
+		c.markRetryable(att, true, tries)
 		for _, m := range msgs {
 			if err = c.forward(att, m); err != nil {
 				break
@@ -286,7 +295,7 @@ func (c *clientConn) dropReplay() {
 		return
 	}
 	clear(c.replay)
-	c.replay, c.replayPlan, c.replayStmt = nil, plan{}, nil
+	c.replay, c.replayTarget, c.replayStmt = nil, target{}, nil
 }
 
 // recoveryConflict reports whether msg is a standby's cancellation of

@@ -29,14 +29,7 @@ import (
 func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cl := pgcluster.StartT(t, pgcluster.Options{Name: "readretry", Standbys: 2})
-	if err := cl.WaitStreaming(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
-		t.Fatal(err)
-	}
-	env := startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
+	cl, env := startOneShardProxy(t, ctx, pgcluster.Options{Name: "readretry", Standbys: 2})
 	setup := connectProxy(t, env)
 	simple(t, setup, "CREATE TABLE rr (id int PRIMARY KEY, v text)")
 	simple(t, setup, "INSERT INTO rr SELECT i, 'v' || i FROM generate_series(1, 100) i")
@@ -256,15 +249,8 @@ func primaryFallbacks(env *proxyEnv) uint64 {
 func TestProxyReadRetriedAfterRecoveryConflict(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cl := pgcluster.StartT(t, pgcluster.Options{Name: "conflict", Standbys: 1,
+	cl, env := startOneShardProxy(t, ctx, pgcluster.Options{Name: "conflict", Standbys: 1,
 		Settings: map[string]string{"max_standby_streaming_delay": "0", "hot_standby_feedback": "off"}})
-	if err := cl.WaitStreaming(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
-		t.Fatal(err)
-	}
-	env := startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
 	setup := connectProxy(t, env)
 	simple(t, setup, "CREATE TABLE cf (id int)")
 	simple(t, setup, "INSERT INTO cf SELECT generate_series(1, 10)")
@@ -349,4 +335,19 @@ func TestProxyReadRetriedAfterRecoveryConflict(t *testing.T) {
 			t.Logf("%s: answered after a recovery conflict in %v", proto, time.Since(start))
 		})
 	}
+}
+
+// startOneShardProxy starts a cluster as opts says, with database app
+// owned by user app, streaming to its standbys, and a proxy over it as
+// the only shard.
+func startOneShardProxy(t *testing.T, ctx context.Context, opts pgcluster.Options) (*pgcluster.Cluster, *proxyEnv) {
+	t.Helper()
+	cl := pgcluster.StartT(t, opts)
+	if err := cl.WaitStreaming(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+		t.Fatal(err)
+	}
+	return cl, startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
 }

@@ -647,28 +647,10 @@ func TestDeepIdlePostgres(t *testing.T) {
 	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
 		t.Fatal(err)
 	}
-	p := cl.Primary()
-	rc := replica.DefaultConfig()
-	rc.Nodes = []replica.NodeConfig{{Name: "s0-primary", ConnString: fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", p.Host, p.Port), Role: replica.RolePrimary}}
-	rc.PoolSize = 1 // a second client waits for the first one's backend
-	rc.AcquireTimeout = time.Minute
-	set, err := replica.NewSet(ctx, rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = set.Close(context.Background()) }()
-	topo, err := shard.NewTopology(shard.TopologySpec{
-		Shards: []shard.ShardSpec{{Name: "s0", Nodes: []shard.NodeSpec{{Name: p.Name, Host: p.Host, Port: p.Port, Role: shard.RolePrimary}}}},
+	set, rt := clusterShard(t, ctx, cl, func(rc *replica.Config) {
+		rc.PoolSize = 1 // a second client waits for the first one's backend
+		rc.AcquireTimeout = time.Minute
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcfg := router.DefaultConfig()
-	rcfg.Topology = router.NewStaticTopology(topo)
-	rt, err := router.New(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, noInline := range []bool{false, true} {
 		t.Run(fmt.Sprintf("noInlinePump=%v", noInline), func(t *testing.T) {
 			ts := newIdleServer(t, 50*time.Millisecond, map[shard.ID]*replica.Set{0: set}, rt, func(c *Config) { c.noInlinePump = noInline })

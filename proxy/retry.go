@@ -146,12 +146,7 @@ func (c *clientConn) retryLater(att *attachment, err error) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if c.att == att {
-		c.att = nil
-	}
-	att.released = true
-	c.resend = true
-	c.cond.Broadcast()
+	c.endForResend(att)
 	c.mu.Unlock()
 	att.lease.Discard(err)
 	c.srv.readRetries.Add(1)
@@ -172,6 +167,17 @@ func (c *clientConn) takeBackReply(att *attachment) bool {
 	b.out = b.out[:att.outMark]
 	c.unflushed = len(b.out)
 	return true
+}
+
+// endForResend detaches att, whose request the reader is to send again
+// (takeResend). Called with c.mu held; the caller disposes of the lease.
+func (c *clientConn) endForResend(att *attachment) {
+	if c.att == att {
+		c.att = nil
+	}
+	att.released = true
+	c.resend = true
+	c.cond.Broadcast()
 }
 
 // takeResend reports (and clears) whether the request just sent is to be
@@ -337,12 +343,7 @@ func (c *clientConn) dropUntilReady(att *attachment, msg pgproto3.BackendMessage
 	att.outstanding = 0
 	att.recvSeg++
 	att.bst.fingerprint = 0 // what the failed request set is unknown: replay the session's settings next time
-	if c.att == att {
-		c.att = nil
-	}
-	att.released = true
-	c.resend = true
-	c.cond.Broadcast()
+	c.endForResend(att)
 	c.mu.Unlock()
 	if rfq.TxStatus == 'I' {
 		c.releaseBackend(att)

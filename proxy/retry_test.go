@@ -29,32 +29,7 @@ func TestRetryableReadsKeepNoBox(t *testing.T) {
 	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
 		t.Fatal(err)
 	}
-	rc := replica.DefaultConfig()
-	spec := shard.ShardSpec{Name: "s0"}
-	for i, n := range cl.Nodes() {
-		role, srole := replica.RoleStandby, shard.RoleStandby
-		if i == 0 {
-			role, srole = replica.RolePrimary, shard.RolePrimary
-		}
-		rc.Nodes = append(rc.Nodes, replica.NodeConfig{Name: n.Name, Role: role,
-			ConnString: fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", n.Host, n.Port)})
-		spec.Nodes = append(spec.Nodes, shard.NodeSpec{Name: n.Name, Host: n.Host, Port: n.Port, Role: srole})
-	}
-	set, err := replica.NewSet(ctx, rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = set.Close(context.Background()) }()
-	topo, err := shard.NewTopology(shard.TopologySpec{Shards: []shard.ShardSpec{spec}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcfg := router.DefaultConfig()
-	rcfg.Topology = router.NewStaticTopology(topo)
-	rt, err := router.New(rcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set, rt := clusterShard(t, ctx, cl, nil)
 	ts := newIdleServer(t, 50*time.Millisecond, map[shard.ID]*replica.Set{0: set}, rt, nil)
 	c, err := connect(t, ts.addr, "app", "secret", "app", "sslmode=disable")
 	if err != nil {
@@ -106,4 +81,41 @@ func TestRetryableReadsKeepNoBox(t *testing.T) {
 			}
 		})
 	}
+}
+
+// clusterShard makes cl's nodes (database app, user app) shard s0: a
+// replica set, adjusted by mut, closed at the end of the test, and a
+// router over it.
+func clusterShard(t *testing.T, ctx context.Context, cl *pgcluster.Cluster, mut func(*replica.Config)) (*replica.Set, *router.Router) {
+	t.Helper()
+	rc := replica.DefaultConfig()
+	spec := shard.ShardSpec{Name: "s0"}
+	for i, n := range cl.Nodes() {
+		role, srole := replica.RoleStandby, shard.RoleStandby
+		if i == 0 {
+			role, srole = replica.RolePrimary, shard.RolePrimary
+		}
+		rc.Nodes = append(rc.Nodes, replica.NodeConfig{Name: n.Name, Role: role,
+			ConnString: fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", n.Host, n.Port)})
+		spec.Nodes = append(spec.Nodes, shard.NodeSpec{Name: n.Name, Host: n.Host, Port: n.Port, Role: srole})
+	}
+	if mut != nil {
+		mut(&rc)
+	}
+	set, err := replica.NewSet(ctx, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = set.Close(context.Background()) })
+	topo, err := shard.NewTopology(shard.TopologySpec{Shards: []shard.ShardSpec{spec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := router.DefaultConfig()
+	rcfg.Topology = router.NewStaticTopology(topo)
+	rt, err := router.New(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set, rt
 }

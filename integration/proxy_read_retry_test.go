@@ -20,12 +20,15 @@ import (
 // literals, which the proxy sends parameterized, and without) and the
 // extended protocol (the unnamed statement, and a named prepared one):
 //
-//   - every backend of both standbys is terminated (pg_terminate_backend,
-//     FATAL 57P01) while the proxy holds them idle in its pools: the next
-//     reads, sent on those dead connections, are answered from elsewhere;
+//   - the backends of both standbys the reads used are terminated
+//     (pg_terminate_backend, FATAL 57P01) while the proxy holds them idle
+//     in its pools: the next reads, sent on those dead connections, are
+//     answered from elsewhere;
 //   - both standbys crash (SIGKILL of every server process), one after the
 //     other, under a continuous read load from 8 clients: no client sees
-//     an error, and once both are down the primary answers.
+//     an error, and once both are down the primary answers;
+//   - then the primary's backends are terminated: the reads that land on
+//     it run again on new connections.
 func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -119,20 +122,7 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	}
 	before := retries()
 	for _, sb := range cl.Standbys() {
-		conn, err := sb.Connect(ctx, "app")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var killed int
-		err = conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-			WHERE usename = 'app' AND backend_type = 'client backend'`).Scan(&killed)
-		_ = conn.Close(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if killed == 0 {
-			t.Fatalf("%s: no app backend to terminate", sb.Name)
-		}
+		terminateApp(t, ctx, sb)
 	}
 	readAll(1)
 	if retries() == before {
@@ -215,6 +205,35 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 		t.Fatal("both standbys down, yet the primary answered no read")
 	}
 	t.Logf("crashes: %d reads sent again, %v reads per client", retries()-before, progress())
+
+	// The reads now land on the primary: terminate its app backends too.
+	before = retries()
+	terminateApp(t, ctx, cl.Primary())
+	readAll(2)
+	if retries() == before {
+		t.Fatal("reads on the primary's terminated backends: Stats().ReadRetries did not move")
+	}
+}
+
+// terminateApp ends the backends of user app on node n that read table
+// rr last, i.e. the proxy's pooled connections the clients' reads used,
+// and not its probes' (pg_terminate_backend: FATAL 57P01 to each): the
+// proxy finds them dead only by using them.
+func terminateApp(t *testing.T, ctx context.Context, n *pgcluster.Node) {
+	t.Helper()
+	conn, err := n.Connect(ctx, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var killed int
+	if err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE usename = 'app' AND backend_type = 'client backend' AND query LIKE '%FROM rr%'`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatalf("%s: no app backend to terminate", n.Name)
+	}
 }
 
 // poolIdle sums the idle pooled connections of env's nodes whose name

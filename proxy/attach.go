@@ -60,7 +60,7 @@ type attachment struct {
 	lsnValue    replica.LSN // pg_current_wal_lsn() read in segment lsnSeg
 	heldRFQ     pgproto3.ReadyForQuery
 	ddl         bool   // a schema change was sent: Server.schemaChanged again when the transaction ends
-	retryable   bool   // the request is a read on a standby outside a transaction: it may run elsewhere if the standby fails before answering (retry.go)
+	retryable   bool   // the request is a read outside a transaction the router lets run on a standby: it may run elsewhere if its node fails before answering (retry.go)
 	outWrites   uint64 // with retryable: the client box's writes and the length of its out buffer when the request was sent
 	outMark     int
 	conflict    bool // the standby cancelled the retryable request (recovery conflict): its reply is dropped until ReadyForQuery, then it is sent again
@@ -1062,9 +1062,10 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 		if err == nil || t.primary || attempt == maxReadRetries || !nodeFailed(ctx, err) {
 			return lease, bst, deferred, err
 		}
-		// The standby failed before anything was sent: it is suspected
-		// now (no reads until its lag probe succeeds), so Pick chooses
-		// another standby, or the primary.
+		// The node failed before anything was sent: it is suspected now
+		// (a standby gets no reads until its lag probe succeeds; idle
+		// connections are closed), so Pick chooses another standby, or
+		// the primary, on a new connection.
 		c.srv.readRetries.Add(1)
 	}
 }

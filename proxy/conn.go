@@ -92,7 +92,7 @@ type clientConn struct {
 	cond        *sync.Cond
 	att         *attachment // non-nil while a backend is leased
 	spare       *attachment // a finished attachment no goroutine refers to, for the next attach (under mu)
-	resend      bool        // the request's standby failed before answering: the reader sends it again (retry.go; under mu)
+	resend      bool        // the request's node failed before answering: the reader sends it again (retry.go; under mu)
 	lastPump    chan struct{}
 	lastTx      byte
 	closeReason error                   // why the pump ended the connection

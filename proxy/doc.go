@@ -37,14 +37,14 @@
 //     standby picked by replica.Set.Pick with the session's causal
 //     position and staleness bound) and stream the messages both ways; a
 //     deferred BEGIN is sent in the same flush as the transaction's first
-//     statement (its replies dropped); a read on a standby outside a
-//     transaction whose standby fails before its reply is written to the
-//     client (connecting to it fails, or the connection breaks or the
-//     server ends it with FATAL while the reply is still buffered) runs
-//     on another standby or the primary instead, unseen by the client,
-//     as does one the standby cancels for a conflict with recovery
-//     (40001) (at most maxReadRetries more tries; Stats.ReadRetries;
-//     retry.go);
+//     statement (its replies dropped); a read the router lets run on a
+//     standby, outside a transaction, whose node fails before its reply
+//     is written to the client (connecting to it fails, or the connection
+//     breaks or the server ends it with FATAL while the reply is still
+//     buffered) runs on another standby or the primary instead, unseen by
+//     the client, as does one a standby cancels for a conflict with
+//     recovery (40001) (at most maxReadRetries more tries;
+//     Stats.ReadRetries; retry.go);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the

@@ -89,12 +89,12 @@ type sendReq struct {
 	text     string          // with param: the parameterized text and its arguments
 	args     []string
 	param    bool
-	eligible bool   // the request may run elsewhere if its standby fails (retry.go)
+	eligible bool   // the request may run elsewhere if its node fails (retry.go)
 	t        target // with eligible: where it was routed
 }
 
 // stateSendQuery sends the simple-protocol request handleQuery routed,
-// and sends it again elsewhere while its standby fails before answering
+// and sends it again elsewhere while its node fails before answering
 // (retry.go).
 func (c *clientConn) stateSendQuery(ctx context.Context) stateFn {
 	r := c.req
@@ -114,7 +114,7 @@ func (c *clientConn) stateSendQuery(ctx context.Context) stateFn {
 		if !c.takeResend() {
 			return c.to.attached
 		}
-		// The standby failed before answering: the read runs elsewhere.
+		// The node failed before answering: the read runs elsewhere.
 		if r.att, err = c.attach(ctx, r.t, nil, false); err != nil {
 			c.observeDetached(err)
 			return c.localError(err, false)

@@ -11,10 +11,12 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-// Reads that survive a failing standby.
+// Reads that survive a failing node.
 //
-// A read routed to a standby outside a transaction runs on another node
-// when its standby fails before any of the reply reached the client:
+// A read the router lets run on a standby (routed to one, or to the
+// primary when no standby qualifies), outside a transaction, runs on
+// another node (or another connection) when its node fails before any of
+// the reply reached the client:
 //
 //   - at lease time (leaseFor), when connecting to the standby, or
 //     bringing a pooled connection to the session's settings, fails at
@@ -35,15 +37,17 @@ import (
 //     whatever standby Pick chooses (the replay that conflicted is over
 //     by then).
 //
-// A failed standby is suspected first (replica: no reads until its lag
-// probe succeeds again), so the next Pick chooses another standby or
-// falls back to the primary. Re-running is safe: a standby cannot write,
-// and what must not run twice (volatile functions, locks, sequences) is
-// routed to the primary by the router. Nothing is retried inside a
-// transaction, on a backend a session keeps between requests (session
-// pooling), after part of a reply went out, or on the primary; those
-// fail as before (08006, and the client connection is closed when the
-// backend is lost mid-request; the 40001 error itself).
+// A failed node is suspected first (replica: a standby gets no reads
+// until its lag probe succeeds again; the node's idle connections are
+// closed), so the next Pick chooses another standby or falls back to the
+// primary, on a new connection. Re-running is safe: such a read writes
+// nothing, and what must not run twice (writes, volatile functions,
+// locks, sequences) the router sends to the primary as such, which is
+// never retried. Nothing is retried either inside a transaction, on a
+// backend a session keeps between requests (session pooling), or after
+// part of a reply went out; those fail as before (08006, and the client
+// connection is closed when the backend is lost mid-request; the 40001
+// error itself).
 
 // maxReadRetries bounds how many more times a read is sent after its
 // first try failed.
@@ -81,22 +85,22 @@ func nodeFailed(ctx context.Context, err error) bool {
 }
 
 // retryEligible reports whether a request planned as p may run again
-// elsewhere if its standby fails (see the comment above), as far as the
-// plan tells: on a backend leased for this request alone (fresh), with no
-// transaction to begin.
+// elsewhere if its node fails (see the comment above), as far as the
+// plan tells: a read the router lets run on a standby, on a backend
+// leased for this request alone (fresh), with no transaction to begin.
 func retryEligible(p *plan, fresh bool) bool {
-	return fresh && !p.pinned && len(p.preamble) == 0 && len(p.targets) == 1
+	return fresh && !p.pinned && len(p.preamble) == 0 && len(p.targets) == 1 && !p.targets[0].primary
 }
 
 // markRetryable records, before a request is sent on att, whether it may
-// run again elsewhere: an eligible request (retryEligible) reading on a
-// standby outside a transaction; tries beyond maxReadRetries may not. A
-// retryable request notes where the client's output stands, to take its
-// reply back. It reports whether the request is retryable.
+// run again elsewhere: an eligible request (retryEligible) outside a
+// transaction; tries beyond maxReadRetries may not. A retryable request
+// notes where the client's output stands, to take its reply back. It
+// reports whether the request is retryable.
 func (c *clientConn) markRetryable(att *attachment, eligible bool, tries int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	att.retryable = eligible && tries < maxReadRetries && !att.primary && c.sess.rs.TxStatus() == 'I'
+	att.retryable = eligible && tries < maxReadRetries && c.sess.rs.TxStatus() == 'I'
 	if att.retryable {
 		// The box stays while a backend is attached (deep idle takes it
 		// only from a connection without one): its writes and length
@@ -150,7 +154,7 @@ func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.mu.Unlock()
 	att.lease.Discard(err)
 	c.srv.readRetries.Add(1)
-	c.srv.log.Debug("read sent again elsewhere: its standby failed before answering", "node", att.nodeName, "err", err)
+	c.srv.log.Debug("read sent again elsewhere: its node failed before answering", "node", att.nodeName, "err", err)
 	return true
 }
 
@@ -260,7 +264,7 @@ func (c *clientConn) afterForward(ctx context.Context, att *attachment, msg pgpr
 }
 
 // resendBatch sends the kept batch (c.replay) on another backend, its
-// standby having failed before answering, as often as that happens up to
+// node having failed before answering, as often as that happens up to
 // maxReadRetries.
 func (c *clientConn) resendBatch(ctx context.Context) stateFn {
 	msgs, t, st := c.replay, c.replayTarget, c.replayStmt

@@ -1058,9 +1058,12 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 		return nil, nil, nil, newClientError(codeInternal, fmt.Sprintf("no replica set for shard %d", t.shard))
 	}
 	for attempt := 0; ; attempt++ {
-		lease, bst, deferred, err := c.leaseOn(ctx, set, t, preamble)
+		lease, bst, deferred, node, err := c.leaseOn(ctx, set, t, preamble)
 		if err == nil || t.primary || attempt == maxReadRetries || !nodeFailed(ctx, err) {
 			return lease, bst, deferred, err
+		}
+		if node == set.Primary() && errors.Is(err, replica.ErrNodeUnavailable) {
+			return nil, nil, nil, err // Pick would choose it again: no standby qualifies
 		}
 		// The node failed before anything was sent: it is suspected now
 		// (a standby gets no reads until its lag probe succeeds; idle
@@ -1070,21 +1073,22 @@ func (c *clientConn) leaseFor(ctx context.Context, t target, preamble []string) 
 	}
 }
 
-// leaseOn is one attempt of leaseFor.
-func (c *clientConn) leaseOn(ctx context.Context, set *replica.Set, t target, preamble []string) (*replica.Lease, *backendState, []string, error) {
+// leaseOn is one attempt of leaseFor; it also returns the node it tried
+// (nil when none was picked).
+func (c *clientConn) leaseOn(ctx context.Context, set *replica.Set, t target, preamble []string) (*replica.Lease, *backendState, []string, *replica.Node, error) {
 	var node *replica.Node
 	if t.primary {
 		node = set.Primary()
 	} else {
 		n, err := set.Pick(ctx, t.pick)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		node = n
 	}
 	lease, err := node.AcquireAs(ctx, c.backendID)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, node, err
 	}
 	conn := lease.Conn()
 	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
@@ -1095,9 +1099,9 @@ func (c *clientConn) leaseOn(ctx context.Context, set *replica.Set, t target, pr
 	}
 	deferred, err := c.prepareBackend(ctx, lease, bst, preamble)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, node, err
 	}
-	return lease, bst, deferred, nil
+	return lease, bst, deferred, node, nil
 }
 
 // leaseForQuery leases a backend of t for a query of the proxy's own (a

@@ -310,7 +310,7 @@ func (rp *runningProxy) report() *statusReport {
 		}
 	}
 	st := rp.srv.Stats()
-	rep.Clients, rep.DeepIdle, rep.ListenChannels = st.ByState, st.DeepIdle, st.ListenChannels
+	rep.Clients, rep.DeepIdle, rep.ListenChannels, rep.ReadRetries = st.ByState, st.DeepIdle, st.ListenChannels, st.ReadRetries
 	if rp.cache != nil {
 		rep.Cache = rp.cache.Stats()
 	}

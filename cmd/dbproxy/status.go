@@ -31,6 +31,9 @@ type statusReport struct {
 	// ListenChannels counts the channels clients LISTEN on through the
 	// proxy (one listening backend per shard primary serves them all).
 	ListenChannels int `json:"listen_channels,omitempty"`
+	// ReadRetries counts reads sent again to another node because theirs
+	// failed before answering (proxy.Stats.ReadRetries).
+	ReadRetries uint64 `json:"read_retries,omitempty"`
 	// Cache holds the cache statistics (proxy source with the cache on).
 	Cache any `json:"cache,omitempty"`
 }
@@ -195,5 +198,8 @@ func printStatus(w io.Writer, rep *statusReport) {
 	}
 	if rep.ListenChannels > 0 {
 		fmt.Fprintf(w, "LISTEN channels: %d\n", rep.ListenChannels)
+	}
+	if rep.ReadRetries > 0 {
+		fmt.Fprintf(w, "reads sent again after their node failed: %d\n", rep.ReadRetries)
 	}
 }

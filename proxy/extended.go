@@ -258,12 +258,12 @@ func (c *clientConn) sendPending(ctx context.Context, att *attachment) stateFn {
 			c.queries.Add(1)
 		}
 		err := c.forward(att, m)
-		if i < len(pending)-1 && err != nil {
-			c.dropReplay()
-			return c.backendFailed(att, err)
-		}
 		if i == len(pending)-1 {
 			return c.afterForward(ctx, att, m, err)
+		}
+		if err != nil {
+			c.dropReplay()
+			return c.backendFailed(att, err)
 		}
 	}
 	return c.to.attached

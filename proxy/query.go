@@ -97,29 +97,18 @@ type sendReq struct {
 // and sends it again elsewhere while its node fails before answering
 // (retry.go).
 func (c *clientConn) stateSendQuery(ctx context.Context) stateFn {
-	r := c.req
-	c.req = sendReq{}
-	for tries := 0; ; tries++ {
-		c.noteStatement(r.att, r.st)
-		c.markRetryable(r.att, r.eligible, tries)
-		var err error
+	r := &c.req
+	next, err := c.sendRetrying(ctx, r.att, r.t, r.st, r.eligible, 0, func(att *attachment) error {
 		if r.param {
-			err = c.forwardParameterized(r.att, r.text, r.args)
-		} else {
-			err = c.forward(r.att, r.m)
+			return c.forwardParameterized(att, r.text, r.args)
 		}
-		if err != nil && !c.retryLater(r.att, err) {
-			return c.backendFailed(r.att, err)
-		}
-		if !c.takeResend() {
-			return c.to.attached
-		}
-		// The node failed before answering: the read runs elsewhere.
-		if r.att, err = c.attach(ctx, r.t, nil, false); err != nil {
-			c.observeDetached(err)
-			return c.localError(err, false)
-		}
+		return c.forward(att, r.m)
+	})
+	c.req = sendReq{}
+	if err != nil {
+		return c.localError(err, false)
 	}
+	return next
 }
 
 // handleFunctionCall forwards a FunctionCall to the attached backend, or

@@ -145,7 +145,7 @@ func isFatalSeverity(unlocalized, localized string) bool {
 // (takeResend). It reports whether it did.
 func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.mu.Lock()
-	ok := att.retryable && (att.inline || att.parked) && !att.stopped && !att.released && c.closeReason == nil && nodeFailed(c.ctx, err) && c.takeBackReply(att)
+	ok := c.resendable(att) && (att.inline || att.parked) && nodeFailed(c.ctx, err) && c.takeBackReply(att)
 	if !ok {
 		c.mu.Unlock()
 		return false
@@ -156,6 +156,13 @@ func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.srv.readRetries.Add(1)
 	c.srv.log.Debug("read sent again elsewhere: its node failed before answering", "node", att.nodeName, "err", err)
 	return true
+}
+
+// resendable reports whether att's request may still be sent again: it
+// is retryable and att has neither been interrupted nor given up, nor the
+// connection been ended by the pump. Called with c.mu held.
+func (c *clientConn) resendable(att *attachment) bool {
+	return att.retryable && !att.stopped && !att.released && c.closeReason == nil
 }
 
 // takeBackReply drops what was queued for the client since att's
@@ -267,34 +274,51 @@ func (c *clientConn) afterForward(ctx context.Context, att *attachment, msg pgpr
 // node having failed before answering, as often as that happens up to
 // maxReadRetries.
 func (c *clientConn) resendBatch(ctx context.Context) stateFn {
-	msgs, t, st := c.replay, c.replayTarget, c.replayStmt
+	msgs := c.replay
 	_, synced := msgs[len(msgs)-1].(*pgproto3.Sync)
-	for tries := 1; ; tries++ {
-		att, err := c.attach(ctx, t, nil, false)
-		if err != nil {
-			c.dropReplay()
-			c.observeDetached(err)
-			// After the batch's Sync the client waits for ReadyForQuery;
-			// before it, the rest of the batch is skipped.
-			return c.localError(err, !synced)
+	next, err := c.sendRetrying(ctx, nil, c.replayTarget, c.replayStmt, true, 1, func(att *attachment) error {
+		for _, m := range msgs {
+			if err := c.forward(att, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || synced {
+		c.dropReplay() // the batch ended (or the connection does, after a lost backend)
+	}
+	if err != nil {
+		// After the batch's Sync the client waits for ReadyForQuery;
+		// before it, the rest of the batch is skipped.
+		return c.localError(err, !synced)
+	}
+	return next
+}
+
+// sendRetrying sends a request with send on att (or, when att is nil, on
+// a backend of t attached first), and sends it again on a new backend of
+// t as often as its node fails before answering (retryLater), the count
+// of tries starting at tries. It returns the next state, or the error
+// attaching a backend for a new try failed with (observed as detached,
+// for the caller to report).
+func (c *clientConn) sendRetrying(ctx context.Context, att *attachment, t target, st *router.Statement, eligible bool, tries int, send func(*attachment) error) (stateFn, error) {
+	for ; ; tries++ {
+		if att == nil {
+			var err error
+			if att, err = c.attach(ctx, t, nil, false); err != nil {
+				c.observeDetached(err)
+				return nil, err
+			}
 		}
 		c.noteStatement(att, st)
-		c.markRetryable(att, true, tries)
-		for _, m := range msgs {
-			if err = c.forward(att, m); err != nil {
-				break
-			}
-		}
-		if err != nil && !c.retryLater(att, err) {
-			c.dropReplay()
-			return c.backendFailed(att, err)
+		c.markRetryable(att, eligible, tries)
+		if err := send(att); err != nil && !c.retryLater(att, err) {
+			return c.backendFailed(att, err), nil
 		}
 		if !c.takeResend() {
-			if synced {
-				c.dropReplay()
-			}
-			return c.to.attached
+			return c.to.attached, nil
 		}
+		att = nil // the node failed before answering: the read runs elsewhere
 	}
 }
 
@@ -322,7 +346,7 @@ func (c *clientConn) recoveryConflict(att *attachment, msg pgproto3.BackendMessa
 	if !ok || (e.Code != "40001" && e.Code != "40P01") || isFatalSeverity(e.SeverityUnlocalized, e.Severity) {
 		return false
 	}
-	if !att.retryable || !att.inline || att.stopped || att.released || c.closeReason != nil || att.outstanding != 1 || c.srv.cfg.PoolMode != PoolTransaction {
+	if !c.resendable(att) || !att.inline || att.outstanding != 1 || c.srv.cfg.PoolMode != PoolTransaction {
 		return false
 	}
 	if !c.takeBackReply(att) {

@@ -67,6 +67,7 @@ func FillMinLSN(ctx context.Context) uint64 {
 // change streams of the shard primaries. Safe for concurrent use.
 type Cache struct {
 	cfg    Config
+	ttl    atomic.Int64 // of new entries; cfg.TTL until SetTTL
 	log    *slog.Logger
 	filter tableFilter
 	store  *ristretto.Cache[string, *entry]
@@ -129,6 +130,7 @@ func New(cfg Config) (*Cache, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
+	c.ttl.Store(int64(cfg.TTL))
 	if cfg.FillAfterMisses == 2 {
 		c.door = &doorkeeper{slots: make([]atomic.Uint64, doorkeeperSlots)}
 	}
@@ -160,6 +162,20 @@ func (c *Cache) shard(name string) *shardState {
 		c.shards[name] = s
 	}
 	return s
+}
+
+// TTL returns the time to live of entries filled from now on.
+func (c *Cache) TTL() time.Duration { return time.Duration(c.ttl.Load()) }
+
+// SetTTL changes the time to live of entries filled from now on (a
+// configuration reload); entries already cached keep theirs. ttl must be
+// > 0 (else ErrInvalidConfig, and nothing changes).
+func (c *Cache) SetTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: TTL must be > 0, got %s", ErrInvalidConfig, ttl)
+	}
+	c.ttl.Store(int64(ttl))
+	return nil
 }
 
 // Cacheable reports whether reads of tables may be cached under the
@@ -418,7 +434,7 @@ func (c *Cache) runFill(ctx context.Context, key Key, tables []string, snap snap
 	for _, t := range tables {
 		cost += int64(len(t)) + 16
 	}
-	if c.store.SetWithTTL(key.enc, e, cost, c.cfg.TTL) {
+	if c.store.SetWithTTL(key.enc, e, cost, c.TTL()) {
 		c.stored.Add(1)
 	}
 	return v, nil

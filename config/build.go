@@ -69,22 +69,10 @@ func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, erro
 		return replica.Config{}, fmt.Errorf("config: unknown user %q", user)
 	}
 	rc := replica.DefaultConfig()
-	rc.Policy = c.Routing.Balance.replicaPolicy()
-	rc.PoolSize = c.Pool.Size
-	rc.AcquireTimeout = time.Duration(c.Pool.AcquireTimeout)
+	c.tune(&rc)
 	rc.HealthInterval = time.Duration(c.Routing.HealthInterval)
 	rc.LagInterval = time.Duration(c.Routing.LagInterval)
 	rc.ProbeTimeout = time.Duration(c.Routing.ProbeTimeout)
-	rc.MaxStaleness = time.Duration(c.Routing.MaxStaleness)
-	rc.CatchUpWait = time.Duration(c.Routing.CatchUpWait)
-	rc.Breaker = replica.BreakerConfig{
-		ConsecutiveFailures: c.Breaker.Failures,
-		FailureRate:         c.Breaker.ErrorRate,
-		Window:              time.Duration(c.Breaker.Window),
-		MinRequests:         c.Breaker.MinRequests,
-		OpenFor:             time.Duration(c.Breaker.OpenFor),
-		HalfOpenRequests:    c.Breaker.HalfOpenTrials,
-	}
 	for _, n := range s.Nodes {
 		role := replica.RoleStandby
 		if n.Role == RolePrimary {
@@ -99,6 +87,42 @@ func (c *Config) ReplicaConfig(shardName, user, db string) (replica.Config, erro
 		})
 	}
 	return rc, rc.Validate()
+}
+
+// ReplicaTuning returns the part of shard shardName's replica.Config that
+// replica.Set.Reconfigure changes on a reload (the reloadable keys of
+// [pool], [routing], [breaker] and the nodes' pool_size). c must be valid.
+func (c *Config) ReplicaTuning(shardName string) (replica.Tuning, error) {
+	s, ok := c.Shard(shardName)
+	if !ok {
+		return replica.Tuning{}, fmt.Errorf("config: unknown shard %q", shardName)
+	}
+	rc := replica.DefaultConfig()
+	c.tune(&rc)
+	t := rc.Tuning()
+	for _, n := range s.Nodes {
+		t.NodePoolSizes[n.Name] = c.NodePoolSize(n)
+	}
+	return t, nil
+}
+
+// tune sets rc's reloadable fields (replica.Tuning) from c.
+func (c *Config) tune(rc *replica.Config) {
+	rc.Policy = c.Routing.Balance.replicaPolicy()
+	rc.PoolSize = c.Pool.Size
+	rc.AcquireTimeout = time.Duration(c.Pool.AcquireTimeout)
+	rc.MaxConnLifetime = time.Duration(c.Pool.MaxLifetime)
+	rc.MaxConnIdleTime = time.Duration(c.Pool.IdleTimeout)
+	rc.MaxStaleness = time.Duration(c.Routing.MaxStaleness)
+	rc.CatchUpWait = time.Duration(c.Routing.CatchUpWait)
+	rc.Breaker = replica.BreakerConfig{
+		ConsecutiveFailures: c.Breaker.Failures,
+		FailureRate:         c.Breaker.ErrorRate,
+		Window:              time.Duration(c.Breaker.Window),
+		MinRequests:         c.Breaker.MinRequests,
+		OpenFor:             time.Duration(c.Breaker.OpenFor),
+		HalfOpenRequests:    c.Breaker.HalfOpenTrials,
+	}
 }
 
 // WithFilesIn returns a copy of c whose relative file paths

@@ -184,6 +184,13 @@ type Pool struct {
 	// AcquireTimeout bounds the wait for a pooled connection; then SQLSTATE
 	// 53300 (> 0).
 	AcquireTimeout Duration `toml:"acquire_timeout"`
+	// MaxLifetime closes a backend connection this long after it was
+	// opened (less up to a tenth, spread over the connections), when its
+	// transaction or session ends; 0 keeps it while it works (>= 0).
+	MaxLifetime Duration `toml:"max_lifetime"`
+	// IdleTimeout closes a backend connection left idle in the pool this
+	// long; 0 keeps idle connections (>= 0).
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // Backend is the [backend] table: how the proxy connects to every node
@@ -274,6 +281,8 @@ func Default() *Config {
 		Pool: Pool{
 			Size:           20,
 			AcquireTimeout: Duration(5 * time.Second),
+			MaxLifetime:    Duration(time.Hour),
+			IdleTimeout:    Duration(10 * time.Minute),
 		},
 		Breaker: Breaker{
 			Failures:       5,

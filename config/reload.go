@@ -12,10 +12,15 @@ import (
 //
 //	[[users]]                      (the whole list)
 //	server.idle_transaction_timeout
-//	pool.size, pool.acquire_timeout, shards[].nodes[].pool_size
+//	[pool]                         (every key), shards[].nodes[].pool_size
 //	routing.balance, routing.max_staleness, routing.catch_up_wait
 //	[breaker]                      (every key)
 //	cache.enabled, cache.ttl
+//
+// cache.enabled turns serving from the cache off and on again; a proxy
+// that started with the cache off needs a restart to turn it on (its
+// change streams start with the proxy). cache.ttl applies to entries
+// filled after the reload.
 //
 // Everything else (listen addresses, TLS, databases, the set of shards and
 // nodes and their addresses, roles and weights, [[tables]], probes, the
@@ -25,6 +30,8 @@ type Reloadable struct {
 	IdleTransactionTimeout Duration
 	PoolSize               int
 	AcquireTimeout         Duration
+	MaxLifetime            Duration
+	IdleTimeout            Duration
 	// NodePoolSizes maps node name to its effective pool size (NodePoolSize).
 	NodePoolSizes map[string]int
 	Balance       BalancePolicy
@@ -42,6 +49,8 @@ func (c *Config) Reloadable() Reloadable {
 		IdleTransactionTimeout: c.Server.IdleTransactionTimeout,
 		PoolSize:               c.Pool.Size,
 		AcquireTimeout:         c.Pool.AcquireTimeout,
+		MaxLifetime:            c.Pool.MaxLifetime,
+		IdleTimeout:            c.Pool.IdleTimeout,
 		NodePoolSizes:          map[string]int{},
 		Balance:                c.Routing.Balance,
 		MaxStaleness:           c.Routing.MaxStaleness,
@@ -61,7 +70,7 @@ func (c *Config) Reloadable() Reloadable {
 // reloadable reports whether a key path (indexes stripped) may change on reload.
 func reloadable(key string) bool {
 	switch key {
-	case "server.idle_transaction_timeout", "pool.size", "pool.acquire_timeout", "shards.nodes.pool_size",
+	case "server.idle_transaction_timeout", "pool.size", "pool.acquire_timeout", "pool.max_lifetime", "pool.idle_timeout", "shards.nodes.pool_size",
 		"routing.balance", "routing.max_staleness", "routing.catch_up_wait",
 		"cache.enabled", "cache.ttl":
 		return true

@@ -342,6 +342,8 @@ func (c *Config) validateRouting(el *errorList) {
 func (c *Config) validatePool(el *errorList) {
 	positive(el, "pool.size", int64(c.Pool.Size))
 	positiveDur(el, "pool.acquire_timeout", c.Pool.AcquireTimeout)
+	nonNegativeDur(el, "pool.max_lifetime", c.Pool.MaxLifetime)
+	nonNegativeDur(el, "pool.idle_timeout", c.Pool.IdleTimeout)
 }
 
 func (c *Config) validateBreaker(el *errorList) {

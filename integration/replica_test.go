@@ -43,6 +43,7 @@ func TestReplica(t *testing.T) {
 	t.Run("RoleMismatch", func(t *testing.T) { testReplicaRoleMismatch(t, ctx, c) })
 	t.Run("Staleness", func(t *testing.T) { testReplicaStaleness(t, ctx, c) })
 	t.Run("ReadYourWrites", func(t *testing.T) { testReplicaReadYourWrites(t, ctx, c) })
+	t.Run("Reconfigure", func(t *testing.T) { testReplicaReconfigure(t, ctx, c) })
 	t.Run("KillStandby", func(t *testing.T) { testReplicaKill(t, ctx, c) })
 }
 
@@ -734,6 +735,156 @@ func testReplicaReadYourWrites(t *testing.T, ctx context.Context, c *pgcluster.C
 	if share <= 0.20 {
 		t.Fatalf("standbys served only %.1f%% of reads", 100*share)
 	}
+}
+
+// testReplicaReconfigure changes a running Set's pool bounds and
+// connection lifetimes and checks the server's side: the backends the pool
+// holds (pg_stat_activity) and which backend a lease gets (pg_backend_pid).
+func testReplicaReconfigure(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {
+	const app = "reconfigure-pool"
+	s := rsNewSet(t, ctx, c, func(cfg *replica.Config) {
+		cfg.Nodes[0].ConnString += " application_name=" + app
+		cfg.PoolSize = 2
+		cfg.AcquireTimeout = 300 * time.Millisecond
+		cfg.HealthInterval = 100 * time.Millisecond // the idle reaper's period
+	})
+	defer rsClose(t, s)
+	p := s.Primary()
+	backends := func() int {
+		conn, err := pgconn.Connect(ctx, c.Primary().ConnString("postgres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		res, err := conn.Exec(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '"+app+"'").ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(string(res[0].Rows[0][0]))
+		return n
+	}
+	pid := func(l *replica.Lease) string {
+		v, err := rsQuery(ctx, l, "SELECT pg_backend_pid()")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	acquire := func() *replica.Lease {
+		l, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+
+	// Pool of 2, both in use: a third Acquire waits. Raising the bound
+	// serves it at once.
+	l1, l2 := acquire(), acquire()
+	got := make(chan error, 1)
+	var l3 *replica.Lease
+	tun := s.Tuning()
+	tun.AcquireTimeout = time.Minute
+	if err := s.Reconfigure(tun); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		var err error
+		l3, err = p.Acquire(ctx)
+		got <- err
+	}()
+	rsPoll(t, 10*time.Second, "third Acquire waits", func() (bool, string) {
+		st := rsStats(s, "primary")
+		return st.Pool.Waiting == 1, fmt.Sprintf("%+v", st.Pool)
+	})
+	tun.PoolSize = 3
+	if err := s.Reconfigure(tun); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("raising the pool bound did not serve the waiting Acquire")
+	}
+	for _, l := range []*replica.Lease{l1, l2, l3} {
+		pid(l)
+		l.Release(nil)
+	}
+	if n := backends(); n != 3 {
+		t.Fatalf("%d backends after three leases, want 3 pooled", n)
+	}
+
+	// Lowering the bound to 1 closes the idle connections over it; with
+	// that one in use, another Acquire fails with 53300 after the (also
+	// reloaded) acquire timeout.
+	tun.PoolSize = 1
+	tun.AcquireTimeout = 200 * time.Millisecond
+	if err := s.Reconfigure(tun); err != nil {
+		t.Fatal(err)
+	}
+	rsPoll(t, 10*time.Second, "idle connections over the lowered bound closed", func() (bool, string) {
+		n := backends()
+		return n == 1, fmt.Sprintf("%d backends, pool %+v", n, rsStats(s, "primary").Pool)
+	})
+	l1 = acquire()
+	first := pid(l1)
+	if _, err := p.Acquire(ctx); !errors.Is(err, replica.ErrPoolExhausted) {
+		t.Fatalf("Acquire over the lowered bound: %v, want ErrPoolExhausted", err)
+	}
+	l1.Release(nil)
+	l1 = acquire()
+	if again := pid(l1); again != first {
+		t.Fatalf("no lifetime limit: backend %s, then %s (want the pooled one again)", first, again)
+	}
+
+	// A lifetime: a connection past it is closed when its lease ends,
+	// never interrupted while in use, and the next lease gets a new one.
+	tun.MaxConnLifetime = 500 * time.Millisecond
+	if err := s.Reconfigure(tun); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	if again := pid(l1); again != first {
+		t.Fatalf("a lease in use changed backend (%s, %s)", first, again)
+	}
+	l1.Release(nil)
+	if n := backends(); n != 0 {
+		t.Fatalf("%d backends after the expired connection's lease ended, want 0", n)
+	}
+	l1 = acquire()
+	second := pid(l1)
+	l1.Release(nil)
+	if second == first {
+		t.Fatal("an expired connection was leased again")
+	}
+	// Idle in the pool past its lifetime: the reaper closes it.
+	rsPoll(t, 10*time.Second, "expired idle connection closed", func() (bool, string) {
+		n := backends()
+		return n == 0 && rsStats(s, "primary").Pool.Idle == 0, fmt.Sprintf("%d backends", n)
+	})
+
+	// An idle timeout shrinks the pool after a burst.
+	tun.MaxConnLifetime = 0
+	tun.MaxConnIdleTime = 300 * time.Millisecond
+	tun.PoolSize = 3
+	if err := s.Reconfigure(tun); err != nil {
+		t.Fatal(err)
+	}
+	l1, l2, l3 = acquire(), acquire(), acquire()
+	for _, l := range []*replica.Lease{l1, l2, l3} {
+		pid(l)
+		l.Release(nil)
+	}
+	if n := backends(); n != 3 {
+		t.Fatalf("%d backends after a burst of 3, want 3", n)
+	}
+	rsPoll(t, 10*time.Second, "idle connections closed after the idle timeout", func() (bool, string) {
+		n := backends()
+		return n == 0, fmt.Sprintf("%d backends", n)
+	})
 }
 
 func testReplicaKill(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {

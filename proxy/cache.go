@@ -149,7 +149,7 @@ type cachedBatch struct {
 // through the cache, and with which tables.
 func (c *clientConn) cacheTarget(att *attachment, p plan, st *router.Statement) (target, []string, bool) {
 	cc := c.srv.cache
-	if cc == nil || c.srv.cacheDBs != nil && !c.srv.cacheDBs[c.database] || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
+	if cc == nil || c.srv.live.Load().cacheOff || c.srv.cacheDBs != nil && !c.srv.cacheDBs[c.database] || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
 		return target{}, nil, false
 	}
 	eff := p.eff

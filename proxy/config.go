@@ -245,6 +245,9 @@ type Reloadable struct {
 	MaxStaleness           time.Duration
 	MaxClients             int
 	IdleTransactionTimeout time.Duration
+	// CacheOff stops serving reads from Deps.Cache (writes still
+	// invalidate it, so it is current when turned on again).
+	CacheOff bool
 }
 
 // Reloadable returns c's reloadable part.

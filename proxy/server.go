@@ -114,6 +114,7 @@ type liveConfig struct {
 	maxStaleness time.Duration
 	maxClients   int
 	idleTxAfter  time.Duration // IdleTransactionTimeout
+	cacheOff     bool          // Reloadable.CacheOff
 }
 
 // New validates cfg and returns a Server that routes through deps. It
@@ -176,9 +177,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 }
 
 // Reload swaps the reloadable settings (users, databases, default max
-// staleness, client limit, idle-in-transaction timeout). Existing
-// connections keep their identity; new connections and new transactions
-// see the new values.
+// staleness, client limit, idle-in-transaction timeout, serving from the
+// cache). Existing connections keep their identity; new connections and
+// new transactions see the new values.
 func (s *Server) Reload(r Reloadable) error {
 	check := s.cfg
 	check.Users, check.Databases, check.MaxStaleness, check.MaxClients, check.IdleTransactionTimeout = r.Users, r.Databases, r.MaxStaleness, r.MaxClients, r.IdleTransactionTimeout
@@ -190,7 +191,7 @@ func (s *Server) Reload(r Reloadable) error {
 		return err
 	}
 	s.live.Store(&liveConfig{creds: creds, databases: append([]string(nil), r.Databases...), maxStaleness: r.MaxStaleness, maxClients: r.MaxClients,
-		idleTxAfter: r.IdleTransactionTimeout})
+		idleTxAfter: r.IdleTransactionTimeout, cacheOff: r.CacheOff})
 	return nil
 }
 

@@ -12,15 +12,14 @@ const breakerBuckets = 10
 // lock (Pick's hot path); transitions happen under mu. Times are monotonic
 // nanoseconds since the Set's epoch.
 type breaker struct {
-	cfg       BreakerConfig
-	state     atomic.Uint32 // BreakerState
+	params    atomic.Pointer[breakerParams] // replaced by Set.Reconfigure
+	state     atomic.Uint32                 // BreakerState
 	openUntil atomic.Int64
 	trials    atomic.Int32 // trial leases in flight while half-open
 
 	mu          sync.Mutex
 	consecutive int
 	halfOpenOK  int
-	bucketWidth int64
 	buckets     [breakerBuckets]struct {
 		start    int64
 		ok, fail int
@@ -33,13 +32,34 @@ type transition struct {
 
 func (t transition) changed() bool { return t.from != t.to }
 
+// breakerParams is a BreakerConfig with what is derived from it.
+type breakerParams struct {
+	BreakerConfig
+	bucketWidth int64
+}
+
 func newBreaker(cfg BreakerConfig) *breaker {
-	b := &breaker{cfg: cfg}
-	if cfg.Window > 0 {
-		b.bucketWidth = max(int64(cfg.Window)/breakerBuckets, 1)
-	}
+	b := &breaker{}
+	b.setConfig(cfg)
 	return b
 }
+
+// setConfig replaces the configuration. A changed Window restarts the
+// rate rule's window; the state and its counters are kept.
+func (b *breaker) setConfig(cfg BreakerConfig) {
+	p := &breakerParams{BreakerConfig: cfg}
+	if cfg.Window > 0 {
+		p.bucketWidth = max(int64(cfg.Window)/breakerBuckets, 1)
+	}
+	b.mu.Lock()
+	if old := b.params.Load(); old != nil && old.bucketWidth != p.bucketWidth {
+		clear(b.buckets[:])
+	}
+	b.params.Store(p)
+	b.mu.Unlock()
+}
+
+func (b *breaker) cfg() *breakerParams { return b.params.Load() }
 
 // State returns the current state without side effects.
 func (b *breaker) State() BreakerState { return BreakerState(b.state.Load()) }
@@ -73,7 +93,7 @@ func (b *breaker) allowsPick(now int64) (bool, transition) {
 	case BreakerClosed:
 		return true, tr
 	case BreakerHalfOpen:
-		return int(b.trials.Load()) < b.cfg.HalfOpenRequests, tr
+		return int(b.trials.Load()) < b.cfg().HalfOpenRequests, tr
 	default:
 		return false, tr
 	}
@@ -95,7 +115,7 @@ func (b *breaker) record(now int64, failure bool) transition {
 			return transition{from, BreakerOpen}
 		}
 		b.halfOpenOK++
-		if b.halfOpenOK >= b.cfg.HalfOpenRequests {
+		if b.halfOpenOK >= b.cfg().HalfOpenRequests {
 			b.resetLocked()
 			b.state.Store(uint32(BreakerClosed))
 			return transition{from, BreakerClosed}
@@ -115,7 +135,7 @@ func (b *breaker) record(now int64, failure bool) transition {
 	if bk != nil {
 		bk.fail++
 	}
-	if b.consecutive >= b.cfg.ConsecutiveFailures || b.rateExceededLocked(now) {
+	if b.consecutive >= b.cfg().ConsecutiveFailures || b.rateExceededLocked(now) {
 		b.openLocked(now)
 		return transition{from, BreakerOpen}
 	}
@@ -126,11 +146,12 @@ func (b *breaker) bucketLocked(now int64) *struct {
 	start    int64
 	ok, fail int
 } {
-	if b.bucketWidth == 0 || b.cfg.FailureRate <= 0 {
+	p := b.cfg()
+	if p.bucketWidth == 0 || p.FailureRate <= 0 {
 		return nil
 	}
-	start := now - now%b.bucketWidth
-	i := (now / b.bucketWidth) % breakerBuckets
+	start := now - now%p.bucketWidth
+	i := (now / p.bucketWidth) % breakerBuckets
 	bk := &b.buckets[i]
 	if bk.start != start {
 		bk.start, bk.ok, bk.fail = start, 0, 0
@@ -139,10 +160,11 @@ func (b *breaker) bucketLocked(now int64) *struct {
 }
 
 func (b *breaker) rateExceededLocked(now int64) bool {
-	if b.bucketWidth == 0 || b.cfg.FailureRate <= 0 {
+	p := b.cfg()
+	if p.bucketWidth == 0 || p.FailureRate <= 0 {
 		return false
 	}
-	oldest := now - int64(b.cfg.Window)
+	oldest := now - int64(p.Window)
 	var ok, fail int
 	for i := range b.buckets {
 		bk := &b.buckets[i]
@@ -152,12 +174,12 @@ func (b *breaker) rateExceededLocked(now int64) bool {
 		}
 	}
 	total := ok + fail
-	return total >= b.cfg.MinRequests && float64(fail) >= b.cfg.FailureRate*float64(total)
+	return total >= p.MinRequests && float64(fail) >= p.FailureRate*float64(total)
 }
 
 func (b *breaker) openLocked(now int64) {
 	b.resetLocked()
-	b.openUntil.Store(now + int64(b.cfg.OpenFor))
+	b.openUntil.Store(now + int64(b.cfg().OpenFor))
 	b.state.Store(uint32(BreakerOpen))
 }
 

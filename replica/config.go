@@ -89,6 +89,15 @@ type Config struct {
 	// AcquireTimeout is how long Acquire waits for a free slot in an
 	// exhausted pool before failing with ErrPoolExhausted (SQLSTATE 53300).
 	AcquireTimeout time.Duration
+	// MaxConnLifetime closes a pooled connection this long after it was
+	// opened (less up to a tenth, per connection, so that connections
+	// opened together are not all replaced at once): when it is given
+	// back, or while it waits idle. A lease in use is never interrupted.
+	// 0 keeps connections for as long as they work.
+	MaxConnLifetime time.Duration
+	// MaxConnIdleTime closes a pooled connection that has waited idle this
+	// long, shrinking the pool after a burst. 0 keeps idle connections.
+	MaxConnIdleTime time.Duration
 	// Breaker configures the per-node circuit breakers.
 	Breaker BreakerConfig
 	// Logger receives state changes (health, role mismatch, breaker). nil discards.
@@ -100,15 +109,17 @@ type Config struct {
 // DefaultConfig returns the defaults; callers fill in Nodes.
 func DefaultConfig() Config {
 	return Config{
-		Policy:         RoundRobin,
-		PoolSize:       10,
-		HealthInterval: time.Second,
-		LagInterval:    100 * time.Millisecond,
-		ProbeTimeout:   time.Second,
-		ConnectTimeout: 5 * time.Second,
-		MaxStaleness:   time.Second,
-		CatchUpWait:    50 * time.Millisecond,
-		AcquireTimeout: time.Second,
+		Policy:          RoundRobin,
+		PoolSize:        10,
+		HealthInterval:  time.Second,
+		LagInterval:     100 * time.Millisecond,
+		ProbeTimeout:    time.Second,
+		ConnectTimeout:  5 * time.Second,
+		MaxStaleness:    time.Second,
+		CatchUpWait:     50 * time.Millisecond,
+		AcquireTimeout:  time.Second,
+		MaxConnLifetime: time.Hour,
+		MaxConnIdleTime: 10 * time.Minute,
 		Breaker: BreakerConfig{
 			ConsecutiveFailures: 5,
 			FailureRate:         0.5,
@@ -161,30 +172,95 @@ func (c Config) Validate() error {
 	if len(c.Nodes) > 0 && primaries != 1 {
 		bad("want exactly one primary, got %d", primaries)
 	}
-	if int(c.Policy) >= len(policyNames) {
-		bad("unknown policy %d", c.Policy)
-	}
 	positive := []struct {
 		name string
 		d    time.Duration
 	}{
 		{"HealthInterval", c.HealthInterval}, {"LagInterval", c.LagInterval},
 		{"ProbeTimeout", c.ProbeTimeout}, {"ConnectTimeout", c.ConnectTimeout},
-		{"MaxStaleness", c.MaxStaleness}, {"AcquireTimeout", c.AcquireTimeout},
-		{"Breaker.OpenFor", c.Breaker.OpenFor},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
 			bad("%s must be > 0, got %v", p.name, p.d)
 		}
 	}
-	if c.CatchUpWait < 0 {
-		bad("CatchUpWait must be >= 0, got %v", c.CatchUpWait)
-	}
 	if c.LagMaxAge < 0 {
 		bad("LagMaxAge must be >= 0, got %v", c.LagMaxAge)
 	}
-	b := c.Breaker
+	errs = append(errs, c.Tuning().validate()...)
+	return errors.Join(errs...)
+}
+
+// Tuning is the part of a Set's Config that Set.Reconfigure changes while
+// the Set is in use; the fields mean what Config's of the same names mean.
+type Tuning struct {
+	Policy   Policy
+	PoolSize int
+	// NodePoolSizes bounds the pools of the nodes it names (by
+	// NodeConfig.Name); 0 or absent means PoolSize.
+	NodePoolSizes   map[string]int
+	MaxStaleness    time.Duration
+	CatchUpWait     time.Duration
+	AcquireTimeout  time.Duration
+	MaxConnLifetime time.Duration
+	MaxConnIdleTime time.Duration
+	Breaker         BreakerConfig
+}
+
+// Tuning returns c's Tuning (NodePoolSizes from the nodes' PoolSize).
+func (c Config) Tuning() Tuning {
+	t := Tuning{
+		Policy: c.Policy, PoolSize: c.PoolSize, NodePoolSizes: make(map[string]int, len(c.Nodes)),
+		MaxStaleness: c.MaxStaleness, CatchUpWait: c.CatchUpWait, AcquireTimeout: c.AcquireTimeout,
+		MaxConnLifetime: c.MaxConnLifetime, MaxConnIdleTime: c.MaxConnIdleTime, Breaker: c.Breaker,
+	}
+	for _, n := range c.Nodes {
+		if n.PoolSize != 0 {
+			t.NodePoolSizes[n.Name] = n.PoolSize
+		}
+	}
+	return t
+}
+
+// poolSize is the bound of node's pool under t.
+func (t Tuning) poolSize(node string) int {
+	if n := t.NodePoolSizes[node]; n != 0 {
+		return n
+	}
+	return t.PoolSize
+}
+
+func (t Tuning) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("replica config: "+format, args...)) }
+	if int(t.Policy) >= len(policyNames) {
+		bad("unknown policy %d", t.Policy)
+	}
+	for name, n := range t.NodePoolSizes {
+		if n < 0 {
+			bad("node %q: negative pool size %d", name, n)
+		}
+	}
+	if t.PoolSize < 0 {
+		bad("negative PoolSize %d", t.PoolSize)
+	}
+	for _, p := range []struct {
+		name string
+		d    time.Duration
+	}{{"MaxStaleness", t.MaxStaleness}, {"AcquireTimeout", t.AcquireTimeout}, {"Breaker.OpenFor", t.Breaker.OpenFor}} {
+		if p.d <= 0 {
+			bad("%s must be > 0, got %v", p.name, p.d)
+		}
+	}
+	for _, p := range []struct {
+		name string
+		d    time.Duration
+	}{{"CatchUpWait", t.CatchUpWait}, {"MaxConnLifetime", t.MaxConnLifetime}, {"MaxConnIdleTime", t.MaxConnIdleTime}} {
+		if p.d < 0 {
+			bad("%s must be >= 0, got %v", p.name, p.d)
+		}
+	}
+	b := t.Breaker
 	if b.ConsecutiveFailures <= 0 {
 		bad("Breaker.ConsecutiveFailures must be > 0, got %d", b.ConsecutiveFailures)
 	}
@@ -197,7 +273,7 @@ func (c Config) Validate() error {
 	if b.HalfOpenRequests <= 0 {
 		bad("Breaker.HalfOpenRequests must be > 0, got %d", b.HalfOpenRequests)
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 func (c Config) lagMaxAge() time.Duration {

@@ -82,6 +82,22 @@
 // or a *pgconn.PgError, the connection is open, not busy and idle ('I');
 // otherwise it is closed. Lease.Discard(err) always closes it. Pooled
 // connections answer a cancelled context with a real CancelRequest.
+// Connections live at most MaxConnLifetime (less up to a tenth, spread per
+// connection): one past it is closed when its lease ends, never while it is
+// leased. One idle in the pool for MaxConnIdleTime is closed (the health
+// loop checks every HealthInterval), so a pool shrinks after a burst.
+//
+// # Reconfiguring a running Set
+//
+// Set.Reconfigure(Tuning) changes the balancing policy, pool bounds
+// (default and per node), MaxStaleness, CatchUpWait, AcquireTimeout, the
+// lifetimes and the breaker settings of a Set in use; Pick and Acquire
+// calls that start afterwards see the new values. A raised pool bound
+// serves waiting Acquire calls at once; under a lowered one, leases in use
+// stay valid, no lease is granted until the count is under the bound, and
+// idle connections over it are closed. The breakers keep their state. An
+// invalid Tuning is refused whole (every problem named) and changes
+// nothing. Waiters are served first come, first served.
 //
 // The breaker of a node opens after ConsecutiveFailures failures in a row,
 // or when failures reach FailureRate of at least MinRequests outcomes within
@@ -104,8 +120,9 @@
 // Every method of Set, Node and Lease is safe for concurrent use. Blocking
 // calls take a ctx: Pick (at most CatchUpWait), Node.Acquire (AcquireTimeout
 // plus ConnectTimeout), Node.CurrentLSN, Lease.CurrentLSN and Close. Stats,
-// Primary, ReplayLSN, Observe, Release and Discard do not block on anything
-// but closing a connection (Terminate, bounded by ProbeTimeout). Hooks run
+// Primary, ReplayLSN, Observe, Release, Discard and Reconfigure do not
+// block on anything but closing connections (Terminate, bounded by
+// ProbeTimeout). Hooks run
 // synchronously on probe or request goroutines and must be quick.
 //
 // # Errors

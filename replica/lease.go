@@ -18,7 +18,8 @@ type Lease struct {
 	conn  *pgconn.PgConn
 	key   string // identityKey of the connection's login
 	start time.Time
-	trial bool // counted as a half-open breaker trial
+	trial bool  // counted as a half-open breaker trial
+	born  int64 // when the connection was opened (Set clock)
 	done  atomic.Bool
 }
 
@@ -71,11 +72,11 @@ func (l *Lease) finish(err error, reuse bool) {
 		if l.trial {
 			n.br.trials.Add(-1)
 		}
-		<-n.sem
+		n.slots.release()
 	}()
 	n.recordOutcome(err)
 	if reuse {
-		n.pushIdle(l.conn, l.key)
+		n.pushIdle(l.conn, l.key, l.born)
 	} else {
 		n.destroy(l.conn)
 	}

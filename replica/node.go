@@ -35,8 +35,9 @@ type Node struct {
 	probeCfg *pgconn.Config // probe connections
 	defKey   string         // identityKey of connCfg's user and database
 
-	// Pool: sem holds one token per lease in use (capacity PoolSize).
-	sem     chan struct{}
+	// Pool: slots counts the leases in use (and being connected) against
+	// the pool bound.
+	slots   *slots
 	mu      sync.Mutex
 	idle    []idleConn                // oldest first
 	idCfgs  map[string]*pgconn.Config // connect configs of other identities, by identityKey
@@ -64,7 +65,8 @@ type Node struct {
 type idleConn struct {
 	conn  *pgconn.PgConn
 	key   string // identityKey
-	since int64
+	since int64  // idle since (Set clock)
+	born  int64  // opened at (Set clock)
 }
 
 // Identity is who a pooled connection logs in as, and to which database.
@@ -127,7 +129,7 @@ func newNode(s *Set, nc NodeConfig) (*Node, error) {
 		probeCfg: probeCfg,
 		defKey:   identityKey(connCfg.User, connCfg.Database),
 		idCfgs:   map[string]*pgconn.Config{},
-		sem:      make(chan struct{}, nc.PoolSize),
+		slots:    newSlots(nc.PoolSize),
 		kick:     make(chan struct{}, 1),
 		br:       newBreaker(s.cfg.Breaker),
 	}
@@ -285,27 +287,24 @@ func (n *Node) identity(id *Identity) (string, *pgconn.Config) {
 }
 
 func (n *Node) acquireSlot(ctx context.Context) error {
-	select {
-	case n.sem <- struct{}{}:
+	if n.slots.tryAcquire() {
 		return nil
-	default:
 	}
 	s := n.set
 	n.waiting.Add(1)
 	defer n.waiting.Add(-1)
-	t := time.NewTimer(s.cfg.AcquireTimeout)
-	defer t.Stop()
-	select {
-	case n.sem <- struct{}{}:
+	timeout := s.tun.Load().AcquireTimeout
+	switch err := n.slots.acquire(ctx, timeout, s.done); err {
+	case nil:
 		return nil
-	case <-t.C:
+	case errSlotTimeout:
 		n.acqTimeouts.Add(1)
 		return newError(ErrPoolExhausted, n.cfg.Name, codeTooManyConns,
-			fmt.Sprintf("all %d connections in use for %v", cap(n.sem), s.cfg.AcquireTimeout), nil)
-	case <-ctx.Done():
-		return fmt.Errorf("replica: node %s: acquire: %w", n.cfg.Name, ctx.Err())
-	case <-s.done:
+			fmt.Sprintf("all %d connections in use for %v", n.slots.bound(), timeout), nil)
+	case errSlotClosed:
 		return newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
+	default:
+		return fmt.Errorf("replica: node %s: acquire: %w", n.cfg.Name, err)
 	}
 }
 
@@ -316,12 +315,13 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 	held := true
 	defer func() {
 		if held {
-			<-n.sem
+			n.slots.release()
 		}
 	}()
 	key, cfg := n.identity(id)
-	conn := n.popIdle(ctx, key)
+	conn, born := n.popIdle(ctx, key)
 	if conn == nil {
+		born = s.now()
 		n.makeRoom()
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
 		conn, err = pgdial.Connect(cctx, cfg)
@@ -340,16 +340,16 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 	}
 	n.inUse.Add(1)
 	held = false
-	return &Lease{node: n, conn: conn, key: key, start: time.Now(), trial: trial}, nil
+	return &Lease{node: n, conn: conn, key: key, start: time.Now(), trial: trial, born: born}, nil
 }
 
 // makeRoom closes the oldest idle connections (of other identities: the
 // caller found none of its own) that a new connection would push past
-// PoolSize. The caller holds a slot: len(n.sem) counts the leases in use
-// and those being made, its own included.
+// the pool bound. The caller holds a slot: the slots in use count the
+// leases in use and those being made, its own included.
 func (n *Node) makeRoom() {
 	n.mu.Lock()
-	excess := len(n.sem) + len(n.idle) - cap(n.sem)
+	excess := n.slots.inUse() + len(n.idle) - n.slots.bound()
 	if excess <= 0 {
 		n.mu.Unlock()
 		return
@@ -366,9 +366,11 @@ func (n *Node) makeRoom() {
 	}
 }
 
-// popIdle takes the most recently idle connection of identity key.
-func (n *Node) popIdle(ctx context.Context, key string) *pgconn.PgConn {
+// popIdle takes the most recently idle connection of identity key, and
+// when it was opened; nil if there is none.
+func (n *Node) popIdle(ctx context.Context, key string) (*pgconn.PgConn, int64) {
 	now := n.set.now()
+	tun := n.set.tun.Load()
 	for {
 		n.mu.Lock()
 		k := len(n.idle) - 1
@@ -377,12 +379,12 @@ func (n *Node) popIdle(ctx context.Context, key string) *pgconn.PgConn {
 		}
 		if k < 0 {
 			n.mu.Unlock()
-			return nil
+			return nil, 0
 		}
 		ic := n.idle[k]
 		n.idle = slices.Delete(n.idle, k, k+1)
 		n.mu.Unlock()
-		if ic.conn.IsClosed() {
+		if ic.conn.IsClosed() || ic.expired(tun, now) {
 			n.destroy(ic.conn)
 			continue
 		}
@@ -394,24 +396,82 @@ func (n *Node) popIdle(ctx context.Context, key string) *pgconn.PgConn {
 			if err != nil {
 				n.destroy(ic.conn)
 				if ctx.Err() != nil {
-					return nil
+					return nil, 0
 				}
 				continue
 			}
 		}
-		return ic.conn
+		return ic.conn, ic.born
 	}
 }
 
-func (n *Node) pushIdle(c *pgconn.PgConn, key string) {
+// pushIdle pools c, a connection opened at born whose lease (still holding
+// its slot) ends. c is closed instead when the Set is closed, c is past
+// MaxConnLifetime, or the pool is over a lowered bound.
+func (n *Node) pushIdle(c *pgconn.PgConn, key string, born int64) {
+	now := n.set.now()
+	ic := idleConn{conn: c, key: key, since: now, born: born}
 	n.mu.Lock()
-	if n.set.closed.Load() {
+	if n.set.closed.Load() || ic.expired(n.set.tun.Load(), now) || len(n.idle)+n.slots.inUse() > n.slots.bound() {
 		n.mu.Unlock()
 		n.destroy(c)
 		return
 	}
-	n.idle = append(n.idle, idleConn{conn: c, key: key, since: n.set.now()})
+	n.idle = append(n.idle, ic)
 	n.mu.Unlock()
+}
+
+// expired reports whether ic is past MaxConnLifetime (shortened by up to a
+// tenth, by a per-connection amount) or has been idle MaxConnIdleTime.
+func (ic *idleConn) expired(t *Tuning, now int64) bool {
+	if lt := int64(t.MaxConnLifetime); lt > 0 && now-ic.born >= lt-lifetimeJitter(ic.born, lt) {
+		return true
+	}
+	it := int64(t.MaxConnIdleTime)
+	return it > 0 && now-ic.since >= it
+}
+
+// lifetimeJitter is a connection's share (in [0, lifetime/10)) taken off
+// its lifetime, derived from when it was opened: connections opened in one
+// burst are replaced over a tenth of the lifetime, not all at once.
+func lifetimeJitter(born, lifetime int64) int64 {
+	span := lifetime / 10
+	if span <= 0 {
+		return 0
+	}
+	h := uint64(born) * 0x9E3779B97F4A7C15 // Fibonacci hashing spreads nearby times
+	return int64(h>>1) % span
+}
+
+// reap closes the idle connections that expired (MaxConnLifetime,
+// MaxConnIdleTime) or that a lowered pool bound no longer leaves room for
+// (the longest idle first). The health loop calls it every HealthInterval.
+func (n *Node) reap() {
+	now := n.set.now()
+	tun := n.set.tun.Load()
+	var victims []*pgconn.PgConn
+	n.mu.Lock()
+	keep := n.idle[:0]
+	for _, ic := range n.idle {
+		if ic.expired(tun, now) {
+			victims = append(victims, ic.conn)
+		} else {
+			keep = append(keep, ic)
+		}
+	}
+	clear(n.idle[len(keep):])
+	n.idle = keep
+	if over := len(n.idle) + n.slots.inUse() - n.slots.bound(); over > 0 {
+		over = min(over, len(n.idle))
+		for _, ic := range n.idle[:over] {
+			victims = append(victims, ic.conn)
+		}
+		n.idle = slices.Delete(n.idle, 0, over)
+	}
+	n.mu.Unlock()
+	for _, c := range victims {
+		n.destroy(c)
+	}
 }
 
 // destroy closes c (sending Terminate, bounded by ProbeTimeout) and tracks
@@ -520,9 +580,9 @@ func (n *Node) stats() NodeStats {
 	idle := len(n.idle)
 	n.mu.Unlock()
 	inUse := int(n.inUse.Load())
-	st.Pool = PoolStats{Max: cap(n.sem), InUse: inUse, Idle: idle, Total: inUse + idle, Waiting: int(n.waiting.Load())}
+	st.Pool = PoolStats{Max: n.slots.bound(), InUse: inUse, Idle: idle, Total: inUse + idle, Waiting: int(n.waiting.Load())}
 	if n.cfg.Role == RoleStandby {
-		st.Fresh = s.freshness(n, now, 0, s.cfg.MaxStaleness) == eligible
+		st.Fresh = s.freshness(n, now, 0, s.tun.Load().MaxStaleness) == eligible
 	}
 	return st
 }

@@ -2,7 +2,7 @@ package replica
 
 // freeSlots is how many leases n can hand out without waiting: connection
 // slots neither in use nor being connected.
-func (n *Node) freeSlots() int { return cap(n.sem) - len(n.sem) }
+func (n *Node) freeSlots() int { return n.slots.free() }
 
 // spill returns the candidate with the most free connection slots, n
 // (the policy's saturated choice) when none has any. Ties keep the
@@ -19,11 +19,11 @@ func spill(cands []*Node, n *Node) *Node {
 
 // choose applies the balancing policy to the eligible candidates (len >= 1).
 // It allocates nothing for up to 16 candidates.
-func (s *Set) choose(c []*Node, key uint64) *Node {
+func (s *Set) choose(p Policy, c []*Node, key uint64) *Node {
 	if len(c) == 1 {
 		return c[0]
 	}
-	switch s.cfg.Policy {
+	switch p {
 	case WeightedRoundRobin:
 		s.policyMu.Lock()
 		n := smoothWRR(c)

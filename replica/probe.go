@@ -42,6 +42,7 @@ func (n *Node) healthLoop() {
 			return
 		case <-t.C:
 			n.healthProbe(n.set.life)
+			n.reap()
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,8 @@ type Set struct {
 
 	rr       atomic.Uint64
 	policyMu sync.Mutex // smooth WRR state
+
+	tun atomic.Pointer[Tuning] // what Reconfigure changes; never nil
 }
 
 // PickRequest describes a read that wants a standby.
@@ -64,14 +67,7 @@ func NewSet(ctx context.Context, cfg Config) (*Set, error) {
 		return nil, err
 	}
 	cfg.Nodes = append([]NodeConfig(nil), cfg.Nodes...)
-	s := &Set{cfg: cfg, log: cfg.Logger, epoch: time.Now(), done: make(chan struct{})}
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
-	}
-	s.lagMax = int64(cfg.lagMaxAge())
-	ch := make(chan struct{})
-	s.bcast.Store(&ch)
-	s.life, s.cancelLife = context.WithCancel(context.WithoutCancel(ctx))
+	s := newSet(ctx, cfg)
 	for _, nc := range cfg.Nodes {
 		n, err := newNode(s, nc)
 		if err != nil {
@@ -116,6 +112,22 @@ func NewSet(ctx context.Context, cfg Config) (*Set, error) {
 		go n.lagLoop()
 	}
 	return s, nil
+}
+
+// newSet returns a Set of cfg (valid) without nodes, whose lifetime
+// context keeps ctx's values.
+func newSet(ctx context.Context, cfg Config) *Set {
+	s := &Set{cfg: cfg, log: cfg.Logger, epoch: time.Now(), done: make(chan struct{})}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.lagMax = int64(cfg.lagMaxAge())
+	tun := cfg.Tuning()
+	s.tun.Store(&tun)
+	ch := make(chan struct{})
+	s.bcast.Store(&ch)
+	s.life, s.cancelLife = context.WithCancel(context.WithoutCancel(ctx))
+	return s
 }
 
 // Primary returns the configured primary. It never returns nil.
@@ -188,6 +200,45 @@ func (s *Set) Close(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// Reconfigure applies t while the Set is in use (a configuration reload).
+// Picks and acquires that start afterwards see all of it. Pool bounds
+// change at once: a raised bound hands slots to waiting Acquire calls; under
+// a lowered one, leases in use stay valid, no new lease is granted until the
+// count is under the bound, and idle connections over it are closed. The
+// lifetimes apply to the connections already pooled too. It returns an error
+// naming every invalid field, and changes nothing then.
+func (s *Set) Reconfigure(t Tuning) error {
+	errs := t.validate()
+	for _, n := range s.nodes {
+		if t.poolSize(n.cfg.Name) <= 0 {
+			errs = append(errs, fmt.Errorf("replica config: node %q: pool size 0 and no default PoolSize", n.cfg.Name))
+		}
+	}
+	for name := range t.NodePoolSizes {
+		if s.Node(name) == nil {
+			errs = append(errs, fmt.Errorf("replica config: NodePoolSizes: no node %q", name))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	t.NodePoolSizes = maps.Clone(t.NodePoolSizes)
+	s.tun.Store(&t)
+	for _, n := range s.nodes {
+		n.br.setConfig(t.Breaker)
+		n.slots.setLimit(t.poolSize(n.cfg.Name))
+		n.reap()
+	}
+	return nil
+}
+
+// Tuning returns the Tuning in effect.
+func (s *Set) Tuning() Tuning {
+	t := *s.tun.Load()
+	t.NodePoolSizes = maps.Clone(t.NodePoolSizes)
+	return t
 }
 
 func (s *Set) now() int64 { return monoNow(s.epoch) }
@@ -268,12 +319,13 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 	}
 	maxStale := req.MaxStaleness
 	if maxStale == 0 {
-		maxStale = s.cfg.MaxStaleness
+		maxStale = s.tun.Load().MaxStaleness
 	}
 	if maxStale < 0 {
 		s.primary.picks.Add(1)
 		return s.primary, nil
 	}
+	tun := s.tun.Load()
 	var buf [16]*Node
 	var timer *time.Timer
 	for {
@@ -292,8 +344,8 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 			}
 		}
 		if len(cands) > 0 {
-			n := s.choose(cands, req.HashKey)
-			if s.cfg.Policy != Hash && n.freeSlots() == 0 {
+			n := s.choose(tun.Policy, cands, req.HashKey)
+			if tun.Policy != Hash && n.freeSlots() == 0 {
 				n = spill(cands, n)
 			}
 			n.picks.Add(1)
@@ -302,11 +354,11 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 			}
 			return n, nil
 		}
-		if !waitable || s.cfg.CatchUpWait <= 0 {
+		if !waitable || tun.CatchUpWait <= 0 {
 			break
 		}
 		if timer == nil {
-			timer = time.NewTimer(s.cfg.CatchUpWait)
+			timer = time.NewTimer(tun.CatchUpWait)
 		}
 		for i, n := range s.standbys {
 			if behindMask&(1<<(i&63)) != 0 {

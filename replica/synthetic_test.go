@@ -3,7 +3,6 @@ package replica
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 )
@@ -24,11 +23,7 @@ func newSyntheticSet(t testing.TB, policy Policy, weights ...int) *Set {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	s := &Set{cfg: cfg, log: slog.New(slog.DiscardHandler), epoch: time.Now(), done: make(chan struct{})}
-	s.lagMax = int64(cfg.lagMaxAge())
-	ch := make(chan struct{})
-	s.bcast.Store(&ch)
-	s.life, s.cancelLife = context.WithCancel(context.Background())
+	s := newSet(context.Background(), cfg)
 	for _, nc := range cfg.Nodes {
 		n, err := newNode(s, nc)
 		if err != nil {

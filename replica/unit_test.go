@@ -349,8 +349,7 @@ func TestLeastLatency(t *testing.T) {
 
 // fill takes every connection slot of n, as leases in use do.
 func fill(n *Node) {
-	for len(n.sem) < cap(n.sem) {
-		n.sem <- struct{}{}
+	for n.slots.tryAcquire() {
 	}
 }
 
@@ -360,8 +359,8 @@ func TestPickSpillsFromFullStandby(t *testing.T) {
 			s := newSyntheticSet(t, policy, 1, 1, 1)
 			s1, s2 := s.standbys[0], s.standbys[1]
 			fill(s1)
-			for range cap(s2.sem) - 1 {
-				s2.sem <- struct{}{} // one slot left on s2, all of them on s3
+			for range s2.slots.bound() - 1 {
+				s2.slots.tryAcquire() // one slot left on s2, all of them on s3
 			}
 			// s1's turns go to s3 (the most free slots); s2 keeps its own.
 			if got := pickN(t, s, 300, PickRequest{}); got["s1"] != 0 || got["s2"] != 100 || got["s3"] != 200 {

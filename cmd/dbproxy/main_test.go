@@ -107,10 +107,18 @@ func startUp(t *testing.T, dir string) (addr string, stop func() string) {
 // minutes, until ready finds the address to return in the output so far.
 func startCommand(t *testing.T, args []string, ready func(out string) string) (addr string, stop func() string) {
 	t.Helper()
+	addr, _, stop = startCommandOut(t, args, ready)
+	return addr, stop
+}
+
+// startCommandOut is startCommand that also returns the command's output
+// so far, while it runs.
+func startCommandOut(t *testing.T, args []string, ready func(out string) string) (addr string, output func() string, stop func() string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	out := new(syncBuffer)
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, args, &out, &out) }()
+	go func() { done <- run(ctx, args, out, out) }()
 	deadline := time.After(3 * time.Minute)
 	for {
 		if addr = ready(out.String()); addr != "" {
@@ -127,7 +135,7 @@ func startCommand(t *testing.T, args []string, ready func(out string) string) (a
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return addr, func() string {
+	return addr, out.String, func() string {
 		cancel()
 		select {
 		case code := <-done:

@@ -61,7 +61,13 @@ config (users, staleness bound); other changes are refused and logged.`, stderr)
 		fmt.Fprintf(stdout, ", status and metrics on http://%s", srv.statusAddr)
 	}
 	fmt.Fprintln(stdout)
+	return srv.serveUntilDone(ctx, *cfgPath, "serve", stdout, stderr)
+}
 
+// serveUntilDone waits until ctx ends (nil) or a listener fails (its
+// error). Meanwhile each SIGHUP re-reads the config file at path and applies
+// its reloadable part, printing the outcome (who names the command).
+func (rp *runningProxy) serveUntilDone(ctx context.Context, path, who string, stdout, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -69,13 +75,13 @@ config (users, staleness bound); other changes are refused and logged.`, stderr)
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-srv.done:
+		case err := <-rp.done:
 			return err
 		case <-hup:
-			if err := srv.reload(*cfgPath); err != nil {
-				fmt.Fprintf(stderr, "dbproxy serve: reload refused: %v\n", err)
+			if err := rp.reload(path); err != nil {
+				fmt.Fprintf(stderr, "dbproxy %s: reload refused: %v\n", who, err)
 			} else {
-				fmt.Fprintln(stdout, "dbproxy serve: config reloaded")
+				fmt.Fprintf(stdout, "dbproxy %s: config reloaded\n", who)
 			}
 		}
 	}
@@ -250,7 +256,10 @@ func (rp *runningProxy) closeSets() {
 	}
 }
 
-// reload re-reads the config file and applies its reloadable part.
+// reload re-reads the config file and applies its reloadable part (see
+// config.Reloadable): the proxy's users, limits and timeouts, every
+// shard's pools, balancing and breakers, and the cache's switch and TTL.
+// Everything is checked before anything changes.
 func (rp *runningProxy) reload(path string) error {
 	next, err := config.Load(path)
 	if err != nil {
@@ -259,11 +268,36 @@ func (rp *runningProxy) reload(path string) error {
 	if err := config.CheckReload(rp.cfg, next); err != nil {
 		return err
 	}
+	if next.Cache.Enabled && rp.cache == nil {
+		return errors.New("cache.enabled: the proxy started with the cache off; turning it on needs a restart (its change streams start with the proxy)")
+	}
 	pcfg, err := proxyConfig(next.WithFilesIn(filepath.Dir(path)))
 	if err != nil {
 		return err
 	}
-	if err := rp.srv.Reload(pcfg.Reloadable()); err != nil {
+	tunings := make(map[shard.ID]replica.Tuning, len(rp.sets))
+	for _, si := range rp.topo.Shards() {
+		t, err := next.ReplicaTuning(si.Name)
+		if err != nil {
+			return err
+		}
+		tunings[si.ID] = t
+	}
+	r := pcfg.Reloadable()
+	r.CacheOff = !next.Cache.Enabled
+	if err := rp.srv.Reload(r); err != nil {
+		return err
+	}
+	var errs []error
+	for id, t := range tunings {
+		if err := rp.sets[id].Reconfigure(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rp.cache != nil {
+		errs = append(errs, rp.cache.SetTTL(time.Duration(next.Cache.TTL)))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	rp.cfg = next

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/dbproxy/dbproxy/config"
@@ -40,7 +42,8 @@ each a primary plus hot standbys with streaming replication) on free loopback
 ports, database "app" with user "app" / password "app" on every node, and the
 proxy. Writes the generated config to DATA-DIR/dbproxy.toml, so that
 'dbproxy serve --config DATA-DIR/dbproxy.toml' reuses it. A second 'up' on the
-same directory reuses the data. Ctrl-C or SIGTERM stops everything.`, stderr)
+same directory reuses the data. Ctrl-C or SIGTERM stops everything; SIGHUP
+reloads the proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
 	fs.StringVar(&o.dataDir, "data-dir", ".dbproxy", "directory for the clusters and the generated config")
 	fs.IntVar(&o.shards, "shards", 2, "number of shards (one cluster each)")
 	fs.IntVar(&o.standbys, "standbys", 2, "hot standbys per shard")
@@ -106,11 +109,12 @@ same directory reuses the data. Ctrl-C or SIGTERM stops everything.`, stderr)
 
 	var serveErr error
 	if srv != nil {
-		select {
-		case <-ctx.Done():
-		case serveErr = <-srv.done:
-		}
+		serveErr = srv.serveUntilDone(ctx, cfgPath, "up", stdout, stderr)
 	} else {
+		// Nothing to reload; a hangup must not leave the servers running.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 		<-ctx.Done()
 	}
 	fmt.Fprintln(stdout, "\ndbproxy up: stopping")

@@ -227,6 +227,26 @@ func TestTTLExpiry(t *testing.T) {
 	}
 }
 
+// TestSetTTL: entries filled after SetTTL get the new TTL; the old entry
+// keeps its own; a TTL <= 0 is refused and changes nothing.
+func TestSetTTL(t *testing.T) {
+	c, _ := newUpCache(t, func(c *Config) { c.TTL = time.Hour })
+	old := testKey("old")
+	fillAndWait(t, c, old, []string{"kv"}, "v")
+	if err := c.SetTTL(0); !errors.Is(err, ErrInvalidConfig) || c.TTL() != time.Hour {
+		t.Fatalf("SetTTL(0) = %v, TTL %v", err, c.TTL())
+	}
+	if err := c.SetTTL(100 * time.Millisecond); err != nil || c.TTL() != 100*time.Millisecond {
+		t.Fatalf("SetTTL = %v, TTL %v", err, c.TTL())
+	}
+	k := testKey("new")
+	fillAndWait(t, c, k, []string{"kv"}, "v")
+	waitFor(t, 10*time.Second, func() bool { _, ok := c.Get(k, 0); return !ok })
+	if _, ok := c.Get(old, 0); !ok {
+		t.Fatal("an entry filled before SetTTL expired with the new TTL")
+	}
+}
+
 func TestMaxEntrySize(t *testing.T) {
 	c, _ := newUpCache(t, func(c *Config) { c.MaxEntryBytes = 10 })
 	big, small := testKey("big"), testKey("small")

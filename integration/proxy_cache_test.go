@@ -52,6 +52,7 @@ func TestProxyCache(t *testing.T) {
 	// them; wait for that so entries filled from now on stay valid.
 	waitCacheApplied(t, ctx, cc, clusters)
 	t.Run("Hit", func(t *testing.T) { testProxyCacheHit(t, ctx, env, cc, clusters) })
+	t.Run("ReloadOffOn", func(t *testing.T) { testProxyCacheReload(t, ctx, env, cc) })
 	t.Run("DDL", func(t *testing.T) { testProxyCacheDDL(t, ctx, env, cc) })
 	t.Run("Settings", func(t *testing.T) { testProxyCacheSettings(t, ctx, env, cc) })
 	t.Run("WireExact", func(t *testing.T) { testProxyCacheWire(t, ctx, env, cc, clusters) })
@@ -475,6 +476,56 @@ func pollItem(t testing.TB, ctx context.Context, conn *pgx.Conn, id int, within 
 	}
 	t.Fatalf("item %d: condition not met within %v (last %+v, err %v)", id, within, last, lastErr)
 	return itemRow{}, 0
+}
+
+// testProxyCacheReload turns serving from the cache off and on again with
+// a reload (proxy.Reloadable.CacheOff): while off, reads of a cached item go
+// to a standby; once on, the same reads are hits again.
+func testProxyCacheReload(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache) {
+	conn, err := pgx.Connect(ctx, env.dsn(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	const id = 10 // cached by Hit
+	hitOnce := func() bool {
+		s0, p0 := cc.Stats(), env.picks()
+		if _, err := readItem(ctx, conn, id); err != nil {
+			t.Fatal(err)
+		}
+		s1, p1 := cc.Stats(), env.picks()
+		return s1.Hits == s0.Hits+1 && p1 == p0
+	}
+	eventuallyHit := func(what string) {
+		for try := 0; try < 50; try++ {
+			if hitOnce() {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("%s: no cache hit within 50 reads: %+v", what, cc.Stats())
+	}
+	eventuallyHit("before the reload")
+	r := env.cfg.Reloadable()
+	r.CacheOff = true
+	if err := env.srv.Reload(r); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		s0, p0 := cc.Stats(), env.picks()
+		if _, err := readItem(ctx, conn, id); err != nil {
+			t.Fatal(err)
+		}
+		if s1, p1 := cc.Stats(), env.picks(); s1.Hits+s1.Misses != s0.Hits+s0.Misses || p1 != p0+1 {
+			t.Fatalf("cache off: hits+misses %d -> %d, picks %d -> %d (want the cache untouched, one standby read)",
+				s0.Hits+s0.Misses, s1.Hits+s1.Misses, p0, p1)
+		}
+	}
+	r.CacheOff = false
+	if err := env.srv.Reload(r); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyHit("cache on again")
 }
 
 func testProxyCacheHit(t *testing.T, ctx context.Context, env *proxyEnv, cc *cache.Cache, clusters []*pgcluster.Cluster) {

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,9 +92,9 @@ var listenRE = regexp.MustCompile(`proxy listening on (\S+)`)
 
 // startUp runs `dbproxy up` in dir until the returned stop is called, and
 // returns the proxy address it printed.
-func startUp(t *testing.T, dir string) (addr string, stop func() string) {
+func startUp(t *testing.T, dir string) (addr string, output, stop func() string) {
 	t.Helper()
-	return startCommand(t, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
+	return startCommandOut(t, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
 		"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, func(out string) string {
 		if m := listenRE.FindStringSubmatch(out); m != nil && strings.Contains(out, "ready in") {
 			return m[1]
@@ -160,7 +161,7 @@ func TestUpServesAndReuses(t *testing.T) {
 	os.Chmod(dir, 0o755)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 
-	addr, stop := startUp(t, dir)
+	addr, output, stop := startUp(t, dir)
 	cfg, err := config.Load(filepath.Join(dir, "dbproxy.toml"))
 	if err != nil {
 		t.Fatalf("generated config does not load: %v", err)
@@ -206,11 +207,27 @@ func TestUpServesAndReuses(t *testing.T) {
 		t.Errorf("status output:\n%s", status.String())
 	}
 	checkMetrics(t, ctx, cfg.Server.StatusListen)
+	// SIGHUP reloads the config up wrote (nothing changed) and up keeps
+	// serving: a terminal hangup does not leave the servers running.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(output(), "dbproxy up: config reloaded"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload 30s after SIGHUP:\n%s", output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if conn, err := pgx.Connect(ctx, "postgres://app:app@"+addr+"/app"); err != nil {
+		t.Errorf("connect after SIGHUP: %v", err)
+	} else {
+		conn.Close(ctx)
+	}
 	if out := stop(); !strings.Contains(out, "stopping") {
 		t.Errorf("up output lacks the stop message:\n%s", out)
 	}
 
-	addr, stop = startUp(t, dir)
+	addr, _, stop = startUp(t, dir)
 	defer stop()
 	conn, err = pgx.Connect(ctx, "postgres://app:app@"+addr+"/app")
 	if err != nil {

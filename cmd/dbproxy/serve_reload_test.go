@@ -57,16 +57,7 @@ func TestServeReload(t *testing.T) {
 	cfg.Pool.AcquireTimeout = config.Duration(300 * time.Millisecond)
 	cfg.ApplyDefaults()
 	path := filepath.Join(dir, "dbproxy.toml")
-	write := func() {
-		f, err := os.Create(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cfg.Encode(f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-	}
+	write := func() { writeTestConfig(t, path, cfg) }
 	write()
 	_, output, stop := startCommandOut(t, []string{"serve", "--config", path}, func(out string) string {
 		if m := regexp.MustCompile(`serve: listening on (\S+)`).FindStringSubmatch(out); m != nil {

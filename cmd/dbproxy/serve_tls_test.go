@@ -153,18 +153,24 @@ func TestServeBackendTLS(t *testing.T) {
 func startServe(t *testing.T, dir string, cfg *config.Config, ready *regexp.Regexp) (string, func() string) {
 	t.Helper()
 	path := filepath.Join(dir, "dbproxy.toml")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Encode(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	writeTestConfig(t, path, cfg)
 	return startCommand(t, []string{"serve", "--config", path}, func(out string) string {
 		if m := ready.FindStringSubmatch(out); m != nil {
 			return m[1]
 		}
 		return ""
 	})
+}
+
+// writeTestConfig writes cfg as TOML to path.
+func writeTestConfig(t *testing.T, path string, cfg *config.Config) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := cfg.Encode(f); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -885,6 +885,13 @@ func testReplicaReconfigure(t *testing.T, ctx context.Context, c *pgcluster.Clus
 		n := backends()
 		return n == 0, fmt.Sprintf("%d backends", n)
 	})
+	// Counted: 3 + 1 + 3 opened (the first three, the replacement of the
+	// expired one, the burst), 2 closed for their lifetime (one when its
+	// lease ended, one while idle), 3 for idling (those closed over the
+	// lowered bound are neither).
+	if st := rsStats(s, "primary").Pool; st.Opened != 7 || st.ClosedLifetime != 2 || st.ClosedIdle != 3 {
+		t.Errorf("pool counters: opened %d, closed for lifetime %d, for idling %d; want 7, 2, 3", st.Opened, st.ClosedLifetime, st.ClosedIdle)
+	}
 }
 
 func testReplicaKill(t *testing.T, ctx context.Context, c *pgcluster.Cluster) {

@@ -60,6 +60,8 @@ type Node struct {
 	fallbacks   atomic.Uint64
 	failures    atomic.Uint64
 	acqTimeouts atomic.Uint64
+	opened      atomic.Uint64 // pooled connections opened
+	expired     [expiryReasons]atomic.Uint64
 }
 
 type idleConn struct {
@@ -333,6 +335,7 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 			n.recordOutcome(err)
 			return nil, newError(ErrNodeUnavailable, n.cfg.Name, codeConnectionFailure, "connect", err)
 		}
+		n.opened.Add(1)
 		if s.closed.Load() {
 			n.destroy(conn)
 			return nil, newError(ErrClosed, n.cfg.Name, codeAdminShutdown, "", nil)
@@ -384,7 +387,7 @@ func (n *Node) popIdle(ctx context.Context, key string) (*pgconn.PgConn, int64) 
 		ic := n.idle[k]
 		n.idle = slices.Delete(n.idle, k, k+1)
 		n.mu.Unlock()
-		if ic.conn.IsClosed() || ic.expired(tun, now) {
+		if ic.conn.IsClosed() || n.expire(&ic, tun, now) {
 			n.destroy(ic.conn)
 			continue
 		}
@@ -412,7 +415,7 @@ func (n *Node) pushIdle(c *pgconn.PgConn, key string, born int64) {
 	now := n.set.now()
 	ic := idleConn{conn: c, key: key, since: now, born: born}
 	n.mu.Lock()
-	if n.set.closed.Load() || ic.expired(n.set.tun.Load(), now) || len(n.idle)+n.slots.inUse() > n.slots.bound() {
+	if n.set.closed.Load() || n.expire(&ic, n.set.tun.Load(), now) || len(n.idle)+n.slots.inUse() > n.slots.bound() {
 		n.mu.Unlock()
 		n.destroy(c)
 		return
@@ -421,14 +424,33 @@ func (n *Node) pushIdle(c *pgconn.PgConn, key string, born int64) {
 	n.mu.Unlock()
 }
 
-// expired reports whether ic is past MaxConnLifetime (shortened by up to a
-// tenth, by a per-connection amount) or has been idle MaxConnIdleTime.
-func (ic *idleConn) expired(t *Tuning, now int64) bool {
+// Why a pooled connection expired (PoolStats.Closed*).
+const (
+	expiredLifetime = iota
+	expiredIdle
+	expiryReasons
+)
+
+// expiry reports whether ic is past MaxConnLifetime (shortened by up to a
+// tenth, by a per-connection amount) or has been idle MaxConnIdleTime, and
+// which.
+func (ic *idleConn) expiry(t *Tuning, now int64) (reason int, expired bool) {
 	if lt := int64(t.MaxConnLifetime); lt > 0 && now-ic.born >= lt-lifetimeJitter(ic.born, lt) {
-		return true
+		return expiredLifetime, true
 	}
-	it := int64(t.MaxConnIdleTime)
-	return it > 0 && now-ic.since >= it
+	if it := int64(t.MaxConnIdleTime); it > 0 && now-ic.since >= it {
+		return expiredIdle, true
+	}
+	return 0, false
+}
+
+// expire reports whether ic expired, counting it if so.
+func (n *Node) expire(ic *idleConn, t *Tuning, now int64) bool {
+	r, ok := ic.expiry(t, now)
+	if ok {
+		n.expired[r].Add(1)
+	}
+	return ok
 }
 
 // lifetimeJitter is a connection's share (in [0, lifetime/10)) taken off
@@ -453,7 +475,7 @@ func (n *Node) reap() {
 	n.mu.Lock()
 	keep := n.idle[:0]
 	for _, ic := range n.idle {
-		if ic.expired(tun, now) {
+		if n.expire(&ic, tun, now) {
 			victims = append(victims, ic.conn)
 		} else {
 			keep = append(keep, ic)
@@ -580,7 +602,8 @@ func (n *Node) stats() NodeStats {
 	idle := len(n.idle)
 	n.mu.Unlock()
 	inUse := int(n.inUse.Load())
-	st.Pool = PoolStats{Max: n.slots.bound(), InUse: inUse, Idle: idle, Total: inUse + idle, Waiting: int(n.waiting.Load())}
+	st.Pool = PoolStats{Max: n.slots.bound(), InUse: inUse, Idle: idle, Total: inUse + idle, Waiting: int(n.waiting.Load()),
+		Opened: n.opened.Load(), ClosedLifetime: n.expired[expiredLifetime].Load(), ClosedIdle: n.expired[expiredIdle].Load()}
 	if n.cfg.Role == RoleStandby {
 		st.Fresh = s.freshness(n, now, 0, s.tun.Load().MaxStaleness) == eligible
 	}
@@ -623,4 +646,7 @@ type PoolStats struct {
 	Idle    int // open connections waiting in the pool
 	Total   int // InUse + Idle
 	Waiting int // Acquire calls blocked on an exhausted pool
+	// Opened counts the connections the pool opened; ClosedLifetime and
+	// ClosedIdle those it closed for MaxConnLifetime and MaxConnIdleTime.
+	Opened, ClosedLifetime, ClosedIdle uint64
 }

@@ -231,10 +231,10 @@ func TestIdleConnExpiry(t *testing.T) {
 		}
 		spread[j/int64(time.Minute)] = true
 		ic := idleConn{born: born * int64(time.Millisecond), since: born * int64(time.Millisecond)}
-		if ic.expired(tun, ic.born+lt-lt/10-1) {
+		if _, ok := ic.expiry(tun, ic.born+lt-lt/10-1); ok {
 			t.Fatal("expired before nine tenths of its lifetime")
 		}
-		if !ic.expired(tun, ic.born+lt) {
+		if r, ok := ic.expiry(tun, ic.born+lt); !ok || r != expiredLifetime {
 			t.Fatal("not expired after its lifetime")
 		}
 	}
@@ -244,10 +244,13 @@ func TestIdleConnExpiry(t *testing.T) {
 	}
 	tun = &Tuning{MaxConnIdleTime: 10 * time.Minute}
 	ic := idleConn{born: 0, since: int64(time.Minute)}
-	if ic.expired(tun, int64(time.Minute)+int64(10*time.Minute)-1) || !ic.expired(tun, int64(11*time.Minute)) {
+	if _, ok := ic.expiry(tun, int64(time.Minute)+int64(10*time.Minute)-1); ok {
+		t.Error("idle time limit: expired early")
+	}
+	if r, ok := ic.expiry(tun, int64(11*time.Minute)); !ok || r != expiredIdle {
 		t.Error("idle time limit")
 	}
-	if ic.expired(&Tuning{}, int64(1000*time.Hour)) {
+	if _, ok := ic.expiry(&Tuning{}, int64(1000*time.Hour)); ok {
 		t.Error("0 limits must keep connections")
 	}
 }

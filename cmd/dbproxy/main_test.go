@@ -302,6 +302,20 @@ func checkMetrics(t *testing.T, ctx context.Context, statusAddr string) {
 	if len(fams["dbproxy_node_pool_connections"].GetMetric()) != 4*3 {
 		t.Errorf("dbproxy_node_pool_connections: %d series, want 4 nodes x 3 states", len(fams["dbproxy_node_pool_connections"].GetMetric()))
 	}
+	// The client session opened at least one pooled connection.
+	opened := 0.0
+	for _, m := range fams["dbproxy_node_pool_opened_total"].GetMetric() {
+		opened += m.GetCounter().GetValue()
+	}
+	if opened < 1 {
+		t.Errorf("dbproxy_node_pool_opened_total sums to %v after a client session", opened)
+	}
+	if n := len(fams["dbproxy_node_pool_expired_total"].GetMetric()); n != 4*2 {
+		t.Errorf("dbproxy_node_pool_expired_total: %d series, want 4 nodes x 2 reasons", n)
+	}
+	if n := len(fams["dbproxy_node_acquire_timeouts_total"].GetMetric()); n != 4 {
+		t.Errorf("dbproxy_node_acquire_timeouts_total: %d series, want 4", n)
+	}
 	if v := value("go_goroutines"); v < 1 {
 		t.Errorf("go_goroutines = %v", v)
 	}

@@ -21,6 +21,9 @@ var (
 	descPicks        = prometheus.NewDesc("dbproxy_node_picks_total", "Reads routed to the node.", []string{"shard", "node"}, nil)
 	descFallbacks    = prometheus.NewDesc("dbproxy_node_fallbacks_total", "Reads that fell back to the primary.", []string{"shard", "node"}, nil)
 	descFailures     = prometheus.NewDesc("dbproxy_node_failures_total", "Connection-level failures.", []string{"shard", "node"}, nil)
+	descPoolOpened   = prometheus.NewDesc("dbproxy_node_pool_opened_total", "Backend connections the node's pool opened.", []string{"shard", "node"}, nil)
+	descPoolClosed   = prometheus.NewDesc("dbproxy_node_pool_expired_total", "Backend connections closed for pool.max_lifetime (reason lifetime) or pool.idle_timeout (reason idle).", []string{"shard", "node", "reason"}, nil)
+	descAcqTimeouts  = prometheus.NewDesc("dbproxy_node_acquire_timeouts_total", "Requests refused with 53300: no backend connection freed up within pool.acquire_timeout.", []string{"shard", "node"}, nil)
 	descClients      = prometheus.NewDesc("dbproxy_clients", "Client connections by state.", []string{"state"}, nil)
 	descAccepted     = prometheus.NewDesc("dbproxy_clients_accepted_total", "Client connections accepted.", nil, nil)
 	descRejected     = prometheus.NewDesc("dbproxy_clients_rejected_total", "Client connections refused before ReadyForQuery.", nil, nil)
@@ -37,7 +40,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descReadRetries, descCommitLSN,
+		descPool, descPicks, descFallbacks, descFailures, descPoolOpened, descPoolClosed, descAcqTimeouts, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descReadRetries, descCommitLSN,
 		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
@@ -71,6 +74,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(descPicks, n.Picks, si.Name, n.Name)
 			counter(descFallbacks, n.Fallbacks, si.Name, n.Name)
 			counter(descFailures, n.Failures, si.Name, n.Name)
+			counter(descPoolOpened, n.Pool.Opened, si.Name, n.Name)
+			counter(descPoolClosed, n.Pool.ClosedLifetime, si.Name, n.Name, "lifetime")
+			counter(descPoolClosed, n.Pool.ClosedIdle, si.Name, n.Name, "idle")
+			counter(descAcqTimeouts, n.AcquireTimeouts, si.Name, n.Name)
 		}
 	}
 	st := c.rp.srv.Stats()

@@ -45,25 +45,31 @@ type shardStatus struct {
 
 // nodeStatus is the JSON form of one node's replica.NodeStats.
 type nodeStatus struct {
-	Name           string  `json:"name"`
-	Role           string  `json:"role"`
-	ObservedRole   string  `json:"observed_role"`
-	RoleMismatch   bool    `json:"role_mismatch"`
-	Healthy        bool    `json:"healthy"`
-	LastError      string  `json:"last_error,omitempty"`
-	LSN            string  `json:"lsn"`
-	LagBytes       uint64  `json:"lag_bytes"`
-	LagSeconds     float64 `json:"lag_seconds"` // -1 when unknown
-	Fresh          bool    `json:"fresh"`
-	Breaker        string  `json:"breaker"`
-	PoolInUse      int     `json:"pool_in_use"`
-	PoolIdle       int     `json:"pool_idle"`
-	PoolMax        int     `json:"pool_max"`
-	PoolWaiting    int     `json:"pool_waiting"`
-	LatencySeconds float64 `json:"latency_ewma_seconds"`
-	Picks          uint64  `json:"picks"`
-	Fallbacks      uint64  `json:"fallbacks"`
-	Failures       uint64  `json:"failures"`
+	Name         string  `json:"name"`
+	Role         string  `json:"role"`
+	ObservedRole string  `json:"observed_role"`
+	RoleMismatch bool    `json:"role_mismatch"`
+	Healthy      bool    `json:"healthy"`
+	LastError    string  `json:"last_error,omitempty"`
+	LSN          string  `json:"lsn"`
+	LagBytes     uint64  `json:"lag_bytes"`
+	LagSeconds   float64 `json:"lag_seconds"` // -1 when unknown
+	Fresh        bool    `json:"fresh"`
+	Breaker      string  `json:"breaker"`
+	PoolInUse    int     `json:"pool_in_use"`
+	PoolIdle     int     `json:"pool_idle"`
+	PoolMax      int     `json:"pool_max"`
+	PoolWaiting  int     `json:"pool_waiting"`
+	// Connections the pool opened, and closed for pool.max_lifetime and
+	// pool.idle_timeout.
+	PoolOpened         uint64  `json:"pool_opened"`
+	PoolClosedLifetime uint64  `json:"pool_closed_lifetime"`
+	PoolClosedIdle     uint64  `json:"pool_closed_idle"`
+	AcquireTimeouts    uint64  `json:"acquire_timeouts"`
+	LatencySeconds     float64 `json:"latency_ewma_seconds"`
+	Picks              uint64  `json:"picks"`
+	Fallbacks          uint64  `json:"fallbacks"`
+	Failures           uint64  `json:"failures"`
 }
 
 func nodeStatuses(stats []replica.NodeStats) []nodeStatus {
@@ -78,6 +84,7 @@ func nodeStatuses(stats []replica.NodeStats) []nodeStatus {
 			RoleMismatch: n.RoleMismatch, Healthy: n.Healthy, LastError: n.LastError, LSN: n.LSN.String(),
 			LagBytes: n.LagBytes, LagSeconds: lag, Fresh: n.Fresh, Breaker: n.Breaker.String(),
 			PoolInUse: n.Pool.InUse, PoolIdle: n.Pool.Idle, PoolMax: n.Pool.Max, PoolWaiting: n.Pool.Waiting,
+			PoolOpened: n.Pool.Opened, PoolClosedLifetime: n.Pool.ClosedLifetime, PoolClosedIdle: n.Pool.ClosedIdle, AcquireTimeouts: n.AcquireTimeouts,
 			LatencySeconds: n.Latency.Seconds(), Picks: n.Picks, Fallbacks: n.Fallbacks, Failures: n.Failures,
 		})
 	}

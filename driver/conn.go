@@ -391,6 +391,17 @@ func retryable(err error, readOnly bool) bool {
 
 const maxAttempts = 3
 
+// recoveryConflict reports whether err is a standby cancelling a
+// statement (ERROR) or ending its session (FATAL, when the cancellation
+// found it between messages) for a conflict with recovery: 40001, or
+// 40P01 for a buffer-pin deadlock. A read may run again elsewhere;
+// serializable transactions, the other source of 40001, do not exist on a
+// standby.
+func recoveryConflict(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+}
+
 // execStatement routes and runs one classified statement. With wantRows it
 // returns driver.Rows, else driver.Result.
 func (cn *conn) execStatement(ctx context.Context, st *router.Statement, args []driver.NamedValue, wantRows bool) (any, error) {
@@ -485,6 +496,11 @@ func (cn *conn) noteTracker(t *Tracker) {
 // backend leased for it (kept pinned when the statement leaves a
 // transaction open).
 func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Statement, args *encodedArgs, wantRows bool, o callOptions) (any, error) {
+	return cn.runSingleAttempts(ctx, d, st, args, wantRows, o, maxAttempts)
+}
+
+// runSingleAttempts is runSingle with at most attempts tries.
+func (cn *conn) runSingleAttempts(ctx context.Context, d router.Decision, st *router.Statement, args *encodedArgs, wantRows bool, o callOptions, attempts int) (any, error) {
 	sqlText := d.SQL
 	if sqlText == "" {
 		sqlText = st.SQL
@@ -495,7 +511,7 @@ func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Sta
 	target := d.Shards[0]
 	readOnly := !d.Pinned && len(d.Preamble) == 0 && !writes(st) && !cn.sess.InTransaction()
 	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	for attempt := 0; attempt < attempts; attempt++ {
 		b := cn.pin
 		if d.Pinned {
 			if b == nil {
@@ -510,7 +526,7 @@ func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Sta
 			var err error
 			b, err = cn.acquire(ctx, target.ID, d.Target == router.TargetPrimary, d.Pick(target), cn.sessionKey())
 			if err != nil {
-				if retryable(err, readOnly) && ctx.Err() == nil && attempt+1 < maxAttempts {
+				if retryable(err, readOnly) && ctx.Err() == nil && attempt+1 < attempts {
 					lastErr = err
 					continue
 				}
@@ -527,16 +543,24 @@ func (cn *conn) runSingle(ctx context.Context, d router.Decision, st *router.Sta
 				}
 			}
 		}
+		// A read a standby cancels for a conflict with recovery runs again
+		// (another standby, or the primary), as long as none of its rows
+		// reached the caller.
+		onStandby := readOnly && !d.Pinned && !b.primary
 		if wantRows {
 			rows, err := cn.query(ctx, b, st, sqlText, args, o)
-			if err != nil && !d.Pinned && retryable(err, readOnly) && ctx.Err() == nil && attempt+1 < maxAttempts {
+			if err != nil && !d.Pinned && (retryable(err, readOnly) || onStandby && recoveryConflict(err)) && ctx.Err() == nil && attempt+1 < attempts {
 				lastErr = err
 				continue
+			}
+			if sr, ok := rows.(*streamRows); ok && onStandby && attempt+1 < attempts {
+				left := attempts - attempt - 1
+				sr.again = func() (any, error) { return cn.runSingleAttempts(ctx, d, st, args, true, o, left) }
 			}
 			return rows, err
 		}
 		tag, err := cn.exec(ctx, b, st, sqlText, args)
-		if err != nil && !d.Pinned && retryable(err, readOnly) && ctx.Err() == nil && attempt+1 < maxAttempts {
+		if err != nil && !d.Pinned && (retryable(err, readOnly) || onStandby && recoveryConflict(err)) && ctx.Err() == nil && attempt+1 < attempts {
 			release(b, err)
 			lastErr = err
 			continue

@@ -112,7 +112,10 @@
 // reached a server (pgconn.SafeToRetry) and the connection holds no session
 // state or transaction, so database/sql may retry safely. Reads outside a
 // transaction that fail on a broken standby connection are retried on
-// another node inside the driver (up to 3 attempts).
+// another node inside the driver (up to 3 attempts), and so are reads a
+// standby cancels for a conflict with recovery (40001, 40P01) before any
+// of their rows reached the caller: an error at Query, or at the first
+// Rows.Next. Once a row was delivered the error is returned.
 //
 // # Concurrency and blocking
 //

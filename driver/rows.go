@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"io"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,10 @@ type streamRows struct {
 	fns  []valueFunc
 	done bool
 	err  error
+	// again runs the statement once more (a read a standby may cancel
+	// for a conflict with recovery); nil when it may not.
+	again     func() (any, error)
+	delivered bool // a row reached the caller
 }
 
 var (
@@ -67,12 +72,36 @@ func (r *streamRows) Next(dest []driver.Value) error {
 		return io.EOF
 	}
 	if !r.rr.NextRow() {
-		if err := r.finish(); err != nil {
-			return err
+		err := r.finish()
+		if err == nil {
+			return io.EOF
 		}
-		return io.EOF
+		if !r.delivered && r.again != nil && recoveryConflict(err) && r.ctx.Err() == nil {
+			if next, ok := r.runAgain(); ok {
+				*r = *next
+				return r.Next(dest)
+			}
+		}
+		return err
 	}
+	r.delivered = true
 	return decodeRow(r.fns, r.rr.Values(), dest)
+}
+
+// runAgain runs r's statement again after a conflict with recovery
+// cancelled it before any row was delivered. ok is false (and nothing is
+// left open) when that fails or yields a result of another shape.
+func (r *streamRows) runAgain() (*streamRows, bool) {
+	rows, err := r.again()
+	if err != nil {
+		return nil, false
+	}
+	next, ok := rows.(*streamRows)
+	if !ok || !slices.Equal(next.cols, r.cols) || !slices.Equal(next.oids, r.oids) {
+		rows.(driver.Rows).Close()
+		return nil, false
+	}
+	return next, true
 }
 
 // Close implements driver.Rows: unread rows are discarded.

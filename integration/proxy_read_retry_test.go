@@ -259,20 +259,98 @@ func primaryFallbacks(env *proxyEnv) uint64 {
 	return 0
 }
 
-// TestProxyReadRetriedAfterRecoveryConflict checks that a read a standby
-// cancels for a conflict with recovery (40001: replaying the primary's
-// ACCESS EXCLUSIVE lock on the table it reads, with
-// max_standby_streaming_delay = 0) runs again instead of failing, over
-// the simple and the extended protocol, and that the standby really did
-// cancel it (pg_stat_database_conflicts).
+// TestProxyReadRetriedAfterRecoveryConflict: a read the standby cancels
+// for a conflict with recovery (max_standby_streaming_delay = 0 and an
+// ACCESS EXCLUSIVE lock taken on the primary while it runs) is answered
+// through the proxy, simple and extended protocol alike.
 func TestProxyReadRetriedAfterRecoveryConflict(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cl, env := startOneShardProxy(t, ctx, pgcluster.Options{Name: "conflict", Standbys: 1,
-		Settings: map[string]string{"max_standby_streaming_delay": "0", "hot_standby_feedback": "off"}})
+	cl, env := startOneShardProxy(t, ctx, conflictClusterOptions("conflict"))
 	setup := connectProxy(t, env)
 	simple(t, setup, "CREATE TABLE cf (id int)")
 	simple(t, setup, "INSERT INTO cf SELECT generate_series(1, 10)")
+	for _, proto := range []string{"simple", "extended"} {
+		t.Run(proto, func(t *testing.T) {
+			pc := connectProxy(t, env)
+			beforeRetries := env.srv.Stats().ReadRetries
+			runConflictScenario(t, ctx, cl, func() (string, error) {
+				var rs [][][]byte
+				if proto == "simple" {
+					res, err := pc.Exec(ctx, "SELECT count(*) FROM cf, generate_series(1, 8000000) g").ReadAll()
+					if err != nil {
+						return "", err
+					}
+					rs = res[0].Rows
+				} else {
+					r := pc.ExecParams(ctx, "SELECT count(*) FROM cf, generate_series(1, $1) g", [][]byte{[]byte("8000000")}, nil, nil, nil).Read()
+					if r.Err != nil {
+						return "", r.Err
+					}
+					rs = r.Rows
+				}
+				if len(rs) != 1 {
+					return "", fmt.Errorf("%d rows", len(rs))
+				}
+				return string(rs[0][0]), nil
+			})
+			if env.srv.Stats().ReadRetries == beforeRetries {
+				t.Fatal("Stats().ReadRetries did not move")
+			}
+		})
+	}
+}
+
+// TestDriverReadRetriedAfterRecoveryConflict is the same through the
+// database/sql driver: the conflict cancels the read before its row
+// reaches the caller, and the driver runs it again.
+func TestDriverReadRetriedAfterRecoveryConflict(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cl := pgcluster.StartT(t, conflictClusterOptions("dconflict"))
+	if err := cl.WaitStreaming(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.CreateDatabase(ctx, "app", "app", "app"); err != nil {
+		t.Fatal(err)
+	}
+	env := openDriverEnv(t, []*pgcluster.Cluster{cl}, driverConfig(t, []*pgcluster.Cluster{cl}, "", nil))
+	if _, err := env.db.ExecContext(ctx, "CREATE TABLE cf (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.db.ExecContext(ctx, "INSERT INTO cf SELECT generate_series(1, 10)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, how := range []string{"literal", "parameter"} {
+		t.Run(how, func(t *testing.T) {
+			runConflictScenario(t, ctx, cl, func() (string, error) {
+				var n string
+				var err error
+				if how == "literal" {
+					err = env.db.QueryRowContext(ctx, "SELECT count(*) FROM cf, generate_series(1, 8000000) g").Scan(&n)
+				} else {
+					err = env.db.QueryRowContext(ctx, "SELECT count(*) FROM cf, generate_series(1, $1::int) g", 8000000).Scan(&n)
+				}
+				return n, err
+			})
+		})
+	}
+}
+
+// conflictClusterOptions: one standby that cancels conflicting queries at
+// once.
+func conflictClusterOptions(name string) pgcluster.Options {
+	return pgcluster.Options{Name: name, Standbys: 1,
+		Settings: map[string]string{"max_standby_streaming_delay": "0", "hot_standby_feedback": "off"}}
+}
+
+// runConflictScenario runs read (a count over table cf, 10 rows, joined
+// with 8,000,000: a few seconds) while the primary takes an ACCESS
+// EXCLUSIVE lock on cf, which the standby replays by cancelling the read;
+// read must still return the right count, and the standby must have
+// cancelled a query (pg_stat_database_conflicts.confl_lock).
+func runConflictScenario(t *testing.T, ctx context.Context, cl *pgcluster.Cluster, read func() (string, error)) {
+	t.Helper()
 	sb := cl.Standbys()[0]
 	standby, err := sb.Connect(ctx, "app")
 	if err != nil {
@@ -295,65 +373,37 @@ func TestProxyReadRetriedAfterRecoveryConflict(t *testing.T) {
 		}
 		return n
 	}
-
-	// A read of cf that runs for a few seconds on the standby.
-	const rows = 10 * 8_000_000
-	for _, proto := range []string{"simple", "extended"} {
-		t.Run(proto, func(t *testing.T) {
-			pc := connectProxy(t, env)
-			beforeConflicts, beforeRetries := conflicts(), env.srv.Stats().ReadRetries
-			type answer struct {
-				count string
-				err   error
-			}
-			got := make(chan answer, 1)
-			start := time.Now()
-			go func() {
-				var rs [][][]byte
-				var err error
-				if proto == "simple" {
-					var res []*pgconn.Result
-					if res, err = pc.Exec(ctx, "SELECT count(*) FROM cf, generate_series(1, 8000000) g").ReadAll(); err == nil {
-						rs = res[0].Rows
-					}
-				} else {
-					r := pc.ExecParams(ctx, "SELECT count(*) FROM cf, generate_series(1, $1) g", [][]byte{[]byte("8000000")}, nil, nil, nil).Read()
-					rs, err = r.Rows, r.Err
-				}
-				if err == nil && len(rs) != 1 {
-					err = fmt.Errorf("%d rows", len(rs))
-				}
-				if err != nil {
-					got <- answer{err: err}
-					return
-				}
-				got <- answer{count: string(rs[0][0])}
-			}()
-			// Once the read runs on the standby, take the lock on the primary.
-			waitFor(t, 30*time.Second, "the read running on the standby", func() bool {
-				var n int
-				err := standby.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM cf%'").Scan(&n)
-				return err == nil && n > 0
-			})
-			if _, err := primary.Exec(ctx, "BEGIN; LOCK TABLE cf IN ACCESS EXCLUSIVE MODE; COMMIT"); err != nil {
-				t.Fatal(err)
-			}
-			a := <-got
-			if a.err != nil {
-				t.Fatalf("read through the proxy: %v", a.err)
-			}
-			if a.count != fmt.Sprint(rows) {
-				t.Fatalf("count %s, want %d", a.count, rows)
-			}
-			if conflicts() == beforeConflicts {
-				t.Fatalf("the standby cancelled no query (confl_lock unchanged): the read ended before the lock was replayed (%v)", time.Since(start))
-			}
-			if env.srv.Stats().ReadRetries == beforeRetries {
-				t.Fatal("Stats().ReadRetries did not move")
-			}
-			t.Logf("%s: answered after a recovery conflict in %v", proto, time.Since(start))
-		})
+	before := conflicts()
+	type answer struct {
+		count string
+		err   error
 	}
+	got := make(chan answer, 1)
+	start := time.Now()
+	go func() {
+		n, err := read()
+		got <- answer{n, err}
+	}()
+	// Once the read runs on the standby, take the lock on the primary.
+	waitFor(t, 30*time.Second, "the read running on the standby", func() bool {
+		var n int
+		err := standby.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM cf%'").Scan(&n)
+		return err == nil && n > 0
+	})
+	if _, err := primary.Exec(ctx, "BEGIN; LOCK TABLE cf IN ACCESS EXCLUSIVE MODE; COMMIT"); err != nil {
+		t.Fatal(err)
+	}
+	a := <-got
+	if a.err != nil {
+		t.Fatalf("read: %v", a.err)
+	}
+	if want := fmt.Sprint(10 * 8_000_000); a.count != want {
+		t.Fatalf("count %s, want %s", a.count, want)
+	}
+	if conflicts() == before {
+		t.Fatalf("the standby cancelled no query (confl_lock unchanged): the read ended before the lock was replayed (%v)", time.Since(start))
+	}
+	t.Logf("answered after a recovery conflict in %v", time.Since(start))
 }
 
 // startOneShardProxy starts a cluster as opts says, with database app

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -223,6 +224,25 @@ func TestUpServesAndReuses(t *testing.T) {
 	} else {
 		conn.Close(ctx)
 	}
+	// A standby's server killed while up runs is restarted, still a standby.
+	sb := cfg.Shards[0].Nodes[1]
+	pidFile := filepath.Join(dir, "s0", sb.Name, "data", "postmaster.pid")
+	killPostmaster(t, pidFile)
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(output(), "dbproxy up: "+sb.Name+" restarted"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not restarted 60s after it was killed:\n%s", sb.Name, output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	direct, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", sb.Host, sb.Port))
+	if err != nil {
+		t.Fatalf("connect to the restarted %s: %v", sb.Name, err)
+	}
+	var inRecovery bool
+	if err := direct.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil || !inRecovery {
+		t.Errorf("restarted %s: in recovery %v, %v (want a standby again)", sb.Name, inRecovery, err)
+	}
+	direct.Close(ctx)
 	if out := stop(); !strings.Contains(out, "stopping") {
 		t.Errorf("up output lacks the stop message:\n%s", out)
 	}
@@ -373,5 +393,32 @@ func TestPrintStatusProxyCounters(t *testing.T) {
 	printStatus(&out, &statusReport{Source: "probe"})
 	if strings.Contains(out.String(), "clients") || strings.Contains(out.String(), "LISTEN") || strings.Contains(out.String(), "sent again") {
 		t.Errorf("counters printed for a report without them:\n%s", out.String())
+	}
+}
+
+// killPostmaster sends SIGKILL to the postmaster whose pid is the first
+// line of pidFile and waits until it is gone.
+func killPostmaster(t *testing.T, pidFile string) {
+	t.Helper()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		t.Fatalf("%s: %v", pidFile, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	alive := func() bool {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err == nil && !strings.Contains(string(st), ") Z ") // a zombie is gone
+	}
+	for deadline := time.Now().Add(30 * time.Second); alive(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("postmaster %d still alive 30s after SIGKILL", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -42,8 +42,9 @@ each a primary plus hot standbys with streaming replication) on free loopback
 ports, database "app" with user "app" / password "app" on every node, and the
 proxy. Writes the generated config to DATA-DIR/dbproxy.toml, so that
 'dbproxy serve --config DATA-DIR/dbproxy.toml' reuses it. A second 'up' on the
-same directory reuses the data. Ctrl-C or SIGTERM stops everything; SIGHUP
-reloads the proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
+same directory reuses the data. A server that exits while up runs (a crash,
+a kill) is restarted. Ctrl-C or SIGTERM stops everything; SIGHUP reloads the
+proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
 	fs.StringVar(&o.dataDir, "data-dir", ".dbproxy", "directory for the clusters and the generated config")
 	fs.IntVar(&o.shards, "shards", 2, "number of shards (one cluster each)")
 	fs.IntVar(&o.standbys, "standbys", 2, "hot standbys per shard")
@@ -74,6 +75,9 @@ reloads the proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
 		return err
 	}
 	defer stopShards(clusters, stderr)
+	// Deferred after stopShards, so it runs first: nothing is restarted
+	// while the servers are being stopped.
+	defer superviseNodes(ctx, clusters, stdout)()
 
 	cfg, err := upConfig(clusters, o)
 	if err != nil {
@@ -119,6 +123,63 @@ reloads the proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
 	}
 	fmt.Fprintln(stdout, "\ndbproxy up: stopping")
 	return serveErr
+}
+
+// superviseInterval is how often `up` checks that every server runs.
+const superviseInterval = 2 * time.Second
+
+// superviseNodes starts a goroutine that restarts every node of clusters
+// whose server exited (a crash, a kill, an OOM kill) until ctx ends or the
+// returned stop is called; stop waits for it. A restarted standby resumes
+// streaming from its replication slot; a restarted primary runs crash
+// recovery first. A node that fails to start is tried again every
+// superviseInterval (reported once until it comes back).
+func superviseNodes(ctx context.Context, clusters []*pgcluster.Cluster, out io.Writer) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(superviseInterval)
+		defer t.Stop()
+		failing := map[string]bool{}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			for _, c := range clusters {
+				for _, n := range c.Nodes() {
+					if ctx.Err() != nil {
+						return
+					}
+					if n.Running() {
+						continue
+					}
+					if !failing[n.Name] {
+						fmt.Fprintf(out, "dbproxy up: %s is down; restarting it\n", n.Name)
+					}
+					began := time.Now()
+					sctx, stopWait := context.WithTimeout(ctx, time.Minute)
+					err := n.Start(sctx)
+					stopWait()
+					if err != nil {
+						if ctx.Err() == nil && !failing[n.Name] {
+							fmt.Fprintf(out, "dbproxy up: restarting %s: %v (trying again every %s)\n", n.Name, err, superviseInterval)
+						}
+						failing[n.Name] = true
+						continue
+					}
+					delete(failing, n.Name)
+					fmt.Fprintf(out, "dbproxy up: %s restarted in %s\n", n.Name, time.Since(began).Round(time.Millisecond))
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // startShards starts one cluster per shard, concurrently, and waits until

@@ -133,7 +133,8 @@ const superviseInterval = 2 * time.Second
 // returned stop is called; stop waits for it. A restarted standby resumes
 // streaming from its replication slot; a restarted primary runs crash
 // recovery first. A node that fails to start is tried again every
-// superviseInterval (reported once until it comes back).
+// superviseInterval (a failure is reported once, on the second try in a
+// row, until the node comes back).
 func superviseNodes(ctx context.Context, clusters []*pgcluster.Cluster, out io.Writer) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -141,7 +142,7 @@ func superviseNodes(ctx context.Context, clusters []*pgcluster.Cluster, out io.W
 		defer close(done)
 		t := time.NewTicker(superviseInterval)
 		defer t.Stop()
-		failing := map[string]bool{}
+		failing := map[string]int{} // consecutive failed starts, by node
 		for {
 			select {
 			case <-ctx.Done():
@@ -156,7 +157,7 @@ func superviseNodes(ctx context.Context, clusters []*pgcluster.Cluster, out io.W
 					if n.Running() {
 						continue
 					}
-					if !failing[n.Name] {
+					if failing[n.Name] == 0 {
 						fmt.Fprintf(out, "dbproxy up: %s is down; restarting it\n", n.Name)
 					}
 					began := time.Now()
@@ -164,10 +165,12 @@ func superviseNodes(ctx context.Context, clusters []*pgcluster.Cluster, out io.W
 					err := n.Start(sctx)
 					stopWait()
 					if err != nil {
-						if ctx.Err() == nil && !failing[n.Name] {
+						// The first try often meets the killed postmaster's
+						// backends, still holding its shared memory for a
+						// moment: report a failure that persists.
+						if failing[n.Name]++; failing[n.Name] == 2 && ctx.Err() == nil {
 							fmt.Fprintf(out, "dbproxy up: restarting %s: %v (trying again every %s)\n", n.Name, err, superviseInterval)
 						}
-						failing[n.Name] = true
 						continue
 					}
 					delete(failing, n.Name)

@@ -51,7 +51,7 @@ type Node struct {
 	mismatch    atomic.Bool
 	lag         atomic.Pointer[lagSample]
 	lagFailed   atomic.Bool // the last lag probe failed: not fresh until one succeeds
-	lastErr     atomic.Pointer[string]
+	lastErr     atomic.Pointer[probeError]
 	kick        chan struct{}
 	br          *breaker
 	ewma        atomic.Int64 // nanoseconds
@@ -590,7 +590,7 @@ func (n *Node) stats() NodeStats {
 		LagAge:          -1,
 	}
 	if e := n.lastErr.Load(); e != nil {
-		st.LastError = *e
+		st.LastError, st.LastErrorAt = e.msg, e.at
 	}
 	if ls := n.lag.Load(); ls != nil {
 		st.LSN = ls.lsn
@@ -614,10 +614,11 @@ func (n *Node) stats() NodeStats {
 type NodeStats struct {
 	Name           string
 	ConfiguredRole Role
-	ObservedRole   Role   // RoleUnknown before the first successful probe
-	RoleMismatch   bool   // observed role differs from the configured one
-	Healthy        bool   // last health probe succeeded
-	LastError      string // last probe error ("" if none yet)
+	ObservedRole   Role      // RoleUnknown before the first successful probe
+	RoleMismatch   bool      // observed role differs from the configured one
+	Healthy        bool      // last health probe succeeded
+	LastError      string    // last probe error ("" if none yet)
+	LastErrorAt    time.Time // when it happened (zero if none yet)
 	// LSN is the last known replay LSN (standby) or current LSN (primary).
 	LSN LSN
 	// LagBytes is primary current LSN minus standby replay LSN (0 for the primary).

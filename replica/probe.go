@@ -246,9 +246,14 @@ func (n *Node) setHealth(err error) {
 	}
 }
 
+// probeError is a node's last probe failure and its time.
+type probeError struct {
+	msg string
+	at  time.Time
+}
+
 func (n *Node) setLastErr(err error) {
-	msg := err.Error()
-	n.lastErr.Store(&msg)
+	n.lastErr.Store(&probeError{msg: err.Error(), at: time.Now()})
 }
 
 func parseBool(b []byte) (bool, error) {

@@ -389,6 +389,15 @@ func TestPrintStatusProxyCounters(t *testing.T) {
 			t.Errorf("missing %q in:\n%s", want, out.String())
 		}
 	}
+	// A node's last probe error is shown with its age.
+	at := rep.Time.Add(-95 * time.Second)
+	rep.Shards = []shardStatus{{Name: "s0", Nodes: []nodeStatus{{Name: "n1", Role: "standby", ObservedRole: "standby", Healthy: true,
+		LastError: "lag probe: connection refused", LastErrorAt: &at}}}}
+	out.Reset()
+	printStatus(&out, rep)
+	if !strings.Contains(out.String(), "1m35s ago: lag probe: connection refused") {
+		t.Errorf("last error without its age:\n%s", out.String())
+	}
 	out.Reset()
 	printStatus(&out, &statusReport{Source: "probe"})
 	if strings.Contains(out.String(), "clients") || strings.Contains(out.String(), "LISTEN") || strings.Contains(out.String(), "sent again") {

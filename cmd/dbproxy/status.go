@@ -45,21 +45,23 @@ type shardStatus struct {
 
 // nodeStatus is the JSON form of one node's replica.NodeStats.
 type nodeStatus struct {
-	Name         string  `json:"name"`
-	Role         string  `json:"role"`
-	ObservedRole string  `json:"observed_role"`
-	RoleMismatch bool    `json:"role_mismatch"`
-	Healthy      bool    `json:"healthy"`
-	LastError    string  `json:"last_error,omitempty"`
-	LSN          string  `json:"lsn"`
-	LagBytes     uint64  `json:"lag_bytes"`
-	LagSeconds   float64 `json:"lag_seconds"` // -1 when unknown
-	Fresh        bool    `json:"fresh"`
-	Breaker      string  `json:"breaker"`
-	PoolInUse    int     `json:"pool_in_use"`
-	PoolIdle     int     `json:"pool_idle"`
-	PoolMax      int     `json:"pool_max"`
-	PoolWaiting  int     `json:"pool_waiting"`
+	Name         string `json:"name"`
+	Role         string `json:"role"`
+	ObservedRole string `json:"observed_role"`
+	RoleMismatch bool   `json:"role_mismatch"`
+	Healthy      bool   `json:"healthy"`
+	LastError    string `json:"last_error,omitempty"`
+	// LastErrorAt is when LastError happened (RFC 3339).
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
+	LSN         string     `json:"lsn"`
+	LagBytes    uint64     `json:"lag_bytes"`
+	LagSeconds  float64    `json:"lag_seconds"` // -1 when unknown
+	Fresh       bool       `json:"fresh"`
+	Breaker     string     `json:"breaker"`
+	PoolInUse   int        `json:"pool_in_use"`
+	PoolIdle    int        `json:"pool_idle"`
+	PoolMax     int        `json:"pool_max"`
+	PoolWaiting int        `json:"pool_waiting"`
 	// Connections the pool opened, and closed for pool.max_lifetime and
 	// pool.idle_timeout.
 	PoolOpened         uint64  `json:"pool_opened"`
@@ -81,7 +83,7 @@ func nodeStatuses(stats []replica.NodeStats) []nodeStatus {
 		}
 		out = append(out, nodeStatus{
 			Name: n.Name, Role: n.ConfiguredRole.String(), ObservedRole: n.ObservedRole.String(),
-			RoleMismatch: n.RoleMismatch, Healthy: n.Healthy, LastError: n.LastError, LSN: n.LSN.String(),
+			RoleMismatch: n.RoleMismatch, Healthy: n.Healthy, LastError: n.LastError, LastErrorAt: timeOrNil(n.LastErrorAt), LSN: n.LSN.String(),
 			LagBytes: n.LagBytes, LagSeconds: lag, Fresh: n.Fresh, Breaker: n.Breaker.String(),
 			PoolInUse: n.Pool.InUse, PoolIdle: n.Pool.Idle, PoolMax: n.Pool.Max, PoolWaiting: n.Pool.Waiting,
 			PoolOpened: n.Pool.Opened, PoolClosedLifetime: n.Pool.ClosedLifetime, PoolClosedIdle: n.Pool.ClosedIdle, AcquireTimeouts: n.AcquireTimeouts,
@@ -176,10 +178,26 @@ func probeStatus(ctx context.Context, cfg *config.Config) (*statusReport, error)
 	return rep, nil
 }
 
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// lastError is n's last probe error for the table, with how long before
+// the report it happened (an old error of a node healthy since is history).
+func lastError(n nodeStatus, now time.Time) string {
+	if n.LastError == "" || n.LastErrorAt == nil {
+		return n.LastError
+	}
+	return fmt.Sprintf("%s ago: %s", now.Sub(*n.LastErrorAt).Round(time.Second), n.LastError)
+}
+
 func printStatus(w io.Writer, rep *statusReport) {
 	fmt.Fprintf(w, "source: %s at %s\n", rep.Source, rep.Time.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tNODE\tROLE\tOBSERVED\tHEALTH\tLAG BYTES\tLAG TIME\tBREAKER\tPOOL IN-USE/IDLE/MAX\tPICKS\tERROR")
+	fmt.Fprintln(tw, "SHARD\tNODE\tROLE\tOBSERVED\tHEALTH\tLAG BYTES\tLAG TIME\tBREAKER\tPOOL IN-USE/IDLE/MAX\tPICKS\tLAST ERROR")
 	for _, s := range rep.Shards {
 		for _, n := range s.Nodes {
 			health := "up"
@@ -196,7 +214,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d/%d/%d\t%d\t%s\n",
 				s.Name, n.Name, n.Role, observed, health, n.LagBytes, lagTime, n.Breaker,
-				n.PoolInUse, n.PoolIdle, n.PoolMax, n.Picks, n.LastError)
+				n.PoolInUse, n.PoolIdle, n.PoolMax, n.Picks, lastError(n, rep.Time))
 		}
 	}
 	tw.Flush()

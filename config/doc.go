@@ -40,8 +40,10 @@
 // # Reload
 //
 // Reloadable lists what SIGHUP may change (users, pool sizes, acquire
-// timeout, balance, staleness, catch-up wait, breaker, cache enabled/ttl).
-// CheckReload(old, new) rejects any other difference, naming each key.
+// timeout, connection lifetimes, balance, staleness, catch-up wait,
+// breaker, cache enabled/ttl); ReplicaTuning(shard) is the part a running
+// replica set takes (replica.Set.Reconfigure). CheckReload(old, new)
+// rejects any other difference, naming each key.
 //
 // # SCRAM
 //

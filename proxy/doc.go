@@ -287,8 +287,10 @@
 // transactions finish until Config.ShutdownTimeout or ctx's deadline,
 // then ends the rest and waits for every goroutine (the LISTEN fan-out's
 // included); it is idempotent. Reload swaps users, databases, the
-// default staleness bound, the client limit and the idle-in-transaction
-// timeout. The Deps (router, replica sets) belong to the caller and are
+// default staleness bound, the client limit, the idle-in-transaction
+// timeout and whether reads are served from Deps.Cache (CacheOff; writes
+// invalidate it either way); the replica sets' own settings change with
+// replica.Set.Reconfigure. The Deps (router, replica sets) belong to the caller and are
 // not closed. All exported methods are safe for concurrent use.
 //
 // # Limits

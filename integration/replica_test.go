@@ -778,6 +778,29 @@ func testReplicaReconfigure(t *testing.T, ctx context.Context, c *pgcluster.Clus
 		return l
 	}
 
+	// A saturated pool keeps its connections: 8 goroutines share 2
+	// connections, handed from lease to lease, none closed and reopened.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				l, err := p.Acquire(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, err = rsQuery(ctx, l, "SELECT 1")
+				l.Release(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if st := rsStats(s, "primary").Pool; st.Opened != 2 || st.Idle != 2 {
+		t.Fatalf("saturated pool of 2: %d connections opened, %d idle after 400 leases; want 2 and 2", st.Opened, st.Idle)
+	}
+
 	// Pool of 2, both in use: a third Acquire waits. Raising the bound
 	// serves it at once.
 	l1, l2 := acquire(), acquire()
@@ -885,9 +908,9 @@ func testReplicaReconfigure(t *testing.T, ctx context.Context, c *pgcluster.Clus
 		n := backends()
 		return n == 0, fmt.Sprintf("%d backends", n)
 	})
-	// Counted: 3 + 1 + 3 opened (the first three, the replacement of the
-	// expired one, the burst), 2 closed for their lifetime (one when its
-	// lease ended, one while idle), 3 for idling (those closed over the
+	// Counted: 3 + 1 + 3 opened (the first two, the third, the replacement
+	// of the expired one, the burst), 2 closed for their lifetime (one when
+	// its lease ended, one while idle), 3 for idling (those closed over the
 	// lowered bound are neither).
 	if st := rsStats(s, "primary").Pool; st.Opened != 7 || st.ClosedLifetime != 2 || st.ClosedIdle != 3 {
 		t.Errorf("pool counters: opened %d, closed for lifetime %d, for idling %d; want 7, 2, 3", st.Opened, st.ClosedLifetime, st.ClosedIdle)

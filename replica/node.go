@@ -408,14 +408,16 @@ func (n *Node) popIdle(ctx context.Context, key string) (*pgconn.PgConn, int64) 
 	}
 }
 
-// pushIdle pools c, a connection opened at born whose lease (still holding
-// its slot) ends. c is closed instead when the Set is closed, c is past
-// MaxConnLifetime, or the pool is over a lowered bound.
+// pushIdle pools c, a connection opened at born whose lease (still counted
+// in inUse) ends. c is closed instead when the Set is closed, c is past
+// MaxConnLifetime, or the node holds more connections than a lowered bound
+// allows. Slots granted to acquirers that have no connection yet are not
+// counted: they take idle ones (or make room for a new one, makeRoom).
 func (n *Node) pushIdle(c *pgconn.PgConn, key string, born int64) {
 	now := n.set.now()
 	ic := idleConn{conn: c, key: key, since: now, born: born}
 	n.mu.Lock()
-	if n.set.closed.Load() || n.expire(&ic, n.set.tun.Load(), now) || len(n.idle)+n.slots.inUse() > n.slots.bound() {
+	if n.set.closed.Load() || n.expire(&ic, n.set.tun.Load(), now) || n.connsLocked() > n.slots.bound() {
 		n.mu.Unlock()
 		n.destroy(c)
 		return
@@ -443,6 +445,10 @@ func (ic *idleConn) expiry(t *Tuning, now int64) (reason int, expired bool) {
 	}
 	return 0, false
 }
+
+// connsLocked is the number of connections the node holds: idle ones and
+// leased ones. Called with n.mu held.
+func (n *Node) connsLocked() int { return len(n.idle) + int(n.inUse.Load()) }
 
 // expire reports whether ic expired, counting it if so.
 func (n *Node) expire(ic *idleConn, t *Tuning, now int64) bool {
@@ -483,7 +489,7 @@ func (n *Node) reap() {
 	}
 	clear(n.idle[len(keep):])
 	n.idle = keep
-	if over := len(n.idle) + n.slots.inUse() - n.slots.bound(); over > 0 {
+	if over := n.connsLocked() - n.slots.bound(); over > 0 {
 		over = min(over, len(n.idle))
 		for _, ic := range n.idle[:over] {
 			victims = append(victims, ic.conn)

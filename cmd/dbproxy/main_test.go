@@ -93,10 +93,10 @@ var listenRE = regexp.MustCompile(`proxy listening on (\S+)`)
 
 // startUp runs `dbproxy up` in dir until the returned stop is called, and
 // returns the proxy address it printed.
-func startUp(t *testing.T, dir string) (addr string, output, stop func() string) {
+func startUp(t *testing.T, dir string, extra ...string) (addr string, output, stop func() string) {
 	t.Helper()
-	return startCommandOut(t, []string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
-		"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, func(out string) string {
+	return startCommandOut(t, append([]string{"up", "--data-dir", dir, "--shards", "2", "--standbys", "1",
+		"--listen", "127.0.0.1:0", "--status-listen", "127.0.0.1:0"}, extra...), func(out string) string {
 		if m := listenRE.FindStringSubmatch(out); m != nil && strings.Contains(out, "ready in") {
 			return m[1]
 		}
@@ -247,7 +247,7 @@ func TestUpServesAndReuses(t *testing.T) {
 		t.Errorf("up output lacks the stop message:\n%s", out)
 	}
 
-	addr, _, stop = startUp(t, dir)
+	addr, output, stop = startUp(t, dir, "--no-restart")
 	defer stop()
 	conn, err = pgx.Connect(ctx, "postgres://app:app@"+addr+"/app")
 	if err != nil {
@@ -257,6 +257,16 @@ func TestUpServesAndReuses(t *testing.T) {
 	var v string
 	if err := conn.QueryRow(ctx, "SELECT v FROM up_reuse WHERE id = 1 /* dbproxy: primary */").Scan(&v); err != nil || v != "kept" {
 		t.Fatalf("row from the first run: %q, %v", v, err)
+	}
+	// With --no-restart a killed server stays down.
+	killPostmaster(t, pidFile)
+	time.Sleep(3 * superviseInterval)
+	if out := output(); strings.Contains(out, "restart") {
+		t.Errorf("--no-restart, yet:\n%s", out)
+	}
+	if direct, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%d user=app password=app dbname=app sslmode=disable", sb.Host, sb.Port)); err == nil {
+		direct.Close(ctx)
+		t.Errorf("%s answers %v after it was killed under --no-restart", sb.Name, 3*superviseInterval)
 	}
 }
 

@@ -21,12 +21,13 @@ import (
 
 // upOptions are the flags of `dbproxy up`.
 type upOptions struct {
-	dataDir  string
-	shards   int
-	standbys int
-	listen   string
-	status   string
-	noProxy  bool
+	dataDir   string
+	shards    int
+	standbys  int
+	listen    string
+	status    string
+	noProxy   bool
+	noRestart bool
 }
 
 const (
@@ -43,14 +44,17 @@ ports, database "app" with user "app" / password "app" on every node, and the
 proxy. Writes the generated config to DATA-DIR/dbproxy.toml, so that
 'dbproxy serve --config DATA-DIR/dbproxy.toml' reuses it. A second 'up' on the
 same directory reuses the data. A server that exits while up runs (a crash,
-a kill) is restarted. Ctrl-C or SIGTERM stops everything; SIGHUP reloads the
-proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
+a kill, pg_ctl stop) is restarted unless --no-restart is given (to keep a
+node down, say, to watch reads move off it). Ctrl-C or SIGTERM stops
+everything; SIGHUP reloads the proxy's config (DATA-DIR/dbproxy.toml) as
+serve does.`, stderr)
 	fs.StringVar(&o.dataDir, "data-dir", ".dbproxy", "directory for the clusters and the generated config")
 	fs.IntVar(&o.shards, "shards", 2, "number of shards (one cluster each)")
 	fs.IntVar(&o.standbys, "standbys", 2, "hot standbys per shard")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:6432", "proxy listen address")
 	fs.StringVar(&o.status, "status-listen", "127.0.0.1:6433", "HTTP address for /status and /metrics (\"\" disables)")
 	fs.BoolVar(&o.noProxy, "no-proxy", false, "start the clusters and write the config, but do not serve")
+	fs.BoolVar(&o.noRestart, "no-restart", false, "leave a server that exits down (default: restart it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -75,9 +79,11 @@ proxy's config (DIR/dbproxy.toml) as serve does.`, stderr)
 		return err
 	}
 	defer stopShards(clusters, stderr)
-	// Deferred after stopShards, so it runs first: nothing is restarted
-	// while the servers are being stopped.
-	defer superviseNodes(ctx, clusters, stdout)()
+	if !o.noRestart {
+		// Deferred after stopShards, so it runs first: nothing is
+		// restarted while the servers are being stopped.
+		defer superviseNodes(ctx, clusters, stdout)()
+	}
 
 	cfg, err := upConfig(clusters, o)
 	if err != nil {

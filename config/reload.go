@@ -17,10 +17,10 @@ import (
 //	[breaker]                      (every key)
 //	cache.enabled, cache.ttl
 //
-// cache.enabled turns serving from the cache off and on again; a proxy
-// that started with the cache off needs a restart to turn it on (its
-// change streams start with the proxy). cache.ttl applies to entries
-// filled after the reload.
+// cache.enabled turns serving from the cache off and on again; turning
+// it on in a proxy that started without it creates the cache and starts
+// its change streams then (cache.max_bytes and the other sizes are read
+// at that moment). cache.ttl applies to entries filled after the reload.
 //
 // Everything else (listen addresses, TLS, databases, the set of shards and
 // nodes and their addresses, roles and weights, [[tables]], probes, the

@@ -148,7 +148,7 @@ type cachedBatch struct {
 // cacheTarget reports whether the single-shard plan p of st may go
 // through the cache, and with which tables.
 func (c *clientConn) cacheTarget(att *attachment, p plan, st *router.Statement) (target, []string, bool) {
-	cc := c.srv.cache
+	cc := c.srv.cache.Load()
 	if cc == nil || c.srv.live.Load().cacheOff || c.srv.cacheDBs != nil && !c.srv.cacheDBs[c.database] || !p.cacheable || p.local || p.pinned || len(p.preamble) > 0 || len(p.targets) != 1 || p.targets[0].primary {
 		return target{}, nil, false
 	}
@@ -263,7 +263,7 @@ func (c *clientConn) lookupCache(ctx context.Context, r *cacheRead) ([]byte, err
 		}
 		return v, err
 	}
-	v, _, err := c.srv.cache.GetOrFill(ctx, key, r.tables, uint64(r.t.pick.MinLSN), fill)
+	v, _, err := c.srv.cache.Load().GetOrFill(ctx, key, r.tables, uint64(r.t.pick.MinLSN), fill)
 	if errors.Is(err, errCacheTooLarge) {
 		cs.rememberTooLarge(largeHash(r.t.name, cs.ns, keySQL, r))
 	}
@@ -613,7 +613,7 @@ func (c *clientConn) answerCachedMessage(msg pgproto3.FrontendMessage) (next sta
 // noteCacheWrite records the tables st writes, to invalidate them when
 // the transaction ends. Called with c.mu held.
 func (c *clientConn) noteCacheWrite(st *router.Statement) {
-	if c.srv.cache == nil {
+	if c.srv.cache.Load() == nil {
 		return
 	}
 	if st.ExecuteName != "" {
@@ -636,7 +636,7 @@ func (c *clientConn) noteCacheWrite(st *router.Statement) {
 // (a statement run outside the pump: multi-shard writes and DDL, which
 // the change streams do not decode).
 func (c *clientConn) invalidateStatement(st *router.Statement) {
-	if c.srv.cache == nil {
+	if c.srv.cache.Load() == nil {
 		return
 	}
 	c.mu.Lock()
@@ -651,7 +651,8 @@ func (c *clientConn) invalidateStatement(st *router.Statement) {
 // writes' commit positions) become the cache's fill floor, so no read,
 // from any session, refills the old rows from a replica behind them.
 func (c *clientConn) invalidateCacheWrites() {
-	if c.srv.cache == nil {
+	cc := c.srv.cache.Load()
+	if cc == nil {
 		return
 	}
 	c.mu.Lock()
@@ -662,6 +663,6 @@ func (c *clientConn) invalidateCacheWrites() {
 	if len(w) > 0 {
 		// Commit positions are the server's, whichever database's stream
 		// (CacheShard) decodes them.
-		c.srv.cache.InvalidateAfter(func(name string) uint64 { return uint64(tok.LSN(shardOfCacheShard(name))) }, w...)
+		cc.InvalidateAfter(func(name string) uint64 { return uint64(tok.LSN(shardOfCacheShard(name))) }, w...)
 	}
 }

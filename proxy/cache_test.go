@@ -174,7 +174,9 @@ func TestNoteCacheWriteInvalidates(t *testing.T) {
 	}
 	defer cc.Close(context.Background())
 	rt := testRouter(t)
-	c := &clientConn{srv: &Server{cache: cc}, sess: &session{rs: rt.NewSession()}}
+	srv := &Server{}
+	srv.cache.Store(cc)
+	c := &clientConn{srv: srv, sess: &session{rs: rt.NewSession()}}
 	prep, err := router.Classify(`PREPARE w(int) AS DELETE FROM pw WHERE id = $1`)
 	if err != nil {
 		t.Fatal(err)

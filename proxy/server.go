@@ -58,8 +58,8 @@ type Server struct {
 	log    *slog.Logger
 	router *router.Router
 	shards map[shard.ID]*replica.Set
-	cache  *cache.Cache // nil: no result cache
-	homeDB string       // Deps.HomeDatabase
+	cache  atomic.Pointer[cache.Cache] // nil: no result cache; set once (New or SetCache)
+	homeDB string                      // Deps.HomeDatabase
 	// cacheDBs holds Deps.CacheDatabases (nil: every database).
 	cacheDBs map[string]bool
 
@@ -141,7 +141,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:       log,
 		router:    deps.Router,
 		shards:    deps.Shards,
-		cache:     deps.Cache,
 		homeDB:    deps.HomeDatabase,
 		reg:       newRegistry(),
 		listeners: map[net.Listener]struct{}{},
@@ -155,6 +154,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			"standard_conforming_strings": "on", "is_superuser": "off",
 		},
 	}
+	s.cache.Store(deps.Cache)
 	if cfg.TLS != nil && len(cfg.TLS.Certificates) == 1 && cfg.TLS.GetCertificate == nil && len(cfg.TLS.Certificates[0].Certificate) > 0 {
 		if leaf, err := x509.ParseCertificate(cfg.TLS.Certificates[0].Certificate[0]); err == nil {
 			s.tlsLeaf = leaf
@@ -174,6 +174,17 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// SetCache gives a Server created without a result cache (Deps.Cache nil)
+// one, as turning cache.enabled on by a reload does: reads are served
+// from it (unless Reloadable.CacheOff) and writes invalidate it from now
+// on. It fails if the Server already has a cache.
+func (s *Server) SetCache(c *cache.Cache) error {
+	if c == nil || !s.cache.CompareAndSwap(nil, c) {
+		return errors.New("proxy: SetCache: the server already has a result cache")
+	}
+	return nil
 }
 
 // Reload swaps the reloadable settings (users, databases, default max

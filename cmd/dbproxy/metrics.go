@@ -92,10 +92,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descListen, float64(st.ListenChannels))
 	counter(descCommitLSN, st.CommitLSNPiggybacked, "piggybacked")
 	counter(descCommitLSN, st.CommitLSNQueries, "query")
-	if c.rp.cache == nil {
+	cc := c.rp.cache.Load()
+	if cc == nil {
 		return
 	}
-	cs := c.rp.cache.Stats()
+	cs := cc.Stats()
 	for op, v := range map[string]uint64{"hit": cs.Hits, "miss": cs.Misses, "fill": cs.Fills, "eviction": cs.Evictions,
 		"invalidation": cs.Invalidations, "raced": cs.Raced, "too_large": cs.TooLarge, "not_admitted": cs.NotAdmitted} {
 		counter(descCacheOps, v, op)

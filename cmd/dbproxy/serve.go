@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -78,7 +79,7 @@ func (rp *runningProxy) serveUntilDone(ctx context.Context, path, who string, st
 		case err := <-rp.done:
 			return err
 		case <-hup:
-			if err := rp.reload(path); err != nil {
+			if err := rp.reload(ctx, path); err != nil {
 				fmt.Fprintf(stderr, "dbproxy %s: reload refused: %v\n", who, err)
 			} else {
 				fmt.Fprintf(stdout, "dbproxy %s: config reloaded\n", who)
@@ -95,13 +96,17 @@ type runningProxy struct {
 	statusAddr string
 	done       chan error // the Serve results, one per listener
 
-	cfg    *config.Config
-	srv    *proxy.Server
-	sets   map[shard.ID]*replica.Set
-	topo   *shard.Topology
-	cache  *cache.Cache // nil when [cache] is off
-	status *http.Server
-	cancel context.CancelFunc
+	cfg   *config.Config
+	srv   *proxy.Server
+	sets  map[shard.ID]*replica.Set
+	topo  *shard.Topology
+	cache atomic.Pointer[cache.Cache] // nil while [cache] was never on
+	// backendDB is the database of the proxy's own connections (the
+	// cache's change streams among them).
+	backendDB string
+	log       *slog.Logger
+	status    *http.Server
+	cancel    context.CancelFunc
 }
 
 // startProxy builds the runtime the config describes (topology, a replica
@@ -122,7 +127,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 	// database; the proxy's own (probes, LISTEN, the function catalog, the
 	// cache's change streams) as the first user to the first database.
 	backendUser, backendDB := cfg.Users[0].Name, cfg.Server.Databases[0]
-	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}}
+	rp := &runningProxy{cfg: cfg, topo: topo, sets: map[shard.ID]*replica.Set{}, backendDB: backendDB, log: log}
 	fail := func(err error) (*runningProxy, error) {
 		rp.closeSets()
 		return nil, err
@@ -143,9 +148,11 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		rp.sets[si.ID] = set
 	}
 	if cfg.Cache.Enabled {
-		if rp.cache, err = startCache(ctx, fcfg, topo, backendDB, log); err != nil {
+		c, err := startCache(ctx, fcfg, topo, backendDB, log)
+		if err != nil {
 			return fail(err)
 		}
+		rp.cache.Store(c)
 	}
 	rt, err := newRouter(cfg, topo, proxy.FunctionCatalog(rp.sets[topo.DefaultShard()]))
 	if err != nil {
@@ -156,7 +163,7 @@ func startProxy(ctx context.Context, cfg *config.Config, baseDir string, stderr 
 		return fail(err)
 	}
 	pcfg.Logger = log
-	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache, HomeDatabase: backendDB, CacheDatabases: cfg.Cache.Databases, Logger: log})
+	rp.srv, err = proxy.New(pcfg, proxy.Deps{Router: rt, Shards: rp.sets, Cache: rp.cache.Load(), HomeDatabase: backendDB, CacheDatabases: cfg.Cache.Databases, Logger: log})
 	if err != nil {
 		return fail(err)
 	}
@@ -248,8 +255,8 @@ func (rp *runningProxy) stop(stderr io.Writer) {
 func (rp *runningProxy) closeSets() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if rp.cache != nil {
-		rp.cache.Close(ctx)
+	if c := rp.cache.Load(); c != nil {
+		c.Close(ctx)
 	}
 	for _, s := range rp.sets {
 		s.Close(ctx)
@@ -258,9 +265,11 @@ func (rp *runningProxy) closeSets() {
 
 // reload re-reads the config file and applies its reloadable part (see
 // config.Reloadable): the proxy's users, limits and timeouts, every
-// shard's pools, balancing and breakers, and the cache's switch and TTL.
-// Everything is checked before anything changes.
-func (rp *runningProxy) reload(path string) error {
+// shard's pools, balancing and breakers, and the cache's switch and TTL
+// (a cache turned on for the first time starts its change streams, bound
+// by ctx, the proxy's lifetime). Everything is checked, and a new cache
+// started, before anything changes.
+func (rp *runningProxy) reload(ctx context.Context, path string) error {
 	next, err := config.Load(path)
 	if err != nil {
 		return err
@@ -268,10 +277,8 @@ func (rp *runningProxy) reload(path string) error {
 	if err := config.CheckReload(rp.cfg, next); err != nil {
 		return err
 	}
-	if next.Cache.Enabled && rp.cache == nil {
-		return errors.New("cache.enabled: the proxy started with the cache off; turning it on needs a restart (its change streams start with the proxy)")
-	}
-	pcfg, err := proxyConfig(next.WithFilesIn(filepath.Dir(path)))
+	fnext := next.WithFilesIn(filepath.Dir(path))
+	pcfg, err := proxyConfig(fnext)
 	if err != nil {
 		return err
 	}
@@ -283,10 +290,25 @@ func (rp *runningProxy) reload(path string) error {
 		}
 		tunings[si.ID] = t
 	}
+	var started *cache.Cache
+	if next.Cache.Enabled && rp.cache.Load() == nil {
+		if started, err = startCache(ctx, fnext, rp.topo, rp.backendDB, rp.log); err != nil {
+			return fmt.Errorf("cache.enabled: %w", err)
+		}
+	}
 	r := pcfg.Reloadable()
 	r.CacheOff = !next.Cache.Enabled
 	if err := rp.srv.Reload(r); err != nil {
+		if started != nil {
+			started.Close(context.WithoutCancel(ctx))
+		}
 		return err
+	}
+	if started != nil {
+		rp.cache.Store(started)
+		if err := rp.srv.SetCache(started); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	for id, t := range tunings {
@@ -294,8 +316,8 @@ func (rp *runningProxy) reload(path string) error {
 			errs = append(errs, err)
 		}
 	}
-	if rp.cache != nil {
-		errs = append(errs, rp.cache.SetTTL(time.Duration(next.Cache.TTL)))
+	if c := rp.cache.Load(); c != nil {
+		errs = append(errs, c.SetTTL(time.Duration(next.Cache.TTL)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -345,8 +367,8 @@ func (rp *runningProxy) report() *statusReport {
 	}
 	st := rp.srv.Stats()
 	rep.Clients, rep.DeepIdle, rep.ListenChannels, rep.ReadRetries = st.ByState, st.DeepIdle, st.ListenChannels, st.ReadRetries
-	if rp.cache != nil {
-		rep.Cache = rp.cache.Stats()
+	if c := rp.cache.Load(); c != nil {
+		rep.Cache = c.Stats()
 	}
 	return rep
 }

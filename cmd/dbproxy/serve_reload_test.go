@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,8 +24,9 @@ import (
 // with SIGHUP and checks that the proxy acts on it: the pool bound and
 // acquire timeout (a client over the bound gets 53300, then, after the
 // bound is raised, its query runs), the backend connections' lifetime (a
-// client's transactions move to new backends), and a change that needs a
-// restart is refused with a message naming the key.
+// client's transactions move to new backends), the result cache turned on
+// (its change streams start then), and a bad value is refused with a
+// message naming the key.
 func TestServeReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -44,7 +47,12 @@ func TestServeReload(t *testing.T) {
 
 	cfg := config.Default()
 	cfg.Server.Listen = addr
-	cfg.Server.StatusListen = ""
+	sl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Server.StatusListen = sl.Addr().String()
+	sl.Close()
 	cfg.Server.Databases = []string{"app"}
 	cfg.Users = []config.User{{Name: "app", Password: "app"}}
 	p, s := c.Primary(), c.Standbys()[0]
@@ -145,17 +153,63 @@ func TestServeReload(t *testing.T) {
 		t.Fatalf("backend %d still used past max_lifetime", first)
 	}
 
-	// Turning the cache on needs a restart: refused, naming the key, and
-	// the proxy keeps serving with what it had.
+	// Turning the cache on starts its change stream. The user may not open
+	// one yet (no REPLICATION attribute): the stream stays down and reads
+	// go to the nodes; once it may, the stream comes up and reads are
+	// served from the cache.
 	cfg.Cache.Enabled = true
-	reload("reload refused: cache.enabled: the proxy started with the cache off")
+	reload("config reloaded")
 	pid(third)
-	cfg.Cache.Enabled = false
+	if err := prepareCacheStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"CREATE TABLE reload_cached (id int PRIMARY KEY, v text)", "INSERT INTO reload_cached VALUES (1, 'x')"} {
+		if _, err := third.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	hits := func() float64 {
+		var rep struct {
+			Cache struct{ Hits float64 } `json:"cache"`
+		}
+		getJSON(t, ctx, "http://"+cfg.Server.StatusListen+"/status", &rep)
+		return rep.Cache.Hits
+	}
+	for deadline := time.Now().Add(30 * time.Second); hits() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no cache hit 30s after the cache was turned on by a reload")
+		}
+		var v string
+		if err := third.QueryRow(ctx, "SELECT v FROM reload_cached WHERE id = 1").Scan(&v); err != nil || v != "x" {
+			t.Fatalf("read: %q, %v", v, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// A bad value is refused like a bad file at startup.
 	cfg.Pool.IdleTimeout = config.Duration(-time.Second)
 	reload("reload refused")
 	if out := output(); !strings.Contains(out, "pool.idle_timeout") {
 		t.Fatalf("refusal does not name pool.idle_timeout:\n%s", out)
+	}
+}
+
+// getJSON decodes the JSON that url answers into v.
+func getJSON(t *testing.T, ctx context.Context, url string, v any) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
 	}
 }

@@ -300,7 +300,9 @@ func (rp *runningProxy) reload(ctx context.Context, path string) error {
 	r.CacheOff = !next.Cache.Enabled
 	if err := rp.srv.Reload(r); err != nil {
 		if started != nil {
-			started.Close(context.WithoutCancel(ctx))
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			started.Close(cctx)
+			cancel()
 		}
 		return err
 	}

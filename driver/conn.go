@@ -547,9 +547,12 @@ func (cn *conn) runSingleAttempts(ctx context.Context, d router.Decision, st *ro
 		// (another standby, or the primary), as long as none of its rows
 		// reached the caller.
 		onStandby := readOnly && !d.Pinned && !b.primary
+		again := func(err error) bool {
+			return err != nil && !d.Pinned && (retryable(err, readOnly) || onStandby && recoveryConflict(err)) && ctx.Err() == nil && attempt+1 < attempts
+		}
 		if wantRows {
 			rows, err := cn.query(ctx, b, st, sqlText, args, o)
-			if err != nil && !d.Pinned && (retryable(err, readOnly) || onStandby && recoveryConflict(err)) && ctx.Err() == nil && attempt+1 < attempts {
+			if again(err) {
 				lastErr = err
 				continue
 			}
@@ -560,7 +563,7 @@ func (cn *conn) runSingleAttempts(ctx context.Context, d router.Decision, st *ro
 			return rows, err
 		}
 		tag, err := cn.exec(ctx, b, st, sqlText, args)
-		if err != nil && !d.Pinned && (retryable(err, readOnly) || onStandby && recoveryConflict(err)) && ctx.Err() == nil && attempt+1 < attempts {
+		if again(err) {
 			release(b, err)
 			lastErr = err
 			continue

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -141,7 +143,9 @@ func (c Config) Validate() error {
 	}
 	primaries := 0
 	names := make(map[string]bool, len(c.Nodes))
+	nodeNames := make([]string, 0, len(c.Nodes))
 	for i, n := range c.Nodes {
+		nodeNames = append(nodeNames, n.Name)
 		switch {
 		case n.Name == "":
 			bad("node %d: empty name", i)
@@ -158,12 +162,6 @@ func (c Config) Validate() error {
 		}
 		if n.Weight < 0 {
 			bad("node %q: negative weight %d", n.Name, n.Weight)
-		}
-		if n.PoolSize < 0 {
-			bad("node %q: negative pool size %d", n.Name, n.PoolSize)
-		}
-		if n.PoolSize == 0 && c.PoolSize <= 0 {
-			bad("node %q: pool size 0 and no default PoolSize", n.Name)
 		}
 		if _, err := pgconn.ParseConfig(n.ConnString); err != nil {
 			bad("node %q: connection string: %v", n.Name, err)
@@ -187,7 +185,7 @@ func (c Config) Validate() error {
 	if c.LagMaxAge < 0 {
 		bad("LagMaxAge must be >= 0, got %v", c.LagMaxAge)
 	}
-	errs = append(errs, c.Tuning().validate()...)
+	errs = append(errs, c.Tuning().validate(nodeNames)...)
 	return errors.Join(errs...)
 }
 
@@ -230,15 +228,25 @@ func (t Tuning) poolSize(node string) int {
 	return t.PoolSize
 }
 
-func (t Tuning) validate() []error {
+// validate reports every problem of t for a Set of the named nodes: each
+// needs a positive pool bound, and NodePoolSizes may name no other node.
+func (t Tuning) validate(nodes []string) []error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("replica config: "+format, args...)) }
 	if int(t.Policy) >= len(policyNames) {
 		bad("unknown policy %d", t.Policy)
 	}
-	for name, n := range t.NodePoolSizes {
-		if n < 0 {
+	for _, name := range nodes {
+		switch n := t.NodePoolSizes[name]; {
+		case n < 0:
 			bad("node %q: negative pool size %d", name, n)
+		case n == 0 && t.PoolSize <= 0:
+			bad("node %q: pool size 0 and no default PoolSize", name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(t.NodePoolSizes)) {
+		if !slices.Contains(nodes, name) {
+			bad("NodePoolSizes: no node %q", name)
 		}
 	}
 	if t.PoolSize < 0 {

@@ -210,18 +210,11 @@ func (s *Set) Close(ctx context.Context) error {
 // lifetimes apply to the connections already pooled too. It returns an error
 // naming every invalid field, and changes nothing then.
 func (s *Set) Reconfigure(t Tuning) error {
-	errs := t.validate()
-	for _, n := range s.nodes {
-		if t.poolSize(n.cfg.Name) <= 0 {
-			errs = append(errs, fmt.Errorf("replica config: node %q: pool size 0 and no default PoolSize", n.cfg.Name))
-		}
+	names := make([]string, len(s.nodes))
+	for i, n := range s.nodes {
+		names[i] = n.cfg.Name
 	}
-	for name := range t.NodePoolSizes {
-		if s.Node(name) == nil {
-			errs = append(errs, fmt.Errorf("replica config: NodePoolSizes: no node %q", name))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := errors.Join(t.validate(names)...); err != nil {
 		return err
 	}
 	t.NodePoolSizes = maps.Clone(t.NodePoolSizes)
@@ -317,15 +310,15 @@ func (s *Set) Pick(ctx context.Context, req PickRequest) (*Node, error) {
 	if s.closed.Load() {
 		return nil, newError(ErrClosed, "", codeAdminShutdown, "", nil)
 	}
+	tun := s.tun.Load()
 	maxStale := req.MaxStaleness
 	if maxStale == 0 {
-		maxStale = s.tun.Load().MaxStaleness
+		maxStale = tun.MaxStaleness
 	}
 	if maxStale < 0 {
 		s.primary.picks.Add(1)
 		return s.primary, nil
 	}
-	tun := s.tun.Load()
 	var buf [16]*Node
 	var timer *time.Timer
 	for {

@@ -38,27 +38,28 @@ func newSlots(limit int) *slots {
 // tryAcquire takes a slot if one is free and nobody is waiting.
 func (s *slots) tryAcquire() bool {
 	s.mu.Lock()
-	ok := len(s.waiters) == 0 && s.used.Load() < s.limit.Load()
-	if ok {
-		s.used.Add(1)
-	}
-	s.mu.Unlock()
-	return ok
+	defer s.mu.Unlock()
+	return s.takeLocked()
 }
 
-// acquire takes a slot, waiting at most timeout. It returns errTimeout,
-// ctx.Err() or errClosed (done closed) without a slot.
-func (s *slots) acquire(ctx context.Context, timeout time.Duration, done <-chan struct{}) error {
-	if s.tryAcquire() {
-		return nil
+// takeLocked is tryAcquire with s.mu held.
+func (s *slots) takeLocked() bool {
+	if len(s.waiters) > 0 || s.used.Load() >= s.limit.Load() {
+		return false
 	}
-	w := &slotWaiter{ch: make(chan struct{})}
+	s.used.Add(1)
+	return true
+}
+
+// acquire takes a slot, waiting at most timeout. It returns
+// errSlotTimeout, ctx.Err() or errSlotClosed (done closed) without a slot.
+func (s *slots) acquire(ctx context.Context, timeout time.Duration, done <-chan struct{}) error {
 	s.mu.Lock()
-	if len(s.waiters) == 0 && s.used.Load() < s.limit.Load() {
-		s.used.Add(1)
+	if s.takeLocked() {
 		s.mu.Unlock()
 		return nil
 	}
+	w := &slotWaiter{ch: make(chan struct{})}
 	s.waiters = append(s.waiters, w)
 	s.mu.Unlock()
 	t := time.NewTimer(timeout)

@@ -57,6 +57,11 @@ type Server struct {
 	// the transaction back) and its place in the pool freed. 0 disables
 	// it (>= 0).
 	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
+	// ClientCheckInterval is how often the proxy checks whether the
+	// clients whose queries are running are still connected; a query
+	// whose client has gone is cancelled on its backend. 0 disables the
+	// check (>= 0).
+	ClientCheckInterval Duration `toml:"client_check_interval"`
 	// Databases are the database names clients may connect to; others get
 	// SQLSTATE 3D000. At least one is required.
 	Databases []string `toml:"databases"`
@@ -262,13 +267,14 @@ type Cache struct {
 func Default() *Config {
 	return &Config{
 		Server: Server{
-			Listen:          "127.0.0.1:6432",
-			PoolMode:        PoolTransaction,
-			MaxClientConns:  5000,
-			MaxMessageBytes: 1 << 20,
-			ShutdownTimeout: Duration(30 * time.Second),
-			StatusListen:    "127.0.0.1:6433",
-			AutoPrepare:     true,
+			Listen:              "127.0.0.1:6432",
+			PoolMode:            PoolTransaction,
+			MaxClientConns:      5000,
+			MaxMessageBytes:     1 << 20,
+			ShutdownTimeout:     Duration(30 * time.Second),
+			ClientCheckInterval: Duration(time.Second),
+			StatusListen:        "127.0.0.1:6433",
+			AutoPrepare:         true,
 		},
 		Routing: Routing{
 			Balance:        RoundRobin,

@@ -116,6 +116,7 @@ func (c *Config) validateServer(el *errorList) {
 	positive(el, "server.max_message_bytes", int64(s.MaxMessageBytes))
 	nonNegativeDur(el, "server.shutdown_timeout", s.ShutdownTimeout)
 	nonNegativeDur(el, "server.idle_transaction_timeout", s.IdleTransactionTimeout)
+	nonNegativeDur(el, "server.client_check_interval", s.ClientCheckInterval)
 	if s.Threads < 0 {
 		el.invalid("server.threads", "must be >= 0 (0: one per CPU)")
 	}

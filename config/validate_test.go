@@ -310,6 +310,11 @@ var validateCases = []validateCase{
 		key:  "server.idle_transaction_timeout", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "idle_transaction_timeout",
 	},
 	{
+		name: "negative client_check_interval",
+		mut:  replaceIn("server", `databases`, "client_check_interval = \"-1s\"\ndatabases"),
+		key:  "server.client_check_interval", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "client_check_interval",
+	},
+	{
 		name: "unknown backend sslmode",
 		mut:  set("extra", "\n[backend]\nsslmode = \"verify\"\n"),
 		key:  "backend.sslmode", sentinel: ErrInvalid, msg: `"verify" is not an sslmode (allowed: disable, allow, prefer, require, verify-ca, verify-full)`, marker: "sslmode",

@@ -40,6 +40,7 @@ func TestProxy(t *testing.T) {
 	t.Run("ReadYourWrites", func(t *testing.T) { testProxyReadYourWrites(t, env) })
 	t.Run("Cancel", func(t *testing.T) { testProxyCancel(t, env) })
 	t.Run("ClientDiesMidTransaction", func(t *testing.T) { testProxyClientDies(t, env) })
+	t.Run("ClientDiesMidQuery", func(t *testing.T) { testProxyClientDiesMidQuery(t, env) })
 	t.Run("Copy", func(t *testing.T) { testProxyCopy(t, env) })
 	t.Run("LongResults", func(t *testing.T) { testProxyLongResults(t, env) })
 	t.Run("BadInput", func(t *testing.T) { testProxyBadInput(t, env) })

@@ -933,10 +933,15 @@ func (c *clientConn) pumpFailed(ctx context.Context, att *attachment, err error)
 	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
-	att.lease.Discard(err)
 	if ending {
+		// Interrupted (the client went away, the session is ended, or
+		// the reader gives the backend up): what runs there is
+		// cancelled rather than left to run on to its end.
+		c.cancelRunning(att)
+		att.lease.Discard(err)
 		return
 	}
+	att.lease.Discard(err)
 	c.wmu.Lock()
 	c.queue(errorResponse(&clientError{code: codeConnectionFailure, message: "lost connection to backend " + att.nodeName, err: err}, "FATAL"))
 	_ = c.flushClientLocked(true)

@@ -146,6 +146,13 @@ type Config struct {
 	// place in the pool freed. 0 disables.
 	// Reloadable; a wait already begun keeps the value it began with.
 	IdleTransactionTimeout time.Duration
+	// ClientCheckInterval is how often the sockets of clients whose
+	// query is running are checked for a disconnected peer (poll with
+	// POLLRDHUP, like PostgreSQL's client_connection_check_interval); a
+	// client found gone has its query cancelled on the backend and its
+	// backend connection discarded. 0 disables the check: the query then
+	// runs to its end and the loss is noticed when its reply is written.
+	ClientCheckInterval time.Duration
 	// StartupTimeout bounds the time from accept to ReadyForQuery.
 	StartupTimeout time.Duration
 	// MaxStaleness is the default bound on standby lag for reads; a
@@ -174,14 +181,15 @@ type Config struct {
 // messages, a 30 s shutdown timeout and no users.
 func DefaultConfig() Config {
 	return Config{
-		PoolMode:        PoolTransaction,
-		Auth:            AuthSCRAM,
-		MaxMessageBytes: 16 << 20,
-		ShutdownTimeout: 30 * time.Second,
-		StartupTimeout:  15 * time.Second,
-		MaxStaleness:    5 * time.Second,
-		ServerVersion:   "15.0",
-		AutoPrepare:     true,
+		PoolMode:            PoolTransaction,
+		Auth:                AuthSCRAM,
+		MaxMessageBytes:     16 << 20,
+		ShutdownTimeout:     30 * time.Second,
+		StartupTimeout:      15 * time.Second,
+		ClientCheckInterval: time.Second,
+		MaxStaleness:        5 * time.Second,
+		ServerVersion:       "15.0",
+		AutoPrepare:         true,
 	}
 }
 
@@ -202,7 +210,7 @@ func (c Config) Validate() error {
 	if c.MaxMessageBytes < 1024 {
 		return bad("MaxMessageBytes %d is below 1024", c.MaxMessageBytes)
 	}
-	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 || c.IdleTransactionTimeout < 0 {
+	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 || c.IdleTransactionTimeout < 0 || c.ClientCheckInterval < 0 {
 		return bad("negative limit or duration")
 	}
 	seen := map[string]bool{}

@@ -426,7 +426,7 @@ func (s *Server) cancelRequest(ctx context.Context, pid uint32, secret []byte) {
 	if lease == nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, backendCancelTimeout)
 	defer cancel()
 	if err := lease.Conn().CancelRequest(cctx); err != nil {
 		s.log.Debug("cancel request to backend failed", "node", node, "err", err)

@@ -75,6 +75,13 @@
 // interrupted), is discarded, never pooled: a client that disconnects
 // mid-transaction has its transaction rolled back by PostgreSQL.
 //
+// A backend discarded while a request is in flight on it (its client went
+// away, or the session was ended by Close after the drain deadline) is
+// sent a CancelRequest first, so the query stops rather than running on
+// to its end. A client is noticed gone while its query runs, when nothing
+// reads its socket, by a check every Config.ClientCheckInterval (poll
+// with POLLRDHUP; Stats.ClientsGoneMidQuery counts these).
+//
 // Session-level advisory locks (pg_advisory_lock, pg_try_advisory_lock
 // and their _shared forms) are refused with 0A000 under PoolTransaction:
 // the lock would stay on a pooled backend after the transaction and the

@@ -97,11 +97,17 @@ type Server struct {
 	sweeping      bool          // under mu
 	sweeps        atomic.Uint64 // connections the sweeper interrupted
 
+	// Dead-client checks (clientcheck.go): one goroutine, started by the
+	// first Serve, ended with baseCtx.
+	checker  sync.WaitGroup
+	checking bool // under mu
+
 	schemaEpoch          atomic.Uint64 // counts schema changes sent through the proxy (aliases prepared before are closed)
 	commitLSNPiggybacked atomic.Uint64 // commit positions read in the flush of the request that committed
 	commitLSNQueries     atomic.Uint64 // commit positions read with a query of their own after the transaction
 	idleTxTimeouts       atomic.Uint64 // sessions ended by IdleTransactionTimeout
 	readRetries          atomic.Uint64 // reads sent again to another node after theirs failed before answering (retry.go)
+	clientsGoneMidQuery  atomic.Uint64 // connections ended because the client went away while its query ran (clientcheck.go)
 	boxes                sync.Pool     // *protoBox given back by deep-idle connections
 	notify               *notifier     // LISTEN/NOTIFY fan-out of the home database (notify.go)
 	dbNotifyMu           sync.Mutex
@@ -220,6 +226,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.listeners[ln] = struct{}{}
 	s.serving.Add(1)
 	s.startSweeper()
+	s.startClientCheck()
 	s.mu.Unlock()
 	defer s.serving.Done()
 	defer func() {
@@ -322,6 +329,7 @@ func (s *Server) Close(ctx context.Context) error {
 	close(s.kill)
 	s.baseCancel()
 	<-done
+	s.checker.Wait()
 	s.helpers.Wait()
 	s.notify.wait()
 	for _, n := range s.otherNotifiers() {
@@ -356,6 +364,7 @@ func (s *Server) Stats() Stats {
 	st.CommitLSNQueries = s.commitLSNQueries.Load()
 	st.IdleTransactionTimeouts = s.idleTxTimeouts.Load()
 	st.ReadRetries = s.readRetries.Load()
+	st.ClientsGoneMidQuery = s.clientsGoneMidQuery.Load()
 	for _, c := range s.reg.all() {
 		cs := c.stats()
 		if cs.DeepIdle {

@@ -118,6 +118,10 @@ type Stats struct {
 	// broke or was ended by the server) before any reply reached the
 	// client.
 	ReadRetries uint64
+	// ClientsGoneMidQuery counts connections ended because the client
+	// disconnected while its query ran (Config.ClientCheckInterval); the
+	// query was cancelled on its backend.
+	ClientsGoneMidQuery uint64
 
 	Clients  int            // live client connections
 	ByState  map[string]int // live connections per state name

@@ -391,10 +391,10 @@ func labels(m *dto.Metric) map[string]string {
 // clients by state, LISTEN channels and reads sent again, each printed
 // only when it has something to say.
 func TestPrintStatusProxyCounters(t *testing.T) {
-	rep := &statusReport{Source: "proxy", Time: time.Unix(0, 0).UTC(), Clients: map[string]int{"idle": 2}, DeepIdle: 1, ListenChannels: 3, ReadRetries: 4}
+	rep := &statusReport{Source: "proxy", Time: time.Unix(0, 0).UTC(), Clients: map[string]int{"idle": 2}, DeepIdle: 1, ListenChannels: 3, ReadRetries: 4, ClientsGoneMidQuery: 5}
 	var out bytes.Buffer
 	printStatus(&out, rep)
-	for _, want := range []string{"clients by state: map[idle:2] (deep idle: 1)", "LISTEN channels: 3", "reads sent again after their node failed: 4"} {
+	for _, want := range []string{"clients by state: map[idle:2] (deep idle: 1)", "LISTEN channels: 3", "reads sent again after their node failed: 4", "queries cancelled because their client disconnected: 5"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("missing %q in:\n%s", want, out.String())
 		}

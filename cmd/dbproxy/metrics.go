@@ -31,6 +31,7 @@ var (
 	descDeepIdle     = prometheus.NewDesc("dbproxy_clients_deep_idle", "Idle client connections that gave their protocol buffers back.", nil, nil)
 	descListen       = prometheus.NewDesc("dbproxy_listen_channels", "Channels clients LISTEN on through the proxy.", nil, nil)
 	descReadRetries  = prometheus.NewDesc("dbproxy_read_retries_total", "Reads outside a transaction sent again to another node because theirs failed before answering.", nil, nil)
+	descClientsGone  = prometheus.NewDesc("dbproxy_clients_gone_mid_query_total", "Client connections found closed while their query ran (server.client_check_interval); the query was cancelled on its backend.", nil, nil)
 	descCommitLSN    = prometheus.NewDesc("dbproxy_commit_lsn_reads_total", "Commit positions read for causal tokens, by how (piggybacked: in the committing request's flush; query: a round trip of its own).", []string{"how"}, nil)
 	descCacheOps     = prometheus.NewDesc("dbproxy_cache_operations_total", "Result cache operations by kind (hit, miss, fill, eviction, invalidation, raced, too_large, not_admitted).", []string{"op"}, nil)
 	descCacheBytes   = prometheus.NewDesc("dbproxy_cache_bytes", "Bytes held by the result cache.", nil, nil)
@@ -40,7 +41,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descNodeUp, descRoleMismatch, descLagBytes, descLagSeconds, descBreaker,
-		descPool, descPicks, descFallbacks, descFailures, descPoolOpened, descPoolClosed, descAcqTimeouts, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descReadRetries, descCommitLSN,
+		descPool, descPicks, descFallbacks, descFailures, descPoolOpened, descPoolClosed, descAcqTimeouts, descClients, descAccepted, descRejected, descIdleTxEnded, descDeepIdle, descListen, descReadRetries, descClientsGone, descCommitLSN,
 		descCacheOps, descCacheBytes, descCacheLag, descCacheStream} {
 		ch <- d
 	}
@@ -88,6 +89,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRejected, st.Rejected)
 	counter(descIdleTxEnded, st.IdleTransactionTimeouts)
 	counter(descReadRetries, st.ReadRetries)
+	counter(descClientsGone, st.ClientsGoneMidQuery)
 	gauge(descDeepIdle, float64(st.DeepIdle))
 	gauge(descListen, float64(st.ListenChannels))
 	counter(descCommitLSN, st.CommitLSNPiggybacked, "piggybacked")

@@ -340,6 +340,7 @@ func proxyConfig(cfg *config.Config) (proxy.Config, error) {
 	pc.MaxClients = cfg.Server.MaxClientConns
 	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
 	pc.IdleTransactionTimeout = time.Duration(cfg.Server.IdleTransactionTimeout)
+	pc.ClientCheckInterval = time.Duration(cfg.Server.ClientCheckInterval)
 	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
 	pc.AutoPrepare = cfg.Server.AutoPrepare
 	for _, u := range cfg.Users {
@@ -369,6 +370,7 @@ func (rp *runningProxy) report() *statusReport {
 	}
 	st := rp.srv.Stats()
 	rep.Clients, rep.DeepIdle, rep.ListenChannels, rep.ReadRetries = st.ByState, st.DeepIdle, st.ListenChannels, st.ReadRetries
+	rep.ClientsGoneMidQuery = st.ClientsGoneMidQuery
 	if c := rp.cache.Load(); c != nil {
 		rep.Cache = c.Stats()
 	}

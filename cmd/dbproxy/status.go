@@ -34,6 +34,10 @@ type statusReport struct {
 	// ReadRetries counts reads sent again to another node because theirs
 	// failed before answering (proxy.Stats.ReadRetries).
 	ReadRetries uint64 `json:"read_retries,omitempty"`
+	// ClientsGoneMidQuery counts client connections found closed while
+	// their query ran; the query was cancelled on its backend
+	// (proxy.Stats.ClientsGoneMidQuery).
+	ClientsGoneMidQuery uint64 `json:"clients_gone_mid_query,omitempty"`
 	// Cache holds the cache statistics (proxy source with the cache on).
 	Cache any `json:"cache,omitempty"`
 }
@@ -226,5 +230,8 @@ func printStatus(w io.Writer, rep *statusReport) {
 	}
 	if rep.ReadRetries > 0 {
 		fmt.Fprintf(w, "reads sent again after their node failed: %d\n", rep.ReadRetries)
+	}
+	if rep.ClientsGoneMidQuery > 0 {
+		fmt.Fprintf(w, "queries cancelled because their client disconnected: %d\n", rep.ClientsGoneMidQuery)
 	}
 }

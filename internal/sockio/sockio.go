@@ -3,12 +3,15 @@
 package sockio
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is a TCP or Unix stream connection whose Read and Write are raw
@@ -156,4 +159,51 @@ func (c *Conn) opError(op string, err error) error {
 		network = la.Network()
 	}
 	return &net.OpError{Op: op, Net: network, Source: la, Addr: c.RemoteAddr(), Err: err}
+}
+
+// PeerClosed reports whether the peer of c has closed its end (or the
+// connection has failed), looking at the socket without reading from it:
+// poll(2) with POLLRDHUP, as PostgreSQL's client_connection_check_interval
+// does. Bytes the peer sent before closing do not hide the close. c may be
+// a *Conn, a *tls.Conn or any connection with a NetConn or Unwrap method
+// over a TCP or Unix stream connection; for others, and for a connection
+// already closed on this side, it reports false and an error.
+func PeerClosed(c net.Conn) (bool, error) {
+	for {
+		switch t := c.(type) {
+		case interface{ NetConn() net.Conn }: // *tls.Conn
+			c = t.NetConn()
+			continue
+		case interface{ Unwrap() net.Conn }: // *Conn
+			c = t.Unwrap()
+			continue
+		}
+		break
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false, errors.New("sockio: not a socket connection")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	closed := false
+	var perr error
+	err = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		for {
+			_, e := unix.Poll(fds, 0)
+			if e == unix.EINTR {
+				continue
+			}
+			perr = e
+			break
+		}
+		closed = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	})
+	if err != nil {
+		return false, err
+	}
+	return closed, perr
 }

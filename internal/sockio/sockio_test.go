@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -378,4 +379,86 @@ func TestMain(m *testing.M) {
 			}
 		}()
 	}
+}
+
+func TestPeerClosed(t *testing.T) {
+	waitClosed := func(t *testing.T, c net.Conn) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			closed, err := PeerClosed(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if closed {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("PeerClosed still false 5s after the peer closed")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	t.Run("tcp", func(t *testing.T) {
+		c, peer := pair(t)
+		if closed, err := PeerClosed(c); closed || err != nil {
+			t.Fatalf("open connection: %v, %v", closed, err)
+		}
+		// Data waiting to be read is not a close, and does not hide one.
+		if _, err := peer.Write([]byte("X")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if closed, err := PeerClosed(c); closed || err != nil {
+			t.Fatalf("data pending: %v, %v", closed, err)
+		}
+		peer.Close()
+		waitClosed(t, c)
+		// Through a TLS layer (as a client that upgraded): the socket's.
+		waitClosed(t, tls.Server(c, &tls.Config{}))
+		// Nothing was read: the byte is still there.
+		buf := make([]byte, 2)
+		if n, err := c.Read(buf); n != 1 || buf[0] != 'X' || err != nil {
+			t.Fatalf("Read after the checks = %d %q %v", n, buf[:n], err)
+		}
+		c.Close()
+		if _, err := PeerClosed(c); err == nil {
+			t.Fatal("PeerClosed on a connection closed here: no error")
+		}
+	})
+	t.Run("unix", func(t *testing.T) {
+		ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		accepted := make(chan net.Conn, 1)
+		go func() {
+			c, _ := ln.Accept()
+			accepted <- c
+		}()
+		nc, err := net.Dial("unix", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := Wrap(nc)
+		defer c.Close()
+		peer := <-accepted
+		if peer == nil {
+			t.Fatal("accept failed")
+		}
+		if closed, err := PeerClosed(c); closed || err != nil {
+			t.Fatalf("open connection: %v, %v", closed, err)
+		}
+		peer.Close()
+		waitClosed(t, c)
+	})
+	t.Run("not a socket", func(t *testing.T) {
+		a, b := net.Pipe()
+		defer a.Close()
+		defer b.Close()
+		if _, err := PeerClosed(a); err == nil {
+			t.Fatal("PeerClosed(net.Pipe): no error")
+		}
+	})
 }

@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"context"
+	"time"
+
+	"github.com/dbproxy/dbproxy/internal/sockio"
+)
+
+// Dead clients of running queries.
+//
+// While a reply is pumped on the reader goroutine (pumpInline), nothing
+// reads the client's socket, so a client that disconnects while its
+// query runs would go unnoticed until the backend answers, and the query
+// would run to its end. Every Config.ClientCheckInterval the checker looks
+// at the sockets of the clients waiting for a backend in that way
+// (sockio.PeerClosed: poll with POLLRDHUP, reading nothing); for each one
+// whose peer has gone, it ends the client connection and interrupts its
+// pump, which cancels the running query on the backend (CancelRequest)
+// and discards the backend connection (pumpFailed). Replies pumped by a
+// pump goroutine need no check: the reader is reading the client then and
+// sees the end of its stream itself.
+
+// startClientCheck starts the checker once. Called with s.mu held.
+func (s *Server) startClientCheck() {
+	if s.checking || s.cfg.ClientCheckInterval <= 0 {
+		return
+	}
+	s.checking = true
+	s.checker.Add(1)
+	go func() {
+		defer s.checker.Done()
+		s.checkClients(s.baseCtx, s.cfg.ClientCheckInterval)
+	}()
+}
+
+// checkClients runs the checks every interval until ctx ends.
+func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var busy []*clientConn
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		busy = busy[:0]
+		s.reg.mu.Lock()
+		for _, c := range s.reg.conns {
+			if connState(c.state.Load()) == stateAttached {
+				busy = append(busy, c)
+			}
+		}
+		s.reg.mu.Unlock()
+		for i, c := range busy {
+			if c.waitingInline() {
+				if gone, _ := sockio.PeerClosed(c.netConn); gone {
+					c.clientGoneMidQuery()
+				}
+			}
+			busy[i] = nil
+		}
+	}
+}
+
+// waitingInline reports whether the reader goroutine is pumping a reply
+// to a request still in flight (so is not reading the client).
+func (c *clientConn) waitingInline() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	att := c.att
+	return att != nil && att.inline && !att.parked && !att.stopped && (att.outstanding > 0 || att.unsynced)
+}
+
+// clientGoneMidQuery ends a connection whose client went away while its
+// request runs: the client's socket is closed and the pump interrupted,
+// which cancels the request on the backend and discards the backend.
+func (c *clientConn) clientGoneMidQuery() {
+	c.mu.Lock()
+	att := c.att
+	if att == nil || att.stopped || c.closeReason != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.closeReason = errClientGone
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.srv.clientsGoneMidQuery.Add(1)
+	c.srv.log.Info("client disconnected while its query ran: cancelling it", "client", c.remote, "node", att.nodeName)
+	_ = c.netConn.Close()
+	c.interrupt(att)
+}
+
+// cancelRunning asks att's backend to cancel what it is running when a
+// request is in flight; pumpFailed calls it before discarding a backend
+// it was interrupted on, so that a query whose client or session ended
+// does not run on to its end on the server.
+func (c *clientConn) cancelRunning(att *attachment) {
+	c.mu.Lock()
+	busy := att.outstanding > 0 || att.unsynced || att.copying
+	c.mu.Unlock()
+	if !busy {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.ctx), backendCancelTimeout)
+	defer cancel()
+	if err := att.conn.CancelRequest(ctx); err != nil {
+		c.srv.log.Debug("cancel request to backend failed", "node", att.nodeName, "err", err)
+	}
+}
+
+// backendCancelTimeout bounds sending a CancelRequest to a backend.
+const backendCancelTimeout = 5 * time.Second

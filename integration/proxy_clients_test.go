@@ -981,6 +981,26 @@ func TestProxyLifecycle(t *testing.T) {
 			t.Fatalf("drained transaction committed %d rows, %v", n, err)
 		}
 	})
+	t.Run("ShutdownCancelsRunningQueries", func(t *testing.T) {
+		// A query still running at the drain deadline is cancelled on its
+		// backend when its session is ended, not left to run on.
+		env := startProxyEnv(t, ctx, clusters, func(c *proxy.Config) { c.ShutdownTimeout = 500 * time.Millisecond })
+		pc, err := pgconn.Connect(ctx, env.dsn("application_name=shutdown-sleep"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close(ctx)
+		res := make(chan error, 1)
+		go func() { _, err := pc.Exec(ctx, "select pg_sleep(60)").ReadAll(); res <- err }()
+		waitActive(t, ctx, clusters, "shutdown-sleep", 1, 10*time.Second)
+		if err := env.srv.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := <-res; !strings.Contains(fmt.Sprint(err), "57P01") {
+			t.Errorf("query ended by shutdown: %v, want 57P01", err)
+		}
+		waitActive(t, ctx, clusters, "shutdown-sleep", 0, 5*time.Second)
+	})
 }
 
 // TestProxyIdleTransactionTimeout: a client idle inside a transaction

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/dbproxy/dbproxy/internal/pgcluster"
 )
 
 // testProxyClientDiesMidQuery: a client that disconnects (no Terminate)
@@ -16,44 +18,9 @@ import (
 // (60 s here), and a row it locked is free again at once.
 func testProxyClientDiesMidQuery(t *testing.T, env *proxyEnv) {
 	ctx := env.ctx
-	var admins []*pgx.Conn
-	for _, c := range env.clusters {
-		for _, n := range append(c.Standbys(), c.Primary()) {
-			conn, err := pgx.Connect(ctx, appConnString(n))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { conn.Close(context.Background()) })
-			admins = append(admins, conn)
-		}
-	}
-	// running counts the backends, on every node, running a query of the
-	// client connected with application_name app.
-	running := func(app string) int {
-		t.Helper()
-		total := 0
-		for _, a := range admins {
-			var n int
-			if err := a.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name = $1 and state = 'active'", app).Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			total += n
-		}
-		return total
-	}
 	waitRunning := func(app string, want int, within time.Duration) {
 		t.Helper()
-		deadline := time.Now().Add(within)
-		for {
-			n := running(app)
-			if n == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d backends running its query after %v, want %d", app, n, within, want)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		waitActive(t, ctx, env.clusters, app, want, within)
 	}
 	// start connects as app, sends msgs and waits until the query runs.
 	start := func(app string, msgs ...pgproto3.FrontendMessage) *pgconn.PgConn {
@@ -107,4 +74,40 @@ func testProxyClientDiesMidQuery(t *testing.T, env *proxyEnv) {
 	pc = start("dead-flush", &pgproto3.Parse{Query: "select pg_sleep(60)"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Flush{})
 	pc.Conn().Close()
 	waitRunning("dead-flush", 0, 10*time.Second)
+}
+
+// waitActive waits until exactly want backends, over every node of
+// clusters, run a query for the client connected with application_name
+// app, and fails t if that is not so within the given time.
+func waitActive(t *testing.T, ctx context.Context, clusters []*pgcluster.Cluster, app string, want int, within time.Duration) {
+	t.Helper()
+	var admins []*pgx.Conn
+	for _, c := range clusters {
+		for _, n := range append(c.Standbys(), c.Primary()) {
+			conn, err := pgx.Connect(ctx, appConnString(n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			admins = append(admins, conn)
+		}
+	}
+	deadline := time.Now().Add(within)
+	for {
+		total := 0
+		for _, a := range admins {
+			var n int
+			if err := a.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name = $1 and state = 'active'", app).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			total += n
+		}
+		if total == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d backends running its query after %v, want %d", app, total, within, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -22,8 +22,9 @@ func testProxyClientDiesMidQuery(t *testing.T, env *proxyEnv) {
 		t.Helper()
 		waitActive(t, ctx, env.clusters, app, want, within)
 	}
-	// start connects as app, sends msgs and waits until the query runs.
-	start := func(app string, msgs ...pgproto3.FrontendMessage) *pgconn.PgConn {
+	// start2 connects as app, sends msgs and waits until the query runs
+	// on n backends.
+	start2 := func(app string, n int, msgs ...pgproto3.FrontendMessage) *pgconn.PgConn {
 		t.Helper()
 		pc, err := pgconn.Connect(ctx, env.dsn("application_name="+app))
 		if err != nil {
@@ -35,8 +36,12 @@ func testProxyClientDiesMidQuery(t *testing.T, env *proxyEnv) {
 		if err := pc.Frontend().Flush(); err != nil {
 			t.Fatal(err)
 		}
-		waitRunning(app, 1, 10*time.Second)
+		waitRunning(app, n, 10*time.Second)
 		return pc
+	}
+	start := func(app string, msgs ...pgproto3.FrontendMessage) *pgconn.PgConn {
+		t.Helper()
+		return start2(app, 1, msgs...)
 	}
 	before := env.srv.Stats().ClientsGoneMidQuery
 
@@ -64,8 +69,13 @@ func testProxyClientDiesMidQuery(t *testing.T, env *proxyEnv) {
 	if err := other.QueryRow(ctx, "select v from dead_client where id = 7").Scan(&v); err != nil || v != "after" {
 		t.Fatalf("row 7: %q %v (the dead client's transaction must be rolled back)", v, err)
 	}
-	if got := env.srv.Stats().ClientsGoneMidQuery - before; got != 2 {
-		t.Errorf("Stats.ClientsGoneMidQuery went up by %d, want 2", got)
+	// A read of every shard (users is sharded; Sharding put rows on both),
+	// run by the proxy on backends of its own.
+	pc = start2("dead-multi", 2, &pgproto3.Query{String: "select id, pg_sleep(60) from users order by id"})
+	pc.Conn().Close()
+	waitRunning("dead-multi", 0, 10*time.Second)
+	if got := env.srv.Stats().ClientsGoneMidQuery - before; got != 3 {
+		t.Errorf("Stats.ClientsGoneMidQuery went up by %d, want 3", got)
 	}
 
 	// A reply pumped while the reader reads the client (Flush, no Sync):

@@ -9,17 +9,20 @@ import (
 
 // Dead clients of running queries.
 //
-// While a reply is pumped on the reader goroutine (pumpInline), nothing
-// reads the client's socket, so a client that disconnects while its
-// query runs would go unnoticed until the backend answers, and the query
-// would run to its end. Every Config.ClientCheckInterval the checker looks
-// at the sockets of the clients waiting for a backend in that way
+// While a reply is pumped on the reader goroutine (pumpInline), or a
+// multi-shard statement runs on backends of the proxy's own (runMulti),
+// nothing reads the client's socket, so a client that disconnects while
+// its query runs would go unnoticed until the backends answer, and the
+// query would run to its end. Every Config.ClientCheckInterval the checker
+// looks at the sockets of the clients waiting in that way
 // (sockio.PeerClosed: poll with POLLRDHUP, reading nothing); for each one
-// whose peer has gone, it ends the client connection and interrupts its
-// pump, which cancels the running query on the backend (CancelRequest)
-// and discards the backend connection (pumpFailed). Replies pumped by a
-// pump goroutine need no check: the reader is reading the client then and
-// sees the end of its stream itself.
+// whose peer has gone, it ends the client connection and interrupts the
+// wait: a pump is interrupted, which cancels the running query on the
+// backend (CancelRequest) and discards the backend connection
+// (pumpFailed); a multi-shard statement's context is cancelled, which
+// cancels it on every shard. Replies pumped by a pump goroutine need no
+// check: the reader is reading the client then and sees the end of its
+// stream itself.
 
 // startClientCheck starts the checker once. Called with s.mu held.
 func (s *Server) startClientCheck() {
@@ -48,13 +51,13 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 		busy = busy[:0]
 		s.reg.mu.Lock()
 		for _, c := range s.reg.conns {
-			if connState(c.state.Load()) == stateAttached {
+			if connState(c.state.Load()) == stateAttached || c.multiRunning.Load() {
 				busy = append(busy, c)
 			}
 		}
 		s.reg.mu.Unlock()
 		for i, c := range busy {
-			if c.waitingInline() {
+			if c.notReading() {
 				if gone, _ := sockio.PeerClosed(c.netConn); gone {
 					c.clientGoneMidQuery()
 				}
@@ -64,22 +67,27 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// waitingInline reports whether the reader goroutine is pumping a reply
-// to a request still in flight (so is not reading the client).
-func (c *clientConn) waitingInline() bool {
+// notReading reports whether the reader goroutine waits for backends
+// with a request in flight, not reading the client: it pumps a reply
+// itself or runs a multi-shard statement.
+func (c *clientConn) notReading() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.multiCancel != nil {
+		return true
+	}
 	att := c.att
 	return att != nil && att.inline && !att.parked && !att.stopped && (att.outstanding > 0 || att.unsynced)
 }
 
 // clientGoneMidQuery ends a connection whose client went away while its
-// request runs: the client's socket is closed and the pump interrupted,
-// which cancels the request on the backend and discards the backend.
+// request runs: the client's socket is closed and the pump interrupted
+// (which cancels the request on the backend and discards the backend),
+// or the multi-shard statement cancelled.
 func (c *clientConn) clientGoneMidQuery() {
 	c.mu.Lock()
-	att := c.att
-	if att == nil || att.stopped || c.closeReason != nil {
+	att, multi := c.att, c.multiCancel
+	if (multi == nil && (att == nil || att.stopped)) || c.closeReason != nil {
 		c.mu.Unlock()
 		return
 	}
@@ -87,9 +95,14 @@ func (c *clientConn) clientGoneMidQuery() {
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.srv.clientsGoneMidQuery.Add(1)
-	c.srv.log.Info("client disconnected while its query ran: cancelling it", "client", c.remote, "node", att.nodeName)
+	c.srv.log.Info("client disconnected while its query ran: cancelling it", "client", c.remote)
 	_ = c.netConn.Close()
-	c.interrupt(att)
+	if multi != nil {
+		multi(errClientGone)
+	}
+	if att != nil {
+		c.interrupt(att)
+	}
 }
 
 // cancelRunning asks att's backend to cancel what it is running when a

@@ -97,6 +97,9 @@ type clientConn struct {
 	lastTx      byte
 	closeReason error                   // why the pump ended the connection
 	multiCancel context.CancelCauseFunc // cancels the multi-shard statement running (runMulti)
+	// multiRunning is multiCancel != nil, readable without mu (the
+	// dead-client check's scan, clientcheck.go).
+	multiRunning atomic.Bool
 
 	// LISTEN (notify.go), under mu: channels held with the notifier,
 	// channels subscribed to (the router session's committed LISTENs),

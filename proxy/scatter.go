@@ -163,7 +163,9 @@ func (c *clientConn) cancellable(ctx context.Context) (_ context.Context, done f
 	c.mu.Lock()
 	c.multiCancel = cancel
 	c.mu.Unlock()
+	c.multiRunning.Store(true)
 	return ctx, func() {
+		c.multiRunning.Store(false)
 		c.mu.Lock()
 		c.multiCancel = nil
 		c.mu.Unlock()

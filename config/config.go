@@ -62,6 +62,11 @@ type Server struct {
 	// whose client has gone is cancelled on its backend. 0 disables the
 	// check (>= 0).
 	ClientCheckInterval Duration `toml:"client_check_interval"`
+	// MaxPreparedStatements bounds the client-named prepared statements
+	// kept on one backend connection; the least recently used beyond it
+	// are closed when the connection is next leased, and prepared again
+	// if a client uses them. 0: unbounded (>= 0).
+	MaxPreparedStatements int `toml:"max_prepared_statements"`
 	// Databases are the database names clients may connect to; others get
 	// SQLSTATE 3D000. At least one is required.
 	Databases []string `toml:"databases"`
@@ -267,14 +272,15 @@ type Cache struct {
 func Default() *Config {
 	return &Config{
 		Server: Server{
-			Listen:              "127.0.0.1:6432",
-			PoolMode:            PoolTransaction,
-			MaxClientConns:      5000,
-			MaxMessageBytes:     1 << 20,
-			ShutdownTimeout:     Duration(30 * time.Second),
-			ClientCheckInterval: Duration(time.Second),
-			StatusListen:        "127.0.0.1:6433",
-			AutoPrepare:         true,
+			Listen:                "127.0.0.1:6432",
+			PoolMode:              PoolTransaction,
+			MaxClientConns:        5000,
+			MaxMessageBytes:       1 << 20,
+			ShutdownTimeout:       Duration(30 * time.Second),
+			ClientCheckInterval:   Duration(time.Second),
+			MaxPreparedStatements: 1000,
+			StatusListen:          "127.0.0.1:6433",
+			AutoPrepare:           true,
 		},
 		Routing: Routing{
 			Balance:        RoundRobin,

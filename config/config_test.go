@@ -162,7 +162,7 @@ func TestDefault(t *testing.T) {
 	want := map[string]any{
 		"listen": c.Server.Listen == "127.0.0.1:6432", "pool_mode": c.Server.PoolMode == PoolTransaction,
 		"max_client_conns": c.Server.MaxClientConns == 5000, "max_message_bytes": c.Server.MaxMessageBytes == 1048576,
-		"shutdown_timeout": c.Server.ShutdownTimeout.D() == 30*time.Second, "idle_transaction_timeout": c.Server.IdleTransactionTimeout == 0, "client_check_interval": c.Server.ClientCheckInterval.D() == time.Second, "status_listen": c.Server.StatusListen == "127.0.0.1:6433",
+		"shutdown_timeout": c.Server.ShutdownTimeout.D() == 30*time.Second, "idle_transaction_timeout": c.Server.IdleTransactionTimeout == 0, "client_check_interval": c.Server.ClientCheckInterval.D() == time.Second, "max_prepared_statements": c.Server.MaxPreparedStatements == 1000, "status_listen": c.Server.StatusListen == "127.0.0.1:6433",
 		"balance": c.Routing.Balance == RoundRobin, "max_staleness": c.Routing.MaxStaleness.D() == time.Second,
 		"catch_up_wait": c.Routing.CatchUpWait.D() == 50*time.Millisecond, "health_interval": c.Routing.HealthInterval.D() == time.Second,
 		"lag_interval": c.Routing.LagInterval.D() == 100*time.Millisecond, "probe_timeout": c.Routing.ProbeTimeout.D() == time.Second,

@@ -117,6 +117,9 @@ func (c *Config) validateServer(el *errorList) {
 	nonNegativeDur(el, "server.shutdown_timeout", s.ShutdownTimeout)
 	nonNegativeDur(el, "server.idle_transaction_timeout", s.IdleTransactionTimeout)
 	nonNegativeDur(el, "server.client_check_interval", s.ClientCheckInterval)
+	if s.MaxPreparedStatements < 0 {
+		el.invalid("server.max_prepared_statements", "must be >= 0 (0: unbounded)")
+	}
 	if s.Threads < 0 {
 		el.invalid("server.threads", "must be >= 0 (0: one per CPU)")
 	}

@@ -315,6 +315,11 @@ var validateCases = []validateCase{
 		key:  "server.client_check_interval", sentinel: ErrInvalid, msg: "must not be a negative duration", marker: "client_check_interval",
 	},
 	{
+		name: "negative max_prepared_statements",
+		mut:  replaceIn("server", `databases`, "max_prepared_statements = -1\ndatabases"),
+		key:  "server.max_prepared_statements", sentinel: ErrInvalid, msg: "must be >= 0 (0: unbounded)", marker: "max_prepared_statements",
+	},
+	{
 		name: "unknown backend sslmode",
 		mut:  set("extra", "\n[backend]\nsslmode = \"verify\"\n"),
 		key:  "backend.sslmode", sentinel: ErrInvalid, msg: `"verify" is not an sslmode (allowed: disable, allow, prefer, require, verify-ca, verify-full)`, marker: "sslmode",

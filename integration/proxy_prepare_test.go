@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dbproxy/dbproxy/proxy"
+	"github.com/dbproxy/dbproxy/replica"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -258,6 +259,58 @@ func TestProxyAutoPrepare(t *testing.T) {
 			t.Fatalf("auto_prepare off, yet %v", a)
 		}
 		exec(t, pc, "COMMIT")
+	})
+
+	t.Run("BoundedPerBackend", func(t *testing.T) {
+		// One backend connection per shard (its primary), at most 4
+		// client-named statements kept on it.
+		env := startProxyEnvWith(t, ctx, clusters,
+			func(rc *replica.Config) { rc.Nodes, rc.PoolSize = rc.Nodes[:1], 1 },
+			func(c *proxy.Config) { c.MaxBackendStatements = 4 })
+		pc, err := pgconn.Connect(ctx, env.dsn(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close(context.Background())
+		run := func(name string, n int) {
+			t.Helper()
+			res := pc.ExecPrepared(ctx, name, [][]byte{[]byte(strconv.Itoa(n))}, nil, nil).Read()
+			if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != strconv.Itoa(n+len(name)) {
+				t.Fatalf("%s(%d): %v %v", name, n, res.Rows, res.Err)
+			}
+		}
+		prepare := func(name string) {
+			t.Helper()
+			// s1 adds 2, s22 adds 3, ...: each name its own text.
+			if _, err := pc.Prepare(ctx, name, fmt.Sprintf("SELECT $1::int + %d", len(name)), nil); err != nil {
+				t.Fatal(err)
+			}
+			run(name, 1)
+		}
+		onBackend := func() []string {
+			t.Helper()
+			res := exec(t, pc, "SELECT string_agg(name, ' ' ORDER BY name) FROM pg_prepared_statements WHERE name LIKE 'p%'")
+			return strings.Fields(string(res[0].Rows[0][0]))
+		}
+		for _, name := range []string{"pa", "pbb", "pccc", "pdddd"} {
+			prepare(name)
+		}
+		run("pa", 5) // pa is now the most recently used
+		prepare("peeeee")
+		prepare("pffffff")
+		// Each lease begins by closing the least recently used beyond 4:
+		// pbb at the lease that prepared pffffff, pccc at this query's.
+		if got, want := strings.Join(onBackend(), " "), "pa pdddd peeeee pffffff"; got != want {
+			t.Fatalf("statements on the backend: %q, want %q", got, want)
+		}
+		// The closed ones still work for the client: prepared again (and
+		// pdddd, then pa, closed at the next two leases).
+		run("pbb", 7)
+		run("pccc", 8)
+		if got, want := strings.Join(onBackend(), " "), "pbb pccc peeeee pffffff"; got != want {
+			t.Fatalf("statements on the backend: %q, want %q", got, want)
+		}
+		run("pdddd", 9)
 	})
 }
 

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +66,7 @@ type attachment struct {
 	outWrites   uint64 // with retryable: the client box's writes and the length of its out buffer when the request was sent
 	outMark     int
 	conflict    bool // the standby cancelled the retryable request (recovery conflict): its reply is dropped until ReadyForQuery, then it is sent again
+	trim        bool // leased holding more client-named statements than Config.MaxBackendStatements: the first send closes the least recently used (trimNamed)
 }
 
 // paramRetry is what is needed to send a parameterized simple query again.
@@ -244,6 +247,7 @@ func (c *clientConn) attach(ctx context.Context, d target, preamble []string, tr
 		primary: node.Role() == replica.RolePrimary, done: closedChan, transient: transient, swallowSeg: -1, lsnSeg: -1,
 		parked: true, // the first flush starts the pump
 		expect: expect,
+		trim:   c.srv.cfg.MaxBackendStatements > 0 && len(bst.lastUse) > c.srv.cfg.MaxBackendStatements,
 	}
 	c.att = att
 	c.lastPump = att.done
@@ -297,6 +301,9 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 		return false, errNoBackend
 	}
 	c.closeStaleAuto(att, fr)
+	if att.trim {
+		c.trimNamed(att, fr)
+	}
 	switch m := msg.(type) {
 	case *pgproto3.Parse:
 		h := stmtHash(m.Query, m.ParameterOIDs)
@@ -309,7 +316,7 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 			att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: m.Name}, expectation{kind: '3', swallow: true})
 		}
 		c.sess.stmts[m.Name] = &preparedStmt{name: m.Name, query: m.Query, paramOIDs: append([]uint32(nil), m.ParameterOIDs...), hash: h}
-		att.bst.stmts[m.Name] = h
+		att.bst.prepared(m.Name, h)
 		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '1', name: m.Name, hash: h})
 		att.unsynced = true
 		fr.Send(m)
@@ -341,7 +348,7 @@ func (c *clientConn) send1(att *attachment, msg pgproto3.FrontendMessage) (inlin
 	case *pgproto3.Close:
 		if m.ObjectType == 'S' {
 			delete(c.sess.stmts, m.Name)
-			delete(att.bst.stmts, m.Name)
+			att.bst.forgetStatement(m.Name)
 		}
 		att.expect = append(att.expect, expectation{seg: att.sentSeg, kind: '3'})
 		att.unsynced = true
@@ -437,13 +444,14 @@ func (c *clientConn) ensurePrepared(att *attachment, fr *pgproto3.Frontend, name
 	}
 	have, ok := att.bst.stmts[name]
 	if ok && have == ps.hash {
+		att.bst.touch(name)
 		return
 	}
 	if ok && name != "" {
 		att.inject(fr, &pgproto3.Close{ObjectType: 'S', Name: name}, expectation{kind: '3', swallow: true})
 	}
 	att.inject(fr, &pgproto3.Parse{Name: name, Query: ps.query, ParameterOIDs: ps.paramOIDs}, expectation{kind: '1', swallow: true, name: name, hash: ps.hash})
-	att.bst.stmts[name] = ps.hash
+	att.bst.prepared(name, ps.hash)
 }
 
 // popExpect removes the first expectation, keeping the slice's start
@@ -1098,7 +1106,7 @@ func (c *clientConn) leaseOn(ctx context.Context, set *replica.Set, t target, pr
 	conn := lease.Conn()
 	bst, _ := conn.CustomData()[backendStateKey].(*backendState)
 	if bst == nil {
-		bst = &backendState{stmts: map[string]uint64{}, rowDescs: map[string]*pgproto3.RowDescription{}}
+		bst = &backendState{stmts: map[string]uint64{}, rowDescs: map[string]*pgproto3.RowDescription{}, lastUse: map[string]uint64{}}
 		conn.CustomData()[backendStateKey] = bst
 		c.srv.learnBackendParams(conn)
 	}
@@ -1293,6 +1301,9 @@ func (c *clientConn) sendParameterized(att *attachment, text string, args []stri
 		return false, errNoBackend
 	}
 	c.closeStaleAuto(att, fr)
+	if att.trim {
+		c.trimNamed(att, fr)
+	}
 	seg := att.sentSeg
 	oids := int4OIDs(len(args))
 	h := stmtHash(text, oids)
@@ -1416,8 +1427,36 @@ func (c *clientConn) closeStaleAuto(att *attachment, fr *pgproto3.Frontend) {
 	att.bst.auto = att.bst.auto[:0]
 }
 
-// closeAuto closes the proxy-named statement name on att's backend if it
-// holds it. Called with c.mu and att.wmu held.
+// trimNamed closes, on a backend just leased, the client-named statements
+// it holds beyond Config.MaxBackendStatements, least recently used first,
+// so that a backend shared by many clients does not accumulate every
+// statement any of them prepared. The backend is outside any transaction
+// then, so no portal built from a closed statement is lost; a client that
+// uses a closed statement again has it prepared again (ensurePrepared).
+// Called with c.mu and att.wmu held.
+func (c *clientConn) trimNamed(att *attachment, fr *pgproto3.Frontend) {
+	att.trim = false
+	excess := len(att.bst.lastUse) - c.srv.cfg.MaxBackendStatements
+	if excess <= 0 {
+		return
+	}
+	type use struct {
+		name string
+		at   uint64
+	}
+	uses := make([]use, 0, len(att.bst.lastUse))
+	for name, at := range att.bst.lastUse {
+		uses = append(uses, use{name, at})
+	}
+	slices.SortFunc(uses, func(a, b use) int { return cmp.Compare(a.at, b.at) })
+	for _, u := range uses[:excess] {
+		closeAuto(att, fr, u.name)
+	}
+}
+
+// closeAuto closes the statement name on att's backend if it holds it (a
+// proxy-named one, or one trimNamed closes). Called with c.mu and att.wmu
+// held.
 func closeAuto(att *attachment, fr *pgproto3.Frontend, name string) {
 	if _, ok := att.bst.stmts[name]; ok {
 		att.bst.forgetStatement(name)

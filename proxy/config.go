@@ -153,6 +153,13 @@ type Config struct {
 	// backend connection discarded. 0 disables the check: the query then
 	// runs to its end and the loss is noticed when its reply is written.
 	ClientCheckInterval time.Duration
+	// MaxBackendStatements bounds the client-named prepared statements
+	// kept on one backend connection (PgBouncer's max_prepared_statements):
+	// when a backend is leased holding more, the least recently used are
+	// closed; a client that uses one again has it prepared again,
+	// transparently. 0 leaves them unbounded (until the connection's
+	// lifetime ends).
+	MaxBackendStatements int
 	// StartupTimeout bounds the time from accept to ReadyForQuery.
 	StartupTimeout time.Duration
 	// MaxStaleness is the default bound on standby lag for reads; a
@@ -181,15 +188,16 @@ type Config struct {
 // messages, a 30 s shutdown timeout and no users.
 func DefaultConfig() Config {
 	return Config{
-		PoolMode:            PoolTransaction,
-		Auth:                AuthSCRAM,
-		MaxMessageBytes:     16 << 20,
-		ShutdownTimeout:     30 * time.Second,
-		StartupTimeout:      15 * time.Second,
-		ClientCheckInterval: time.Second,
-		MaxStaleness:        5 * time.Second,
-		ServerVersion:       "15.0",
-		AutoPrepare:         true,
+		PoolMode:             PoolTransaction,
+		Auth:                 AuthSCRAM,
+		MaxMessageBytes:      16 << 20,
+		ShutdownTimeout:      30 * time.Second,
+		StartupTimeout:       15 * time.Second,
+		ClientCheckInterval:  time.Second,
+		MaxBackendStatements: 1000,
+		MaxStaleness:         5 * time.Second,
+		ServerVersion:        "15.0",
+		AutoPrepare:          true,
 	}
 }
 
@@ -209,6 +217,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxMessageBytes < 1024 {
 		return bad("MaxMessageBytes %d is below 1024", c.MaxMessageBytes)
+	}
+	if c.MaxBackendStatements < 0 {
+		return bad("negative MaxBackendStatements")
 	}
 	if c.MaxClients < 0 || c.ShutdownTimeout < 0 || c.StartupTimeout < 0 || c.MaxStaleness < 0 || c.IdleTransactionTimeout < 0 || c.ClientCheckInterval < 0 {
 		return bad("negative limit or duration")

@@ -100,6 +100,10 @@
 // re-prepared transparently (a Parse, and a Close of a different statement
 // of the same name, are injected before a Bind or Describe and their
 // replies dropped), keyed by name and a hash of query and parameter types.
+// A backend keeps at most Config.MaxBackendStatements client-named
+// statements: when it is leased holding more, the least recently used
+// (by Parse or Bind) are closed before the client's first message, outside
+// any transaction, and prepared again if a client uses them later.
 // Messages of one extended-protocol batch (up to Sync) stay on one
 // backend. A pipelined batch whose later Bind needs another shard is
 // failed on the backend itself (0A000) so PostgreSQL skips the rest of it.

@@ -71,8 +71,12 @@ type backendState struct {
 	schemaEpoch uint64 // Server.schemaEpoch when the aliases were last checked (closeStaleAuto)
 	tainted     bool   // a session left state here (temporary table, WITH HOLD cursor, advisory lock; session pooling): closed, never pooled again
 	stmts       map[string]uint64
-	auto        []string // aliases of unnamed statements prepared here, oldest first
-	staleAuto   bool     // an alias failed with "cached plan must not change result type": close them all
+	// lastUse orders the client-named statements prepared here by their
+	// last Parse or Bind (a counter, uses), for trimNamed.
+	lastUse   map[string]uint64
+	uses      uint64
+	auto      []string // aliases of unnamed statements prepared here, oldest first
+	staleAuto bool     // an alias failed with "cached plan must not change result type": close them all
 	// rowDescs is the RowDescription (nil: NoData) of parameterized
 	// queries' statements prepared here, by name.
 	rowDescs map[string]*pgproto3.RowDescription
@@ -82,6 +86,22 @@ type backendState struct {
 func (b *backendState) forgetStatement(name string) {
 	delete(b.stmts, name)
 	delete(b.rowDescs, name)
+	delete(b.lastUse, name)
+}
+
+// prepared records that the backend holds the client's statement name
+// (hash h) and that it was just used.
+func (b *backendState) prepared(name string, h uint64) {
+	b.stmts[name] = h
+	b.touch(name)
+}
+
+// touch records a use of the client-named statement name.
+func (b *backendState) touch(name string) {
+	if name != "" {
+		b.uses++
+		b.lastUse[name] = b.uses
+	}
 }
 
 // forgetStatements records that the backend dropped every prepared
@@ -89,6 +109,7 @@ func (b *backendState) forgetStatement(name string) {
 func (b *backendState) forgetStatements() {
 	clear(b.stmts)
 	clear(b.rowDescs)
+	clear(b.lastUse)
 	b.auto = b.auto[:0]
 }
 

@@ -341,6 +341,7 @@ func proxyConfig(cfg *config.Config) (proxy.Config, error) {
 	pc.ShutdownTimeout = time.Duration(cfg.Server.ShutdownTimeout)
 	pc.IdleTransactionTimeout = time.Duration(cfg.Server.IdleTransactionTimeout)
 	pc.ClientCheckInterval = time.Duration(cfg.Server.ClientCheckInterval)
+	pc.MaxBackendStatements = cfg.Server.MaxPreparedStatements
 	pc.MaxStaleness = time.Duration(cfg.Routing.MaxStaleness)
 	pc.AutoPrepare = cfg.Server.AutoPrepare
 	for _, u := range cfg.Users {

@@ -58,9 +58,10 @@ type Server struct {
 	// it (>= 0).
 	IdleTransactionTimeout Duration `toml:"idle_transaction_timeout"`
 	// ClientCheckInterval is how often the proxy checks whether the
-	// clients whose queries are running are still connected; a query
-	// whose client has gone is cancelled on its backend. 0 disables the
-	// check (>= 0).
+	// clients whose queries are running are still connected (a query
+	// whose client has gone is cancelled on its backend), and whether the
+	// node a read waits for has failed its probes since (the read is then
+	// sent to another node). 0 disables the check (>= 0).
 	ClientCheckInterval Duration `toml:"client_check_interval"`
 	// MaxPreparedStatements bounds the client-named prepared statements
 	// kept on one backend connection; the least recently used beyond it

@@ -66,6 +66,7 @@ type attachment struct {
 	outWrites   uint64 // with retryable: the client box's writes and the length of its out buffer when the request was sent
 	outMark     int
 	conflict    bool // the standby cancelled the retryable request (recovery conflict): its reply is dropped until ReadyForQuery, then it is sent again
+	nodeDown    bool // interrupted because its node's probes fail (rerouteFromFailingNode): a failure of the node for retryLater
 	trim        bool // leased holding more client-named statements than Config.MaxBackendStatements: the first send closes the least recently used (trimNamed)
 }
 

@@ -57,6 +57,7 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 		}
 		s.reg.mu.Unlock()
 		for i, c := range busy {
+			c.rerouteFromFailingNode()
 			if c.notReading() {
 				if gone, _ := sockio.PeerClosed(c.netConn); gone {
 					c.clientGoneMidQuery()
@@ -65,6 +66,29 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 			busy[i] = nil
 		}
 	}
+}
+
+// rerouteFromFailingNode interrupts a read waiting for the first reply
+// of a node whose health or lag probe has failed since (replica
+// Node.Failing: the node did not accept a connection and answer within
+// the probe timeout, as when its host hangs or a network partition drops
+// packets without resets), so that the read is sent again to another node
+// (retryLater) rather than waiting for the node, possibly for ever. Only
+// requests that may run again qualify (Attachment.retryable: reads outside
+// a transaction with nothing yet written to the client; they are counted
+// with Stats.ReadRetries). It reports whether it interrupted one.
+func (c *clientConn) rerouteFromFailingNode() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	att := c.att
+	if att == nil || !att.inline || att.parked || att.stopped || att.released || att.nodeDown ||
+		!att.retryable || att.outstanding == 0 || !att.lease.Node().Failing() || !c.resendable(att) {
+		return false
+	}
+	att.nodeDown = true
+	att.deadlineSet = true
+	_ = att.conn.Conn().SetReadDeadline(time.Now())
+	return true
 }
 
 // notReading reports whether the reader goroutine waits for backends

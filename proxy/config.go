@@ -150,8 +150,10 @@ type Config struct {
 	// query is running are checked for a disconnected peer (poll with
 	// POLLRDHUP, like PostgreSQL's client_connection_check_interval); a
 	// client found gone has its query cancelled on the backend and its
-	// backend connection discarded. 0 disables the check: the query then
-	// runs to its end and the loss is noticed when its reply is written.
+	// backend connection discarded. The same check sends the reads that
+	// wait for a node whose probes have failed since to another node. 0
+	// disables both: a query then runs to its end and the loss is noticed
+	// when its reply is written, and a read waits for its node.
 	ClientCheckInterval time.Duration
 	// MaxBackendStatements bounds the client-named prepared statements
 	// kept on one backend connection (PgBouncer's max_prepared_statements):

@@ -43,8 +43,11 @@
 //     breaks or the server ends it with FATAL while the reply is still
 //     buffered) runs on another standby or the primary instead, unseen by
 //     the client, as does one a standby cancels for a conflict with
-//     recovery (40001) (at most maxReadRetries more tries;
-//     Stats.ReadRetries; retry.go);
+//     recovery (40001), and one waiting for the first reply of a node
+//     whose probes fail meanwhile (replica.Node.Failing, looked at every
+//     Config.ClientCheckInterval: a node that hangs without closing
+//     anything) (at most maxReadRetries more tries; Stats.ReadRetries;
+//     retry.go, clientcheck.go);
 //   - multi-shard decisions run on every shard (one short lease each) and
 //     the rows are merged as the router's MergePlan says (union, ORDER BY,
 //     LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG); broadcasts (DDL) return the

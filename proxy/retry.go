@@ -145,7 +145,7 @@ func isFatalSeverity(unlocalized, localized string) bool {
 // (takeResend). It reports whether it did.
 func (c *clientConn) retryLater(att *attachment, err error) bool {
 	c.mu.Lock()
-	ok := c.resendable(att) && (att.inline || att.parked) && nodeFailed(c.ctx, err) && c.takeBackReply(att)
+	ok := c.resendable(att) && (att.inline || att.parked) && (att.nodeDown || nodeFailed(c.ctx, err)) && c.takeBackReply(att)
 	if !ok {
 		c.mu.Unlock()
 		return false

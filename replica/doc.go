@@ -16,6 +16,10 @@
 //   - the health probe (every HealthInterval, default 1 s) opens a fresh
 //     connection and runs SELECT pg_is_in_recovery(); a failure marks the
 //     node unhealthy and counts as a breaker failure;
+//   - a failed health or lag probe also makes the connections being opened
+//     to the node (Acquire) give up at once with ErrNodeUnavailable, rather
+//     than wait out ConnectTimeout on a node that does not answer;
+//     Node.Failing reports that the last health or lag probe failed;
 //   - the lag probe (every LagInterval, default 100 ms, and at once when a
 //     waiting Pick asks for it) uses a kept-open probe connection to read
 //     pg_is_in_recovery(), pg_current_wal_lsn() on the primary, and

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"net"
@@ -46,11 +47,14 @@ type Node struct {
 	waiting atomic.Int64
 
 	// Probe state.
-	healthy     atomic.Bool
-	observed    atomic.Uint32 // Role
-	mismatch    atomic.Bool
-	lag         atomic.Pointer[lagSample]
-	lagFailed   atomic.Bool // the last lag probe failed: not fresh until one succeeds
+	healthy   atomic.Bool
+	observed  atomic.Uint32 // Role
+	mismatch  atomic.Bool
+	lag       atomic.Pointer[lagSample]
+	lagFailed atomic.Bool // the last lag probe failed: not fresh until one succeeds
+	// probeFailed is closed (and replaced) when a health or lag probe
+	// fails: connections being opened to the node give up then.
+	probeFailed atomic.Pointer[chan struct{}]
 	lastErr     atomic.Pointer[probeError]
 	kick        chan struct{}
 	br          *breaker
@@ -135,6 +139,7 @@ func newNode(s *Set, nc NodeConfig) (*Node, error) {
 		kick:     make(chan struct{}, 1),
 		br:       newBreaker(s.cfg.Breaker),
 	}
+	n.probeFailed.Store(new(make(chan struct{})))
 	return n, nil
 }
 
@@ -160,6 +165,43 @@ func (n *Node) ReplayLSN() LSN {
 	}
 	return 0
 }
+
+// Failing reports whether the node's last health probe or its last lag
+// probe failed: it did not accept a connection and answer a trivial
+// query within ProbeTimeout. Pick does not choose a failing standby.
+func (n *Node) Failing() bool { return !n.healthy.Load() || n.lagFailed.Load() }
+
+// signalProbeFailure wakes the connects to n in progress (connect).
+func (n *Node) signalProbeFailure() {
+	close(*n.probeFailed.Swap(new(make(chan struct{}))))
+}
+
+// connect opens a pooled connection, bounded by ctx and ConnectTimeout,
+// and given up as soon as a probe of the node fails meanwhile: a node that
+// hangs (a frozen host, a partition without resets) does not hold every
+// caller for the whole ConnectTimeout.
+func (n *Node) connect(ctx context.Context, cfg *pgconn.Config) (*pgconn.PgConn, error) {
+	failed := *n.probeFailed.Load()
+	cctx, cancel := context.WithTimeoutCause(ctx, n.set.cfg.ConnectTimeout, errConnectTimeout)
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-failed:
+			cancel()
+		case <-stop:
+		}
+	}()
+	conn, err := pgdial.Connect(cctx, cfg)
+	if err != nil && ctx.Err() == nil && cctx.Err() != nil && context.Cause(cctx) != errConnectTimeout {
+		// Not wrapped: the caller did not cancel.
+		err = fmt.Errorf("gave up: a probe of the node failed meanwhile (%v)", err)
+	}
+	return conn, err
+}
+
+var errConnectTimeout = errors.New("connect timeout")
 
 // Healthy reports the result of the last health probe.
 func (n *Node) Healthy() bool { return n.healthy.Load() }
@@ -325,9 +367,7 @@ func (n *Node) leaseWithSlot(ctx context.Context, trial bool, id *Identity) (l *
 	if conn == nil {
 		born = s.now()
 		n.makeRoom()
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
-		conn, err = pgdial.Connect(cctx, cfg)
-		cancel()
+		conn, err = n.connect(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("replica: node %s: connect: %w", n.cfg.Name, ctx.Err())

@@ -123,6 +123,7 @@ func (n *Node) lagProbe(ctx context.Context, pc *probeConn) {
 			return
 		}
 		n.lagFailed.Store(true)
+		n.signalProbeFailure()
 		n.setLastErr(fmt.Errorf("lag probe: %w", err))
 		n.recordProbe(err, true)
 		return
@@ -230,6 +231,7 @@ func (n *Node) setObservedRole(inRecovery bool) {
 func (n *Node) setHealth(err error) {
 	healthy := err == nil
 	if err != nil {
+		n.signalProbeFailure()
 		n.setLastErr(fmt.Errorf("health probe: %w", err))
 	}
 	if n.healthy.Swap(healthy) == healthy {

@@ -711,3 +711,64 @@ func TestConnFailureSuspendsStandby(t *testing.T) {
 		t.Fatalf("node not back after a good probe: %v", got)
 	}
 }
+
+// TestConnectGivesUpOnProbeFailure: a connection being opened to a node
+// that accepts but never answers (a hung server) is given up when a probe
+// of the node fails, well before ConnectTimeout.
+func TestConnectGivesUpOnProbeFailure(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	cs := fmt.Sprintf("host=127.0.0.1 port=%d user=u dbname=d sslmode=disable", l.Addr().(*net.TCPAddr).Port)
+	cfg := DefaultConfig()
+	cfg.ConnectTimeout = time.Minute
+	cfg.ProbeTimeout = 200 * time.Millisecond
+	cfg.LagInterval = 100 * time.Millisecond
+	cfg.HealthInterval = 100 * time.Millisecond
+	cfg.Nodes = []NodeConfig{{Name: "p", ConnString: cs, Role: RolePrimary}}
+	s, err := NewSet(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	n := s.Primary()
+	if !n.Failing() {
+		t.Fatal("a node that never answers is not Failing after the first probes")
+	}
+	start := time.Now()
+	_, err = n.connect(context.Background(), n.connCfg)
+	if err == nil || !strings.Contains(err.Error(), "a probe of the node failed meanwhile") {
+		t.Fatalf("connect to a hung server: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("connect gave up after %v (ConnectTimeout 1m, probes every 100ms)", d)
+	}
+	// The lease fails as the node's unavailability (the proxy sends the
+	// read elsewhere), not as a cancellation by the caller.
+	_, err = n.Acquire(context.Background())
+	if !errors.Is(err, ErrNodeUnavailable) || errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire on a hung server: %v", err)
+	}
+}

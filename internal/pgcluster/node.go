@@ -333,6 +333,32 @@ func (n *Node) stopLocked(ctx context.Context, fast bool) error {
 
 // killLocked SIGKILLs the postmaster and its children. The postmaster is
 // stopped first so it cannot fork while its children are collected.
+// Freeze stops every process of the node's server with SIGSTOP, as a
+// hung host would: connections to it and queries on it get no answer and
+// no error. The returned thaw resumes them (SIGCONT); call it before
+// Stop or the cluster's cleanup.
+func (n *Node) Freeze() (thaw func(), err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	pid, ok := n.livePostmaster()
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotRunning, n.Name)
+	}
+	if err := syscallKill(pid, sigSTOP); err != nil {
+		return nil, fmt.Errorf("pgcluster: %s: stop postmaster %d: %w", n.Name, pid, err)
+	}
+	pids := append([]int{pid}, childPIDs(pid)...)
+	for _, k := range pids[1:] {
+		_ = syscallKill(k, sigSTOP)
+	}
+	n.c.logf("pgcluster: %s: froze postmaster %d and %d children", n.Name, pid, len(pids)-1)
+	return func() {
+		for _, p := range pids {
+			_ = syscallKill(p, sigCONT)
+		}
+	}, nil
+}
+
 func (n *Node) killLocked() error {
 	pid, ok := n.livePostmaster()
 	if !ok {

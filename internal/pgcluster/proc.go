@@ -11,6 +11,7 @@ import (
 const (
 	sigSTOP = syscall.SIGSTOP
 	sigKILL = syscall.SIGKILL
+	sigCONT = syscall.SIGCONT
 )
 
 func syscallKill(pid int, sig syscall.Signal) error { return syscall.Kill(pid, sig) }

@@ -68,27 +68,53 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// rerouteFromFailingNode interrupts a read waiting for the first reply
-// of a node whose health or lag probe has failed since (replica
-// Node.Failing: the node did not accept a connection and answer within
-// the probe timeout, as when its host hangs or a network partition drops
-// packets without resets), so that the read is sent again to another node
-// (retryLater) rather than waiting for the node, possibly for ever. Only
-// requests that may run again qualify (Attachment.retryable: reads outside
-// a transaction with nothing yet written to the client; they are counted
-// with Stats.ReadRetries). It reports whether it interrupted one.
+// rerouteFromFailingNode interrupts a read that waits for a node whose
+// health or lag probe has failed (replica Node.Failing: the node did not
+// accept a connection and answer within the probe timeout, as when its
+// host hangs or a network partition drops packets without resets), so
+// that the read is sent again to another node (retryLater) rather than
+// waiting for the node, possibly for ever. Only requests that may run
+// again qualify (attachment.retryable: reads outside a transaction), with
+// nothing of their reply written to the client, and only when nothing of
+// it was received either during a whole check interval: a node slow to
+// answer its probes while it streams a long result keeps its read. The
+// reads sent again are counted with Stats.ReadRetries. It reports whether
+// it interrupted one.
 func (c *clientConn) rerouteFromFailingNode() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	att := c.att
 	if att == nil || !att.inline || att.parked || att.stopped || att.released || att.nodeDown ||
 		!att.retryable || att.outstanding == 0 || !att.lease.Node().Failing() || !c.resendable(att) {
+		c.stalled = stallMark{}
 		return false
 	}
+	c.wmu.Lock()
+	b := c.box
+	var cur stallMark
+	if b != nil && b.outErr == nil && b.writes == att.outWrites && len(b.out) >= att.outMark {
+		cur = stallMark{att: att, seg: att.recvSeg, out: len(b.out)}
+	}
+	c.wmu.Unlock()
+	if cur.att == nil || cur != c.stalled {
+		c.stalled = cur // first seen so: look again at the next check
+		return false
+	}
+	c.stalled = stallMark{}
 	att.nodeDown = true
 	att.deadlineSet = true
 	_ = att.conn.Conn().SetReadDeadline(time.Now())
 	return true
+}
+
+// stallMark is what rerouteFromFailingNode saw of a read waiting on a
+// failing node: the read's attachment and segment and how much of its
+// reply was queued for the client. The same mark at the next check means
+// the node sent nothing meanwhile.
+type stallMark struct {
+	att *attachment
+	seg int
+	out int
 }
 
 // notReading reports whether the reader goroutine waits for backends

@@ -100,6 +100,7 @@ type clientConn struct {
 	// multiRunning is multiCancel != nil, readable without mu (the
 	// dead-client check's scan, clientcheck.go).
 	multiRunning atomic.Bool
+	stalled      stallMark // the dead-client check's view of a read waiting on a failing node (under mu)
 
 	// LISTEN (notify.go), under mu: channels held with the notifier,
 	// channels subscribed to (the router session's committed LISTENs),

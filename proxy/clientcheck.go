@@ -23,6 +23,10 @@ import (
 // cancels it on every shard. Replies pumped by a pump goroutine need no
 // check: the reader is reading the client then and sees the end of its
 // stream itself.
+//
+// The same pass moves reads off nodes that stopped answering: a read
+// waiting on a node whose probes fail is sent to another node
+// (rerouteFromFailingNode).
 
 // startClientCheck starts the checker once. Called with s.mu held.
 func (s *Server) startClientCheck() {
@@ -78,16 +82,15 @@ func (s *Server) checkClients(ctx context.Context, interval time.Duration) {
 // nothing of their reply written to the client, and only when nothing of
 // it was received either during a whole check interval: a node slow to
 // answer its probes while it streams a long result keeps its read. The
-// reads sent again are counted with Stats.ReadRetries. It reports whether
-// it interrupted one.
-func (c *clientConn) rerouteFromFailingNode() bool {
+// reads sent again are counted with Stats.ReadRetries.
+func (c *clientConn) rerouteFromFailingNode() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	att := c.att
 	if att == nil || !att.inline || att.parked || att.stopped || att.released || att.nodeDown ||
 		!att.retryable || att.outstanding == 0 || !att.lease.Node().Failing() || !c.resendable(att) {
 		c.stalled = stallMark{}
-		return false
+		return
 	}
 	c.wmu.Lock()
 	b := c.box
@@ -98,13 +101,12 @@ func (c *clientConn) rerouteFromFailingNode() bool {
 	c.wmu.Unlock()
 	if cur.att == nil || cur != c.stalled {
 		c.stalled = cur // first seen so: look again at the next check
-		return false
+		return
 	}
 	c.stalled = stallMark{}
 	att.nodeDown = true
 	att.deadlineSet = true
 	_ = att.conn.Conn().SetReadDeadline(time.Now())
-	return true
 }
 
 // stallMark is what rerouteFromFailingNode saw of a read waiting on a

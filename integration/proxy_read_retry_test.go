@@ -32,21 +32,7 @@ import (
 func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cl, env := startOneShardProxy(t, ctx, pgcluster.Options{Name: "readretry", Standbys: 2})
-	setup := connectProxy(t, env)
-	simple(t, setup, "CREATE TABLE rr (id int PRIMARY KEY, v text)")
-	simple(t, setup, "INSERT INTO rr SELECT i, 'v' || i FROM generate_series(1, 100) i")
-	for _, sb := range cl.Standbys() {
-		conn, err := sb.Connect(ctx, "app")
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 30*time.Second, sb.Name+" replaying the rows", func() bool {
-			var n int
-			return conn.QueryRow(ctx, "SELECT count(*) FROM rr").Scan(&n) == nil && n == 100
-		})
-		_ = conn.Close(ctx)
-	}
+	cl, env := startReadShard(t, ctx, pgcluster.Options{Name: "readretry", Standbys: 2}, "rr")
 
 	const clients = 8
 	conns := make([]*pgconn.PgConn, clients)
@@ -132,56 +118,9 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 
 	// Crash the standbys one after the other under load.
 	before = retries()
-	var stop atomic.Bool
-	var done [clients]atomic.Int64
-	errs := make([]error, clients)
-	var wg sync.WaitGroup
-	for i := range clients {
-		wg.Go(func() {
-			for n := 0; !stop.Load(); n++ {
-				if err := read(i, n); err != nil {
-					errs[i] = err
-					return
-				}
-				done[i].Add(1)
-			}
-		})
-	}
-	progress := func() []int64 {
-		out := make([]int64, clients)
-		for i := range out {
-			out[i] = done[i].Load()
-		}
-		return out
-	}
-	// waitProgress waits until every client has made a few more reads.
-	waitProgress := func(what string) {
-		t.Helper()
-		from := progress()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			now, ok := progress(), true
-			for i := range now {
-				if now[i] < from[i]+20 {
-					ok = false
-				}
-				if errs[i] != nil {
-					stop.Store(true)
-					wg.Wait()
-					t.Fatalf("%s: client %d: %v", what, i, errs[i])
-				}
-			}
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				stop.Store(true)
-				wg.Wait()
-				t.Fatalf("%s: clients stalled at %v (from %v)", what, now, from)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	load := startReadLoad(clients, read)
+	defer load.halt()
+	waitProgress := func(what string) { t.Helper(); load.waitProgress(t, what, 30*time.Second) }
 	waitProgress("before the crashes")
 	primaryReads := primaryFallbacks(env)
 	for _, sb := range cl.Standbys() {
@@ -191,12 +130,8 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 		waitProgress("after " + sb.Name + " crashed")
 	}
 	waitProgress("with both standbys down")
-	stop.Store(true)
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("client %d: %v", i, err)
-		}
+	if err := load.halt(); err != nil {
+		t.Fatal(err)
 	}
 	if retries() == before {
 		t.Fatal("standby crashes under load: Stats().ReadRetries did not move")
@@ -204,7 +139,7 @@ func TestProxyReadsSurviveStandbyFailure(t *testing.T) {
 	if primaryFallbacks(env) == primaryReads {
 		t.Fatal("both standbys down, yet the primary answered no read")
 	}
-	t.Logf("crashes: %d reads sent again, %v reads per client", retries()-before, progress())
+	t.Logf("crashes: %d reads sent again, %v reads per client", retries()-before, load.progress())
 
 	// The reads now land on the primary: terminate its app backends too.
 	before = retries()
@@ -419,4 +354,112 @@ func startOneShardProxy(t *testing.T, ctx context.Context, opts pgcluster.Option
 		t.Fatal(err)
 	}
 	return cl, startProxyEnv(t, ctx, []*pgcluster.Cluster{cl}, nil)
+}
+
+// startReadShard is startOneShardProxy with a table (id int PRIMARY KEY,
+// v text) holding rows 1-100 (v = 'v' || id), replayed on every standby.
+func startReadShard(t *testing.T, ctx context.Context, opts pgcluster.Options, table string) (*pgcluster.Cluster, *proxyEnv) {
+	t.Helper()
+	cl, env := startOneShardProxy(t, ctx, opts)
+	setup := connectProxy(t, env)
+	simple(t, setup, "CREATE TABLE "+table+" (id int PRIMARY KEY, v text)")
+	simple(t, setup, "INSERT INTO "+table+" SELECT i, 'v' || i FROM generate_series(1, 100) i")
+	for _, sb := range cl.Standbys() {
+		conn, err := sb.Connect(ctx, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 30*time.Second, sb.Name+" replaying the rows", func() bool {
+			var n int
+			return conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n) == nil && n == 100
+		})
+		_ = conn.Close(ctx)
+	}
+	return cl, env
+}
+
+// readLoad runs reads from several clients at once until halted and
+// counts each client's reads.
+type readLoad struct {
+	stop atomic.Bool
+	wg   sync.WaitGroup
+	done []atomic.Int64
+	mu   sync.Mutex
+	errs []error
+}
+
+// startReadLoad starts one goroutine per client, each calling read(i, n)
+// for n = 0, 1, ... until halt or its first error.
+func startReadLoad(clients int, read func(i, n int) error) *readLoad {
+	l := &readLoad{done: make([]atomic.Int64, clients), errs: make([]error, clients)}
+	for i := range clients {
+		l.wg.Go(func() {
+			for n := 0; !l.stop.Load(); n++ {
+				if err := read(i, n); err != nil {
+					l.mu.Lock()
+					l.errs[i] = err
+					l.mu.Unlock()
+					return
+				}
+				l.done[i].Add(1)
+			}
+		})
+	}
+	return l
+}
+
+// halt stops the clients, waits for them and returns the first error one
+// of them met. Calling it again only returns that error.
+func (l *readLoad) halt() error {
+	l.stop.Store(true)
+	l.wg.Wait()
+	return l.err()
+}
+
+func (l *readLoad) err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i, err := range l.errs {
+		if err != nil {
+			return fmt.Errorf("client %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// progress returns each client's count of reads.
+func (l *readLoad) progress() []int64 {
+	out := make([]int64, len(l.done))
+	for i := range out {
+		out[i] = l.done[i].Load()
+	}
+	return out
+}
+
+// waitProgress fails t unless every client makes 20 more reads within the
+// given time, none of them meeting an error. The caller halts the load
+// (a read stuck on a server that does not answer holds halt until it
+// ends).
+func (l *readLoad) waitProgress(t *testing.T, what string, within time.Duration) {
+	t.Helper()
+	from := l.progress()
+	deadline := time.Now().Add(within)
+	for {
+		if err := l.err(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		now, ok := l.progress(), true
+		for i := range now {
+			if now[i] < from[i]+20 {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: clients stalled at %v (from %v) for %v", what, now, from, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -495,7 +495,7 @@ func (c *clientConn) teardown() {
 		return
 	}
 	c.mu.Lock()
-	busy := att.outstanding > 0 || att.unsynced || att.copying
+	busy := att.inFlight()
 	c.mu.Unlock()
 	c.interrupt(att)
 	<-att.done
@@ -547,9 +547,22 @@ func (c *clientConn) interrupt(att *attachment) {
 	}
 	att.stopped = true
 	if !att.parked && !att.released {
-		_ = att.conn.Conn().SetReadDeadline(time.Now())
-		att.deadlineSet = true
+		att.failRead()
 	}
+}
+
+// failRead makes the pump's read of the backend fail at once (a past
+// read deadline, which clearInterrupt undoes). Called with c.mu held.
+func (att *attachment) failRead() {
+	_ = att.conn.Conn().SetReadDeadline(time.Now())
+	att.deadlineSet = true
+}
+
+// inFlight reports whether a request is in flight on att's backend (a
+// reply, a Sync or the end of a COPY still to come). Called with c.mu
+// held.
+func (att *attachment) inFlight() bool {
+	return att.outstanding > 0 || att.unsynced || att.copying
 }
 
 // clearInterrupt undoes interrupt's read deadline on a backend whose pump
@@ -599,8 +612,7 @@ func (c *clientConn) pumpLoop(att *attachment) {
 	c.mu.Lock()
 	if (ctx.Err() != nil || att.stopped) && !att.deadlineSet {
 		att.stopped = true // interrupted before this pump started: do not wait for the backend
-		att.deadlineSet = true
-		_ = att.conn.Conn().SetReadDeadline(time.Now())
+		att.failRead()
 	}
 	c.mu.Unlock()
 	// directRows: the DataRows that follow go to the client without the

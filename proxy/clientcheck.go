@@ -105,8 +105,7 @@ func (c *clientConn) rerouteFromFailingNode() {
 	}
 	c.stalled = stallMark{}
 	att.nodeDown = true
-	att.deadlineSet = true
-	_ = att.conn.Conn().SetReadDeadline(time.Now())
+	att.failRead()
 }
 
 // stallMark is what rerouteFromFailingNode saw of a read waiting on a
@@ -163,7 +162,7 @@ func (c *clientConn) clientGoneMidQuery() {
 // does not run on to its end on the server.
 func (c *clientConn) cancelRunning(att *attachment) {
 	c.mu.Lock()
-	busy := att.outstanding > 0 || att.unsynced || att.copying
+	busy := att.inFlight()
 	c.mu.Unlock()
 	if !busy {
 		return

@@ -182,26 +182,26 @@ func (n *Node) signalProbeFailure() {
 // caller for the whole ConnectTimeout.
 func (n *Node) connect(ctx context.Context, cfg *pgconn.Config) (*pgconn.PgConn, error) {
 	failed := *n.probeFailed.Load()
-	cctx, cancel := context.WithTimeoutCause(ctx, n.set.cfg.ConnectTimeout, errConnectTimeout)
+	pctx, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	cctx, cancel := context.WithTimeout(pctx, n.set.cfg.ConnectTimeout)
 	defer cancel()
-	stop := make(chan struct{})
-	defer close(stop)
 	go func() {
 		select {
 		case <-failed:
-			cancel()
-		case <-stop:
+			giveUp(errProbeFailed)
+		case <-cctx.Done():
 		}
 	}()
 	conn, err := pgdial.Connect(cctx, cfg)
-	if err != nil && ctx.Err() == nil && cctx.Err() != nil && context.Cause(cctx) != errConnectTimeout {
+	if err != nil && context.Cause(cctx) == errProbeFailed {
 		// Not wrapped: the caller did not cancel.
 		err = fmt.Errorf("gave up: a probe of the node failed meanwhile (%v)", err)
 	}
 	return conn, err
 }
 
-var errConnectTimeout = errors.New("connect timeout")
+var errProbeFailed = errors.New("a probe of the node failed")
 
 // Healthy reports the result of the last health probe.
 func (n *Node) Healthy() bool { return n.healthy.Load() }

@@ -268,7 +268,7 @@ const (
 
 // freshness classifies standby n for a read with the given bounds at now.
 func (s *Set) freshness(n *Node, now int64, minLSN LSN, maxStale time.Duration) eligibility {
-	if !n.healthy.Load() || n.lagFailed.Load() || Role(n.observed.Load()) != RoleStandby {
+	if n.Failing() || Role(n.observed.Load()) != RoleStandby {
 		return ineligible
 	}
 	ok, tr := n.br.allowsPick(now)

@@ -331,8 +331,6 @@ func (n *Node) stopLocked(ctx context.Context, fast bool) error {
 	return nil
 }
 
-// killLocked SIGKILLs the postmaster and its children. The postmaster is
-// stopped first so it cannot fork while its children are collected.
 // Freeze stops every process of the node's server with SIGSTOP, as a
 // hung host would: connections to it and queries on it get no answer and
 // no error. The returned thaw resumes them (SIGCONT); call it before
@@ -359,6 +357,8 @@ func (n *Node) Freeze() (thaw func(), err error) {
 	}, nil
 }
 
+// killLocked SIGKILLs the postmaster and its children. The postmaster is
+// stopped first so it cannot fork while its children are collected.
 func (n *Node) killLocked() error {
 	pid, ok := n.livePostmaster()
 	if !ok {
